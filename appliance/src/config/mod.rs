@@ -1,0 +1,508 @@
+//! The configuration document: its types, parsing, and validation.
+//!
+//! A config is one JSON document (see `docs/config.md`). [`Config::parse`] turns
+//! bytes into a config that has passed every check that needs no IO: unknown
+//! fields, types, names, references between sections, value ranges. Checks that
+//! read files or resolve names (certificates, backend addresses) happen when a
+//! [`crate::snapshot::Snapshot`] is built from it. Either step fails with a
+//! [`ConfigError`] naming the field path and the reason, and nothing is applied.
+#![forbid(unsafe_code)]
+
+mod default;
+
+pub use default::embedded_default;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A field of the config that is wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct ConfigError {
+    /// Where in the document, as `pools[0].backends[1].address`; `.` for the
+    /// document as a whole.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, reason: impl fmt::Display) -> Self {
+        Self {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses to accept connections on.
+    pub listeners: Vec<Listener>,
+    /// Certificates for HTTPS listeners, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    /// TLS settings shared by all HTTPS listeners.
+    #[serde(default)]
+    pub tls: TlsSettings,
+    /// Pools of backends that routes proxy to.
+    #[serde(default)]
+    pub pools: Vec<Pool>,
+    /// What to do with a request, by Host and path prefix.
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    /// Limits on client connections.
+    #[serde(default)]
+    pub client: ClientSettings,
+}
+
+/// One address to accept connections on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// A unique name, used in logs.
+    pub name: String,
+    /// `ip:port`; port 0 picks a free port (printed at start).
+    pub address: SocketAddr,
+    /// `https` (TLS, HTTP/1.1 and HTTP/2) or `http` (plain HTTP/1.1).
+    pub protocol: Protocol,
+    /// On an `http` listener: answer every request with a redirect to HTTPS on
+    /// this port instead of routing it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect_to_https_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Https,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// PEM file with the certificate chain, leaf first. A relative path is
+    /// relative to the config file's directory.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Server names (exact or `*.example.com`) this certificate is chosen for.
+    /// Empty: the DNS names in the certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Serve this certificate when no name matches (or the client sent no SNI).
+    /// Without one marked, the first certificate is the default.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub default: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// A client must finish its handshake within this time.
+    pub handshake_timeout_ms: u64,
+    /// Session-ticket keys are replaced this often; a ticket stays valid for
+    /// two periods.
+    pub ticket_rotation_s: u64,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 10_000,
+            ticket_rotation_s: 3_600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSettings {
+    /// A client must send a request's headers within this time.
+    pub header_timeout_ms: u64,
+    /// A client connection that moves no byte for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// On shutdown, requests in flight get this long to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// A pool of interchangeable backends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pool {
+    /// A unique name that routes refer to.
+    pub name: String,
+    /// The backends; an empty pool answers 503.
+    pub backends: Vec<Backend>,
+    /// How a backend is chosen for each request.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Timeouts towards this pool's backends.
+    #[serde(default)]
+    pub timeouts: PoolTimeouts,
+    /// Idle keep-alive connections kept per backend on each core.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_per_backend: usize,
+}
+
+fn default_max_idle() -> usize {
+    64
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// `host:port` or `ip:port`; a host name is resolved when the config is
+    /// applied.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolTimeouts {
+    /// Opening a TCP connection to a backend.
+    pub connect_ms: u64,
+    /// From sending a request until the backend's response headers arrive.
+    pub response_header_ms: u64,
+    /// A backend connection that moves no byte for this long is closed, and an
+    /// idle pooled connection is not reused after this long.
+    pub idle_ms: u64,
+}
+
+impl Default for PoolTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: 3_000,
+            response_header_ms: 30_000,
+            idle_ms: 60_000,
+        }
+    }
+}
+
+/// A routing rule: requests whose Host and path match get `action`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `shop.example.com`, `*.example.com` (any depth below it), or absent for
+    /// any host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Matches this path and everything below it, on segment boundaries.
+    #[serde(default = "root")]
+    pub path_prefix: String,
+    pub action: Action,
+}
+
+fn root() -> String {
+    "/".to_owned()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Forward to a pool.
+    Proxy { pool: String },
+    /// Redirect to `to` (a URL); the request's path and query are not appended.
+    Redirect {
+        to: String,
+        #[serde(default = "default_redirect_status")]
+        status: u16,
+    },
+    /// A fixed response.
+    Respond {
+        #[serde(default = "default_respond_status")]
+        status: u16,
+        #[serde(default)]
+        body: String,
+        #[serde(default = "default_content_type")]
+        content_type: String,
+    },
+    /// edgebox's built-in welcome page.
+    Welcome,
+}
+
+fn default_redirect_status() -> u16 {
+    308
+}
+fn default_respond_status() -> u16 {
+    200
+}
+fn default_content_type() -> String {
+    "text/plain; charset=utf-8".to_owned()
+}
+
+impl Config {
+    /// Parses and validates a JSON document.
+    pub fn parse(json: &[u8]) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = match e.path().to_string() {
+                p if p == "?" || p.is_empty() => ".".to_owned(),
+                p => p,
+            };
+            ConfigError::new(path, e.into_inner())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Every check that needs no IO.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_listeners()?;
+        self.validate_certificates()?;
+        self.validate_pools()?;
+        self.validate_routes()?;
+        positive("tls.handshake_timeout_ms", self.tls.handshake_timeout_ms)?;
+        positive("tls.ticket_rotation_s", self.tls.ticket_rotation_s)?;
+        positive("client.header_timeout_ms", self.client.header_timeout_ms)?;
+        positive("client.idle_timeout_ms", self.client.idle_timeout_ms)?;
+        Ok(())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::new("listeners", "at least one is needed"));
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = |field: &str| format!("listeners[{i}].{field}");
+            check_name(&at("name"), &l.name)?;
+            if !names.insert(&l.name) {
+                return Err(ConfigError::new(at("name"), "duplicate listener name"));
+            }
+            if l.address.port() != 0 && !addresses.insert(l.address) {
+                return Err(ConfigError::new(at("address"), "address used twice"));
+            }
+            if l.protocol == Protocol::Https {
+                if l.redirect_to_https_port.is_some() {
+                    return Err(ConfigError::new(
+                        at("redirect_to_https_port"),
+                        "only for http listeners",
+                    ));
+                }
+                if self.certificates.is_empty() {
+                    return Err(ConfigError::new(
+                        at("protocol"),
+                        "an https listener needs at least one entry in certificates",
+                    ));
+                }
+            }
+            if l.redirect_to_https_port == Some(0) {
+                return Err(ConfigError::new(
+                    at("redirect_to_https_port"),
+                    "must be a port from 1 to 65535",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_certificates(&self) -> Result<(), ConfigError> {
+        let defaults = self.certificates.iter().filter(|c| c.default).count();
+        if defaults > 1 {
+            return Err(ConfigError::new(
+                "certificates",
+                "only one certificate may be the default",
+            ));
+        }
+        for (i, c) in self.certificates.iter().enumerate() {
+            for (j, name) in c.names.iter().enumerate() {
+                crate::router::HostPattern::parse(name)
+                    .map_err(|e| ConfigError::new(format!("certificates[{i}].names[{j}]"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_pools(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let at = |field: &str| format!("pools[{i}].{field}");
+            check_name(&at("name"), &p.name)?;
+            if !names.insert(&p.name) {
+                return Err(ConfigError::new(at("name"), "duplicate pool name"));
+            }
+            let mut seen = HashSet::new();
+            for (j, b) in p.backends.iter().enumerate() {
+                let path = format!("pools[{i}].backends[{j}].address");
+                check_host_port(&path, &b.address)?;
+                if !seen.insert(&b.address) {
+                    return Err(ConfigError::new(path, "backend listed twice in this pool"));
+                }
+            }
+            positive(&at("timeouts.connect_ms"), p.timeouts.connect_ms)?;
+            positive(
+                &at("timeouts.response_header_ms"),
+                p.timeouts.response_header_ms,
+            )?;
+            positive(&at("timeouts.idle_ms"), p.timeouts.idle_ms)?;
+        }
+        Ok(())
+    }
+
+    fn validate_routes(&self) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = |field: &str| format!("routes[{i}].{field}");
+            let host = match &r.host {
+                Some(h) => Some(
+                    crate::router::HostPattern::parse(h)
+                        .map_err(|e| ConfigError::new(at("host"), e))?,
+                ),
+                None => None,
+            };
+            if !r.path_prefix.starts_with('/') {
+                return Err(ConfigError::new(at("path_prefix"), "must start with '/'"));
+            }
+            if r.path_prefix.contains(['?', '#']) {
+                return Err(ConfigError::new(
+                    at("path_prefix"),
+                    "must not contain '?' or '#'",
+                ));
+            }
+            if !seen.insert((host, r.path_prefix.trim_end_matches('/').to_owned())) {
+                return Err(ConfigError::new(
+                    at("path_prefix"),
+                    "another route has the same host and path prefix",
+                ));
+            }
+            match &r.action {
+                Action::Proxy { pool } => {
+                    if !self.pools.iter().any(|p| &p.name == pool) {
+                        return Err(ConfigError::new(
+                            at("action.proxy.pool"),
+                            format!("no pool named {pool:?}"),
+                        ));
+                    }
+                }
+                Action::Redirect { to, status } => {
+                    if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                        return Err(ConfigError::new(
+                            at("action.redirect.status"),
+                            "must be 301, 302, 303, 307 or 308",
+                        ));
+                    }
+                    if http::HeaderValue::from_str(to).is_err() || to.is_empty() {
+                        return Err(ConfigError::new(
+                            at("action.redirect.to"),
+                            "must be a URL of visible ASCII characters",
+                        ));
+                    }
+                }
+                Action::Respond {
+                    status,
+                    content_type,
+                    ..
+                } => {
+                    if !(200..=599).contains(status) {
+                        return Err(ConfigError::new(
+                            at("action.respond.status"),
+                            "must be from 200 to 599",
+                        ));
+                    }
+                    if http::HeaderValue::from_str(content_type).is_err() {
+                        return Err(ConfigError::new(
+                            at("action.respond.content_type"),
+                            "not a valid header value",
+                        ));
+                    }
+                }
+                Action::Welcome => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The pretty JSON form, as documented and as persisted.
+    pub fn to_json_pretty(&self) -> String {
+        // A `Config` is plain data with string keys; serialising it cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+fn positive(path: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(path, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            path,
+            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+        ))
+    }
+}
+
+/// `host:port` where host is an IP literal (IPv6 in brackets) or a DNS name.
+fn check_host_port(path: &str, value: &str) -> Result<(), ConfigError> {
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(ConfigError::new(path, "port must be from 1 to 65535"));
+        }
+        return Ok(());
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(ConfigError::new(path, "expected host:port"));
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => {}
+        _ => return Err(ConfigError::new(path, "port must be from 1 to 65535")),
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(ConfigError::new(
+            path,
+            "host must be an IP address or a DNS name",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

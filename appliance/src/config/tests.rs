@@ -1,0 +1,124 @@
+use super::*;
+
+fn parse(json: &str) -> Result<Config, ConfigError> {
+    Config::parse(json.as_bytes())
+}
+
+const MINIMAL: &str = r#"{
+  "listeners": [{"name": "web", "address": "127.0.0.1:8080", "protocol": "http"}],
+  "pools": [{"name": "app", "backends": [{"address": "127.0.0.1:3000"}]}],
+  "routes": [{"host": "shop.example.com", "action": {"proxy": {"pool": "app"}}}]
+}"#;
+
+fn err_path(json: &str) -> String {
+    match parse(json) {
+        Ok(_) => panic!("accepted an invalid config: {json}"),
+        Err(e) => e.path,
+    }
+}
+
+#[test]
+fn minimal_config_parses_with_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.pools[0].timeouts, PoolTimeouts::default());
+    assert_eq!(c.routes[0].path_prefix, "/");
+    assert_eq!(c.client.idle_timeout_ms, 60_000);
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let doc = include_str!("../../../docs/config.md");
+    let start = doc
+        .find("```json\n")
+        .expect("docs/config.md has a json example")
+        + 8;
+    let end = start + doc[start..].find("```").expect("closed code block");
+    let c = parse(&doc[start..end]).unwrap();
+    assert!(c.pools.len() >= 2 && c.routes.len() >= 4 && c.certificates.len() >= 2);
+}
+
+#[test]
+fn embedded_default_is_valid_and_round_trips() {
+    let c = embedded_default(Path::new("/d/tls/cert.pem"), Path::new("/d/tls/key.pem"));
+    c.validate().unwrap();
+    assert_eq!(parse(&c.to_json_pretty()).unwrap(), c);
+}
+
+use std::path::Path;
+
+#[test]
+fn structural_errors_name_the_field() {
+    let bad_addr = MINIMAL.replace("127.0.0.1:8080", "localhost-8080");
+    assert_eq!(err_path(&bad_addr), "listeners[0].address");
+    let unknown = MINIMAL.replace(
+        "\"protocol\": \"http\"",
+        "\"protocol\": \"http\", \"prot\": 1",
+    );
+    assert_eq!(err_path(&unknown), "listeners[0].prot");
+    let wrong_type = MINIMAL.replace("[{\"address\": \"127.0.0.1:3000\"}]", "\"x\"");
+    assert_eq!(err_path(&wrong_type), "pools[0].backends");
+    assert_eq!(err_path("{"), ".");
+}
+
+#[test]
+fn semantic_errors_name_the_field() {
+    assert_eq!(
+        err_path(&MINIMAL.replace("\"pool\": \"app\"", "\"pool\": \"nope\"")),
+        "routes[0].action.proxy.pool"
+    );
+    assert_eq!(
+        err_path(&MINIMAL.replace("127.0.0.1:3000", "127.0.0.1:0")),
+        "pools[0].backends[0].address"
+    );
+    assert_eq!(
+        err_path(&MINIMAL.replace("127.0.0.1:3000", "bad host:80")),
+        "pools[0].backends[0].address"
+    );
+    assert_eq!(
+        err_path(&MINIMAL.replace("shop.example.com", "shop.*.com")),
+        "routes[0].host"
+    );
+    assert_eq!(
+        err_path(&MINIMAL.replace("\"protocol\": \"http\"", "\"protocol\": \"https\"")),
+        "listeners[0].protocol"
+    );
+    assert_eq!(
+        err_path(&MINIMAL.replace("\"name\": \"app\"", "\"name\": \"a p p\"")),
+        "pools[0].name"
+    );
+    let twice = MINIMAL.replace(
+        "\"routes\": [",
+        "\"routes\": [{\"host\": \"SHOP.example.com\", \"path_prefix\": \"/\", \"action\": \"welcome\"},",
+    );
+    assert_eq!(err_path(&twice), "routes[1].path_prefix");
+    let zero = MINIMAL.replace(
+        "\"backends\"",
+        "\"timeouts\": {\"connect_ms\": 0}, \"backends\"",
+    );
+    assert_eq!(err_path(&zero), "pools[0].timeouts.connect_ms");
+    assert_eq!(err_path(r#"{"listeners": []}"#), "listeners");
+}
+
+#[test]
+fn host_port_accepts_names_and_literals() {
+    for ok in [
+        "127.0.0.1:80",
+        "[::1]:8080",
+        "app-1.internal:3000",
+        "localhost:1",
+    ] {
+        check_host_port("p", ok).unwrap();
+    }
+    for bad in [
+        "",
+        "app",
+        ":80",
+        "app:",
+        "app:99999",
+        "-a.b:80",
+        "a..b:80",
+        "[::1]",
+    ] {
+        assert!(check_host_port("p", bad).is_err(), "{bad:?} was accepted");
+    }
+}

@@ -1,0 +1,100 @@
+//! The `edgebox` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgebox::logging::{self, LogFormat};
+use edgebox::server::{self, ServeOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgebox",
+    version,
+    about = "TLS termination, HTTP load balancing and static sites, on every core"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EDGEBOX_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve: with no --config, the embedded default (HTTPS on 127.0.0.1:8443).
+    Serve {
+        /// The config file (JSON, see docs/config.md).
+        #[arg(long, env = "EDGEBOX_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where edgebox keeps its state (default certificate, later the store).
+        #[arg(long, env = "EDGEBOX_DATA")]
+        data: Option<PathBuf>,
+        /// Data-plane cores (one pinned executor each); default: every CPU.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        cores: Option<u16>,
+    },
+    /// Check a config file completely (certificates included) and exit.
+    CheckConfig { config: PathBuf },
+}
+
+fn default_data_dir() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("edgebox");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/share/edgebox"),
+        None => PathBuf::from("/var/lib/edgebox"),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _log_guard = logging::init(cli.log_format);
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            data,
+            cores,
+        } => {
+            let cores = cores.map_or_else(
+                || std::thread::available_parallelism().map_or(1, usize::from),
+                usize::from,
+            );
+            server::run(ServeOptions {
+                config,
+                data: data.unwrap_or_else(default_data_dir),
+                cores,
+            })
+        }
+        Command::CheckConfig { config } => check_config(config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgebox: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: PathBuf) -> Result<(), server::ServeError> {
+    let loaded = server::read_config(Some(&path), &default_data_dir())?;
+    let tickets = edgebox::tls::tickets::TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
+    let snapshot = loaded.build(&tickets)?;
+    println!(
+        "{}: ok ({} listeners, {} pools, {} routes)",
+        path.display(),
+        snapshot.config.listeners.len(),
+        snapshot.pools.len(),
+        snapshot.config.routes.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Response bodies, and the access-log line written when one is finished.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// A body edgebox made itself, or a backend's body streamed through.
+#[derive(Debug)]
+pub enum ResBody {
+    Full(Option<Bytes>),
+    Backend(Incoming),
+}
+
+impl ResBody {
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+}
+
+impl From<Bytes> for ResBody {
+    fn from(b: Bytes) -> Self {
+        Self::Full((!b.is_empty()).then_some(b))
+    }
+}
+
+impl From<&'static str> for ResBody {
+    fn from(s: &'static str) -> Self {
+        Bytes::from_static(s.as_bytes()).into()
+    }
+}
+
+impl Body for ResBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Backend(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::Backend(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Backend(b) => b.size_hint(),
+        }
+    }
+}
+
+/// One request, as the access log records it.
+#[derive(Debug)]
+pub struct AccessRecord {
+    pub start: Instant,
+    pub core: usize,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub version: http::Version,
+    pub method: http::Method,
+    pub host: String,
+    pub uri: String,
+    pub status: u16,
+    pub backend: Option<Arc<str>>,
+    pub bytes: u64,
+}
+
+impl AccessRecord {
+    fn emit(&self) {
+        let backend = self.backend.as_deref().unwrap_or("-");
+        tracing::info!(
+            target: "access",
+            core = self.core,
+            listener = &*self.listener,
+            client = %self.client,
+            version = ?self.version,
+            method = %self.method,
+            host = %self.host,
+            path = %self.uri,
+            status = self.status,
+            bytes = self.bytes,
+            backend,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+}
+
+/// A response body that writes the access-log line when it is dropped: after
+/// the last byte is sent, or when the client went away.
+#[derive(Debug)]
+pub struct Logged<B> {
+    inner: B,
+    record: AccessRecord,
+}
+
+impl<B> Logged<B> {
+    pub fn new(inner: B, record: AccessRecord) -> Self {
+        Self { inner, record }
+    }
+}
+
+impl<B> Drop for Logged<B> {
+    fn drop(&mut self) {
+        self.record.emit();
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Logged<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.record.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

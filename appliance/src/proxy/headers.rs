@@ -1,0 +1,224 @@
+//! Header rewriting between client and backend. Pure functions, no IO.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110,
+/// 7.6.1), besides those the `Connection` header itself names.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The protocol to upgrade to, when the request asks for a WebSocket (or other)
+/// upgrade in the HTTP/1.1 way.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Removes hop-by-hop headers, then restores the upgrade pair if `upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        // Never let a client make us drop the headers we set ourselves.
+        if name != header::HOST {
+            headers.remove(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
+}
+
+/// What the proxy tells a backend about the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub client: IpAddr,
+    /// `https` or `http`: how the client reached us.
+    pub scheme: &'static str,
+    /// The Host (or `:authority`) the client asked for, as sent.
+    pub host: &'a str,
+}
+
+/// Adds `X-Forwarded-For` (appended to what the client sent, like NGINX's
+/// `$proxy_add_x_forwarded_for`), `X-Forwarded-Proto` and `X-Forwarded-Host`
+/// (replaced), and a `Forwarded` element (RFC 7239, appended).
+pub fn add_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
+    let ip = origin.client.to_string();
+    let xff = match joined(headers, &X_FORWARDED_FOR) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip.clone(),
+    };
+    set(headers, X_FORWARDED_FOR.clone(), &xff);
+    set(headers, X_FORWARDED_PROTO.clone(), origin.scheme);
+    set(headers, X_FORWARDED_HOST.clone(), origin.host);
+
+    let node = match origin.client {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    };
+    let element = format!(
+        "for={node};proto={};host={}",
+        origin.scheme,
+        quoted_if_needed(origin.host)
+    );
+    let forwarded = match joined(headers, &header::FORWARDED) {
+        Some(prior) => format!("{prior}, {element}"),
+        None => element,
+    };
+    set(headers, header::FORWARDED, &forwarded);
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// RFC 7239 values are tokens or quoted strings; a host with a port or an IPv6
+/// literal is not a token.
+fn quoted_if_needed(value: &str) -> String {
+    let token = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        value.to_owned()
+    } else {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_standard_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("content-length", "5"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["accept", "content-length"]);
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut h = map(&[("connection", "host"), ("host", "a.test")]);
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h["host"], "a.test");
+    }
+
+    #[test]
+    fn upgrade_is_detected_and_kept() {
+        let mut h = map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        let up = requested_upgrade(&h);
+        assert_eq!(up.as_ref().unwrap(), "websocket");
+        strip_hop_by_hop(&mut h, up);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(requested_upgrade(&map(&[("upgrade", "websocket")])), None);
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_or_replaced() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "http"),
+            ("forwarded", "for=203.0.113.9"),
+        ]);
+        let origin = Origin {
+            client: "192.0.2.7".parse().unwrap(),
+            scheme: "https",
+            host: "shop.example.com:8443",
+        };
+        add_forwarded(&mut h, origin);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.2, 192.0.2.7");
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.9, for=192.0.2.7;proto=https;host=\"shop.example.com:8443\""
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let mut h = HeaderMap::new();
+        let origin = Origin {
+            client: "2001:db8::1".parse().unwrap(),
+            scheme: "http",
+            host: "a.test",
+        };
+        add_forwarded(&mut h, origin);
+        assert_eq!(h["x-forwarded-for"], "2001:db8::1");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::1]\";proto=http;host=a.test"
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! Keep-alive connections to backends, one pool per core.
+//!
+//! A connection is checked out for one request and checked back in once its
+//! response has been read to the end (hyper's `ready()`), most recently used
+//! first. Connections idle for longer than the pool's idle timeout are not
+//! reused, and every backend connection closes itself after that long without
+//! a byte moving.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::rt::{self, Activity, HyperIo, TrackedIo};
+
+pub type Sender = SendRequest<Incoming>;
+
+/// Why no connection to a backend could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The backend did not accept within the connect timeout.
+    #[error("connect timed out")]
+    Timeout,
+    /// The backend refused or the network failed.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/1.1 handshake on the new connection failed.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+#[derive(Default)]
+pub struct ConnPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle: usize = self.idle.borrow().values().map(Vec::len).sum();
+        f.debug_struct("ConnPool").field("idle", &idle).finish()
+    }
+}
+
+impl ConnPool {
+    /// An idle connection to `addr` that is still open and younger than
+    /// `max_age`, if there is one.
+    pub fn checkout(&self, addr: SocketAddr, max_age: Duration) -> Option<Sender> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(entry) = list.pop() {
+            if entry.since.elapsed() < max_age && entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Waits until `sender`'s current exchange is finished, then keeps it for
+    /// reuse unless the pool for `addr` already holds `max_idle`.
+    pub fn checkin_when_ready(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        mut sender: Sender,
+        max_idle: usize,
+    ) {
+        let pool = Rc::clone(self);
+        rt::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = pool.idle.borrow_mut();
+            let list = idle.entry(addr).or_default();
+            list.retain(|e| !e.sender.is_closed());
+            if list.len() < max_idle {
+                list.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+        });
+    }
+}
+
+/// A backend socket as hyper's client uses it.
+pub type BackendIo = HyperIo<TrackedIo<rt::TcpStream>>;
+
+/// A new connection's request half and its not yet running connection half.
+pub type Handshaken = (
+    Sender,
+    hyper::client::conn::http1::Connection<BackendIo, Incoming>,
+);
+
+/// Opens a new HTTP/1.1 connection to a backend, leaving the caller to drive
+/// its connection half.
+pub async fn open(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<(Handshaken, Activity), ConnectError> {
+    let stream = rt::timeout(connect_timeout, rt::connect(addr, connect_timeout))
+        .await
+        .ok_or(ConnectError::Timeout)?
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::TimedOut => ConnectError::Timeout,
+            _ => ConnectError::Io(e),
+        })?;
+    stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    let activity = Activity::new();
+    let io = HyperIo(TrackedIo::new(stream, activity.clone()));
+    let handshaken = hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await?;
+    Ok((handshaken, activity))
+}
+
+/// Opens a new HTTP/1.1 connection to a backend and runs it as its own task,
+/// closed after `idle_timeout` without a byte moving.
+pub async fn connect(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<Sender, ConnectError> {
+    let ((sender, conn), activity) = open(addr, connect_timeout).await?;
+    rt::spawn(async move {
+        if let rt::Either::Left(Err(e)) = rt::race(conn, activity.idle_for(idle_timeout)).await {
+            tracing::debug!(backend = %addr, "backend connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}

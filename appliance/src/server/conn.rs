@@ -1,0 +1,218 @@
+//! One client connection: TLS handshake, HTTP/1.1 or HTTP/2, graceful close.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::{http1, http2};
+
+use super::core::Core;
+use crate::config::Protocol;
+use crate::proxy::tunnel::{self, Prefixed};
+use crate::proxy::{self, ConnInfo};
+use crate::rt::{self, Activity, CoreTimer, Either, HyperIo, LocalExec, TcpStream, TrackedIo};
+
+/// Serves `stream`, accepted on listener `listener`, until it closes, goes idle,
+/// or the core stops (then in-flight requests finish first).
+pub async fn serve(
+    core: Rc<Core>,
+    listener: usize,
+    stream: TcpStream,
+    stop: async_channel::Receiver<()>,
+    _alive: async_channel::Sender<()>,
+) {
+    let snap = core.current();
+    let Some(config) = snap.snap.config.listeners.get(listener) else {
+        return;
+    };
+    let Ok(client) = stream.peer_addr() else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let limits = snap.snap.client.clone();
+    let activity = Activity::new();
+    let io = TrackedIo::new(stream, activity.clone());
+    let mut info = ConnInfo {
+        client,
+        listener: Arc::from(config.name.as_str()),
+        scheme: "http",
+        redirect_to_https_port: config.redirect_to_https_port,
+        tunnel: Default::default(),
+    };
+    let watch = Watch {
+        stop,
+        activity,
+        idle: limits.idle_timeout,
+    };
+    match config.protocol {
+        Protocol::Http => {
+            let info = Rc::new(info);
+            let conn = http1_builder(limits.header_timeout)
+                .serve_connection(HyperIo(io), service(core.clone(), Rc::clone(&info)));
+            serve_http1(conn, &info, watch, limits.idle_timeout).await;
+        }
+        Protocol::Https => {
+            let Some(tls) = snap.snap.tls.clone() else {
+                return;
+            };
+            drop(snap);
+            let handshake = futures_rustls::TlsAcceptor::from(tls).accept(io);
+            let tls = match rt::race(
+                rt::timeout(limits.handshake_timeout, handshake),
+                watch.stop.recv(),
+            )
+            .await
+            {
+                Either::Left(Some(Ok(tls))) => tls,
+                Either::Left(Some(Err(e))) => {
+                    tracing::debug!(%client, "TLS handshake failed: {e}");
+                    return;
+                }
+                Either::Left(None) => {
+                    tracing::debug!(%client, "TLS handshake timed out");
+                    return;
+                }
+                Either::Right(_) => return,
+            };
+            info.scheme = "https";
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let info = Rc::new(info);
+            let svc = service(core.clone(), Rc::clone(&info));
+            if h2 {
+                let conn = http2::Builder::new(LocalExec)
+                    .timer(CoreTimer)
+                    .serve_connection(HyperIo(tls), svc);
+                watch.drive(std::pin::pin!(conn)).await;
+            } else {
+                let conn = http1_builder(limits.header_timeout).serve_connection(HyperIo(tls), svc);
+                serve_http1(conn, &info, watch, limits.idle_timeout).await;
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 until the connection ends; if a request was granted an
+/// upgrade, joins the client socket to the parked backend socket.
+async fn serve_http1<I, S>(
+    mut conn: http1::Connection<I, S>,
+    info: &ConnInfo,
+    watch: Watch,
+    idle: Duration,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming> + Unpin,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if !watch.drive(Pin::new(&mut conn)).await {
+        return;
+    }
+    let Some(backend) = info.tunnel.borrow_mut().take() else {
+        return;
+    };
+    let parts = conn.into_parts();
+    let client = Prefixed::new(parts.read_buf, parts.io);
+    if let Err(e) = tunnel::run(client, backend, idle).await {
+        tracing::debug!(client = %info.client, "tunnel ended: {e}");
+    }
+}
+
+fn http1_builder(header_timeout: Duration) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(CoreTimer).header_read_timeout(header_timeout);
+    b
+}
+
+fn service(
+    core: Rc<Core>,
+    info: Rc<ConnInfo>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<proxy::Logged<proxy::ResBody>>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<proxy::Logged<proxy::ResBody>>, Infallible>>,
+> {
+    hyper::service::service_fn(move |req| {
+        let core = Rc::clone(&core);
+        let info = Rc::clone(&info);
+        async move { Ok::<_, Infallible>(proxy::handle(core, info, req).await) }
+    })
+}
+
+/// A hyper server connection that can be asked to finish gracefully.
+trait Graceful: Future {
+    fn start_graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::Connection<I, S>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn start_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E, B> Graceful for http2::Connection<I, S, E>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn start_graceful_shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// What ends a connection besides its own end: the core stopping, or idleness.
+struct Watch {
+    stop: async_channel::Receiver<()>,
+    activity: Activity,
+    idle: Duration,
+}
+
+impl Watch {
+    /// Polls `conn` to its end; `true` when it ended cleanly (which for
+    /// HTTP/1.1 includes handing over to an upgrade).
+    async fn drive<C, E>(self, mut conn: Pin<&mut C>) -> bool
+    where
+        C: Graceful<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let interrupt = rt::race(self.stop.recv(), self.activity.idle_for(self.idle));
+        match rt::race(conn.as_mut(), interrupt).await {
+            Either::Left(result) => ended(result),
+            Either::Right(Either::Left(_)) => {
+                conn.as_mut().start_graceful_shutdown();
+                match rt::race(conn.as_mut(), self.activity.idle_for(self.idle)).await {
+                    Either::Left(result) => ended(result),
+                    Either::Right(()) => false,
+                }
+            }
+            Either::Right(Either::Right(())) => {
+                tracing::debug!("closing idle connection");
+                false
+            }
+        }
+    }
+}
+
+fn ended<E: std::fmt::Display>(result: Result<(), E>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("client connection ended: {e}");
+            false
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The immutable, fully checked form of a config that the cores serve from.
+//!
+//! A [`Snapshot`] is built from a [`Config`] on the control side: certificates
+//! read and matched to their keys, backend names resolved, routes compiled into a
+//! [`Router`]. Building either succeeds completely or fails with the field that
+//! is wrong; cores only ever see finished snapshots, through [`Shared`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+
+use crate::config::{self, Action, Config, ConfigError};
+use crate::router::{HostPattern, Router};
+use crate::tls::tickets::TicketKeys;
+
+/// What a route does, with every reference resolved.
+#[derive(Debug, Clone)]
+pub enum RouteAction {
+    /// Forward to `snapshot.pools[index]`.
+    Proxy(usize),
+    Redirect {
+        to: HeaderValue,
+        status: StatusCode,
+    },
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        content_type: HeaderValue,
+    },
+    Welcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// As written in the config, for logs.
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub name: Arc<str>,
+    pub backends: Vec<Backend>,
+    pub connect_timeout: Duration,
+    pub response_header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_backend: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub handshake_timeout: Duration,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases by one with every applied config.
+    pub generation: u64,
+    pub config: Config,
+    pub router: Router<RouteAction>,
+    pub pools: Vec<Pool>,
+    /// For HTTPS listeners; `None` when the config has no certificates.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub client: ClientLimits,
+}
+
+impl Snapshot {
+    /// Checks and compiles `config`; relative certificate paths are taken from
+    /// `base`.
+    pub fn build(
+        config: Config,
+        base: &Path,
+        tickets: &Arc<TicketKeys>,
+        generation: u64,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let tls = match crate::tls::load_certificates(&config.certificates, base)? {
+            Some(certs) => Some(
+                crate::tls::server_config(Arc::new(certs), Arc::clone(tickets))
+                    .map_err(|e| ConfigError::new("certificates", e))?,
+            ),
+            None => None,
+        };
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| build_pool(i, p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut router = Router::new();
+        for (i, r) in config.routes.iter().enumerate() {
+            let host = r.host.as_deref().map(HostPattern::parse).transpose();
+            let host = host.map_err(|e| ConfigError::new(format!("routes[{i}].host"), e))?;
+            let action = compile_action(i, &r.action, &config.pools)?;
+            router.insert(host.as_ref(), &r.path_prefix, action);
+        }
+        let client = ClientLimits {
+            handshake_timeout: ms(config.tls.handshake_timeout_ms),
+            header_timeout: ms(config.client.header_timeout_ms),
+            idle_timeout: ms(config.client.idle_timeout_ms),
+            shutdown_grace: ms(config.client.shutdown_grace_ms),
+        };
+        Ok(Self {
+            generation,
+            config,
+            router,
+            pools,
+            tls,
+            client,
+        })
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+fn build_pool(i: usize, p: &config::Pool) -> Result<Pool, ConfigError> {
+    let backends = p
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(j, b)| {
+            let path = || format!("pools[{i}].backends[{j}].address");
+            let addr = b
+                .address
+                .to_socket_addrs()
+                .map_err(|e| ConfigError::new(path(), format!("cannot resolve: {e}")))?
+                .next()
+                .ok_or_else(|| ConfigError::new(path(), "resolves to no address"))?;
+            Ok(Backend {
+                name: Arc::from(b.address.as_str()),
+                addr,
+            })
+        })
+        .collect::<Result<Vec<_>, ConfigError>>()?;
+    Ok(Pool {
+        name: Arc::from(p.name.as_str()),
+        backends,
+        connect_timeout: ms(p.timeouts.connect_ms),
+        response_header_timeout: ms(p.timeouts.response_header_ms),
+        idle_timeout: ms(p.timeouts.idle_ms),
+        max_idle_per_backend: p.max_idle_per_backend,
+    })
+}
+
+fn compile_action(
+    i: usize,
+    action: &Action,
+    pools: &[config::Pool],
+) -> Result<RouteAction, ConfigError> {
+    let at = |field: &str| format!("routes[{i}].action.{field}");
+    let status = |field: &str, code: u16| {
+        StatusCode::from_u16(code).map_err(|e| ConfigError::new(at(field), e))
+    };
+    let header =
+        |field: &str, v: &str| HeaderValue::from_str(v).map_err(|e| ConfigError::new(at(field), e));
+    Ok(match action {
+        Action::Proxy { pool } => {
+            RouteAction::Proxy(pools.iter().position(|p| &p.name == pool).ok_or_else(|| {
+                ConfigError::new(at("proxy.pool"), format!("no pool named {pool:?}"))
+            })?)
+        }
+        Action::Redirect { to, status: code } => RouteAction::Redirect {
+            to: header("redirect.to", to)?,
+            status: status("redirect.status", *code)?,
+        },
+        Action::Respond {
+            status: code,
+            body,
+            content_type,
+        } => RouteAction::Respond {
+            status: status("respond.status", *code)?,
+            body: Bytes::from(body.clone()),
+            content_type: header("respond.content_type", content_type)?,
+        },
+        Action::Welcome => RouteAction::Welcome,
+    })
+}
+
+/// What every thread shares: the current snapshot and the shutdown flag.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub tickets: Arc<TicketKeys>,
+    /// Set by the control plane on SIGTERM/SIGINT; cores poll it.
+    pub shutting_down: AtomicBool,
+}

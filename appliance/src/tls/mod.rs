@@ -1,0 +1,146 @@
+//! TLS termination with rustls (aws-lc-rs provider).
+//!
+//! TLS 1.3 and 1.2 with rustls' default suites (AEAD only, forward-secret key
+//! exchange), certificates chosen by SNI ([`sni`]), ALPN `h2` and `http/1.1`,
+//! and stateless resumption with session tickets shared by all cores
+//! ([`tickets`]). There is no server-side session cache, so no lock is taken
+//! during a handshake.
+
+pub mod self_signed;
+pub mod sni;
+pub mod tickets;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{self, ConfigError};
+use crate::router::HostPattern;
+use sni::SniTable;
+use tickets::TicketKeys;
+
+/// ALPN protocols offered, in order of preference.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Picks the certificate for a handshake from the client's SNI name.
+#[derive(Debug)]
+pub struct CertResolver(SniTable<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(self.0.lookup(hello.server_name())))
+    }
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads every certificate and key named in the config (relative paths from
+/// `base`) and checks that each key matches its certificate.
+pub fn load_certificates(
+    certs: &[config::Certificate],
+    base: &Path,
+) -> Result<Option<CertResolver>, ConfigError> {
+    let provider = provider();
+    let mut loaded = Vec::with_capacity(certs.len());
+    for (i, c) in certs.iter().enumerate() {
+        let at = |field: &str| format!("certificates[{i}].{field}");
+        let cert_path = base.join(&c.cert);
+        let key_path = base.join(&c.key);
+        let chain = read_chain(&cert_path).map_err(|e| ConfigError::new(at("cert"), e))?;
+        let key = read_key(&key_path).map_err(|e| ConfigError::new(at("key"), e))?;
+        let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+            ConfigError::new(
+                at("key"),
+                format!(
+                    "{}: does not fit {}: {e}",
+                    key_path.display(),
+                    cert_path.display()
+                ),
+            )
+        })?;
+        let names = if c.names.is_empty() {
+            dns_names(&certified.cert[0]).map_err(|e| {
+                ConfigError::new(at("cert"), format!("{}: {e}", cert_path.display()))
+            })?
+        } else {
+            c.names
+                .iter()
+                .map(|n| HostPattern::parse(n))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConfigError::new(at("names"), e))?
+        };
+        loaded.push((Arc::new(certified), names, c.default));
+    }
+    let Some(default) = loaded
+        .iter()
+        .find(|(_, _, is_default)| *is_default)
+        .or(loaded.first())
+        .map(|(key, _, _)| Arc::clone(key))
+    else {
+        return Ok(None);
+    };
+    let mut table = SniTable::new(default);
+    for (key, names, _) in loaded {
+        for name in &names {
+            table.insert(name, Arc::clone(&key));
+        }
+    }
+    Ok(Some(CertResolver(table)))
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a valid PEM certificate file: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no CERTIFICATE block in this PEM file",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!(
+            "{}: no usable private key in this PEM file: {e}",
+            path.display()
+        )
+    })
+}
+
+/// The DNS names a certificate is valid for, as SNI patterns.
+fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, String> {
+    let parsed = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("cannot read the certificate: {e}"))?;
+    Ok(parsed
+        .valid_dns_names()
+        .filter_map(|n| HostPattern::parse(n).ok())
+        .collect())
+}
+
+/// The rustls configuration every HTTPS listener uses.
+pub fn server_config(
+    certs: Arc<CertResolver>,
+    tickets: Arc<TicketKeys>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    config.ticketer = tickets;
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    Ok(Arc::new(config))
+}
