@@ -6,8 +6,8 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 /// The locked-memory limit is below what the cores need.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "edgebox needs {needed_kib} KiB of locked memory (RLIMIT_MEMLOCK) for io_uring, \
-     but the limit is {have_kib} KiB and cannot be raised ({reason}). \
+    "not enough locked memory for io_uring: {needed_kib} KiB needed (RLIMIT_MEMLOCK), \
+     the limit is {have_kib} KiB and cannot be raised ({reason}). \
      Raise it with `ulimit -l {needed_kib}` in the starting shell, \
      LimitMEMLOCK={needed_kib}K in a systemd unit, or --ulimit memlock={needed_bytes} for docker; \
      or start fewer cores with --cores"

@@ -149,29 +149,59 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let cpus = crate::limits::allowed_cpus();
     let mut handles = Vec::with_capacity(opts.cores);
     for (id, sockets) in bound.per_core.into_iter().enumerate() {
-        let shared = Arc::clone(&shared);
+        let core_shared = Arc::clone(&shared);
         let placement = match cpus.get(id % cpus.len().max(1)) {
             Some(&cpu) if opts.cores <= cpus.len() => glommio::Placement::Fixed(cpu),
             _ => glommio::Placement::Unbound,
         };
+        // The core says it runs; if its executor cannot be made (no io_uring,
+        // no locked memory), the closure is dropped unrun and `started` ends.
+        let (started_tx, started) = std::sync::mpsc::sync_channel::<()>(1);
         let handle = glommio::LocalExecutorBuilder::new(placement)
             .name(&format!("core{id}"))
             .io_memory(IO_MEMORY)
-            .spawn(move || core::run(id, sockets, shared))
-            .map_err(|e| ServeError::Executor {
-                core: id,
-                message: e.to_string(),
-            })?;
+            .spawn(move || {
+                let _ = started_tx.send(());
+                core::run(id, sockets, core_shared)
+            })
+            .map_err(|e| executor_error(id, &e))?;
+        if started.recv().is_err() {
+            let message = match handle.join() {
+                Err(e) => e.to_string(),
+                Ok(()) => "stopped during start-up".to_owned(),
+            };
+            shared
+                .shutting_down
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(ServeError::Executor { core: id, message });
+        }
         handles.push(handle);
     }
     print!("{banner}");
+    let mut failed = None;
     for (id, h) in handles.into_iter().enumerate() {
-        if h.join().is_err() {
-            tracing::error!(core = id, "core stopped abnormally");
+        if let Err(e) = h.join() {
+            tracing::error!(core = id, "core stopped abnormally: {e}");
+            failed.get_or_insert(ServeError::Executor {
+                core: id,
+                message: e.to_string(),
+            });
         }
     }
-    tracing::info!("all cores stopped; exiting");
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("all cores stopped; exiting");
+            Ok(())
+        }
+    }
+}
+
+fn executor_error(core: usize, e: &glommio::GlommioError<()>) -> ServeError {
+    ServeError::Executor {
+        core,
+        message: e.to_string(),
+    }
 }
 
 fn banner(snapshot: &Snapshot, addresses: &[std::net::SocketAddr], opts: &ServeOptions) -> String {

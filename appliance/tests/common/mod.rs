@@ -1,0 +1,491 @@
+//! Fixtures for tests that run the real `edgebox` binary on loopback.
+//!
+//! - [`Pki`]: a test CA and leaf certificates, written as PEM files.
+//! - [`Edgebox`]: the binary started with a config whose listeners use port 0;
+//!   the actual addresses come from its start-up banner. Its stderr (JSON logs)
+//!   is kept and printed when a test fails. Dropping it kills it by PID.
+//! - [`Backend`]: a small HTTP/1.1 server ("app container") that names itself
+//!   in every response and echoes what it received, with a WebSocket echo.
+//! - [`tls_client`]: a rustls client config that trusts the test CA.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `f` until it returns `Some`, or panics after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- PKI
+
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    ca_key: rcgen::KeyPair,
+    ca_params: rcgen::CertificateParams,
+    pub ca_der: CertificateDer<'static>,
+    pub ca_pem: PathBuf,
+}
+
+/// A leaf certificate written to `<name>.pem` and `<name>.key`.
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "edgebox test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        Self {
+            ca_der: ca.der().clone(),
+            dir,
+            ca_key,
+            ca_params,
+            ca_pem,
+        }
+    }
+
+    pub fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let leaf = Leaf {
+            cert: self.dir.path().join(format!("{file}.pem")),
+            key: self.dir.path().join(format!("{file}.key")),
+            der: cert.der().clone(),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+}
+
+/// A rustls client that trusts the test CA and offers `alpn`.
+pub fn tls_client(pki: &Pki, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+pub fn server_name(name: &str) -> ServerName<'static> {
+    ServerName::try_from(name.to_owned()).unwrap()
+}
+
+// ---------------------------------------------------------------- edgebox
+
+pub struct Edgebox {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    /// Listener name → actual address.
+    pub addrs: HashMap<String, SocketAddr>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Edgebox {
+    /// Starts `edgebox serve` with `config` on `cores` cores and waits until it
+    /// prints its listening addresses.
+    pub fn start(config: &Value, cores: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edgebox.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let args = [
+            "serve".to_owned(),
+            "--config".to_owned(),
+            path.display().to_string(),
+            "--cores".to_owned(),
+            cores.to_string(),
+        ];
+        Self::spawn(dir, &args)
+    }
+
+    /// Starts `edgebox` with `args` (plus `--data <dir>/data` unless given).
+    pub fn spawn(dir: tempfile::TempDir, args: &[String]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgebox"));
+        cmd.args(args);
+        if !args.iter().any(|a| a == "--data") {
+            cmd.arg("--data").arg(dir.path().join("data"));
+        }
+        let mut child = cmd
+            .arg("--log-format")
+            .arg("json")
+            .env("EDGEBOX_LOG", "info,edgebox=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&stderr);
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut addrs = HashMap::new();
+        let start = Instant::now();
+        let mut me = Self {
+            child,
+            dir,
+            addrs: HashMap::new(),
+            stderr,
+        };
+        loop {
+            let left = DEADLINE.saturating_sub(start.elapsed());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("listening: ") => {
+                    // listening: https://127.0.0.1:1234/ (name, …)
+                    let rest = &line["listening: ".len()..];
+                    let (url, tail) = rest.split_once(' ').unwrap();
+                    let addr = url.split("://").nth(1).unwrap().trim_end_matches('/');
+                    let name = tail
+                        .trim_start_matches('(')
+                        .split([',', ')'])
+                        .next()
+                        .unwrap();
+                    addrs.insert(name.to_owned(), addr.parse().unwrap());
+                }
+                Ok(line) if line.starts_with("data: ") => break,
+                Ok(_) => {}
+                Err(_) => panic!("edgebox did not start:\n{}", me.logs().join("\n")),
+            }
+        }
+        me.addrs = addrs;
+        me
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.addrs[listener]
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The JSON log lines with target `access`.
+    pub fn access_log(&self) -> Vec<Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["target"] == "access")
+            .collect()
+    }
+
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid()).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        wait_for("edgebox to exit", || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for Edgebox {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- edgebox stderr ----\n{}", self.logs().join("\n"));
+        }
+    }
+}
+
+/// A config with an https listener (all leaf certs given, the first default)
+/// and the given pools and routes.
+pub fn config(certs: &[&Leaf], pools: Value, routes: Value) -> Value {
+    let certificates: Vec<Value> = certs
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"cert": c.cert, "key": c.key, "default": i == 0}))
+        .collect();
+    json!({
+        "listeners": [
+            {"name": "https", "address": "127.0.0.1:0", "protocol": "https"},
+            {"name": "http", "address": "127.0.0.1:0", "protocol": "http"}
+        ],
+        "certificates": certificates,
+        "pools": pools,
+        "routes": routes,
+    })
+}
+
+// ---------------------------------------------------------------- backends
+
+/// A test backend on its own thread and tokio runtime.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// Requests received so far.
+    pub hits: Arc<AtomicUsize>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Backend {
+    /// Routes: `/slow?ms=N` answers after N ms; `/echo` streams the request
+    /// body back; `/stream?chunks=N&ms=M` sends N chunks M ms apart; `/ws`
+    /// is a WebSocket echo; anything else answers a JSON description of the
+    /// request, naming this backend.
+    pub fn start(name: &str) -> Self {
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let name_owned = name.to_owned();
+        let hits2 = Arc::clone(&hits);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let serve = async {
+                    loop {
+                        let (stream, peer) = listener.accept().await.unwrap();
+                        let name = name_owned.clone();
+                        let hits = Arc::clone(&hits2);
+                        tokio::spawn(async move {
+                            let svc = hyper::service::service_fn(move |req| {
+                                hits.fetch_add(1, Ordering::SeqCst);
+                                backend_reply(name.clone(), peer, req)
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                }
+            });
+        });
+        Self {
+            addr: addr_rx.recv().unwrap(),
+            name: name.to_owned(),
+            hits,
+            _shutdown: stop_tx,
+        }
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn backend_reply(
+    name: String,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(1000))).await;
+    }
+    if path == "/echo" {
+        let body = req.into_body().map_err(std::io::Error::other).boxed();
+        return Ok(Response::new(body));
+    }
+    if path == "/stream" {
+        let chunks = query(&req, "chunks").unwrap_or(10);
+        let ms = query(&req, "ms").unwrap_or(100);
+        let stream = futures_util::stream::unfold(0, move |i| async move {
+            if i == chunks {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Some((Ok(Frame::data(Bytes::from(format!("chunk {i}\n")))), i + 1))
+        });
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    if path == "/ws" {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            use futures_util::{SinkExt, StreamExt};
+            let upgraded = on_upgrade.await.unwrap();
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_close() {
+                    break;
+                }
+                if ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+            key.as_ref().map_or(&b""[..], |k| k.as_bytes()),
+        );
+        let resp = Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-accept", accept)
+            .body(full(""))
+            .unwrap();
+        return Ok(resp);
+    }
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or("?"))))
+        .collect();
+    let body = json!({
+        "backend": name,
+        "peer": peer.to_string(),
+        "method": req.method().as_str(),
+        "uri": req.uri().to_string(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .header("x-backend", &name)
+        .body(full(body.to_string()))
+        .unwrap())
+}
+
+/// A backend that accepts connections and never answers.
+pub struct SilentBackend {
+    pub addr: SocketAddr,
+    _listener: std::net::TcpListener,
+    _held: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl SilentBackend {
+    pub fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let accept = listener.try_clone().unwrap();
+        let h = Arc::clone(&held);
+        std::thread::spawn(move || {
+            for s in accept.incoming().map_while(Result::ok) {
+                h.lock().unwrap().push(s);
+            }
+        });
+        Self {
+            addr,
+            _listener: listener,
+            _held: held,
+        }
+    }
+}
+
+/// An address nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------- curl
+
+pub struct Curl {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs curl with `args`; `--cacert` for the test CA is added.
+pub fn curl(pki: &Pki, args: &[&str]) -> Curl {
+    let out = Command::new("curl")
+        .arg("--silent")
+        .arg("--show-error")
+        .arg("--max-time")
+        .arg("20")
+        .arg("--cacert")
+        .arg(&pki.ca_pem)
+        .args(args)
+        .output()
+        .expect("curl must be installed (the test command installs it)");
+    Curl {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// `--resolve` argument mapping `host` to edgebox's address.
+pub fn resolve(host: &str, addr: SocketAddr) -> String {
+    format!("{host}:{}:{}", addr.port(), addr.ip())
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}

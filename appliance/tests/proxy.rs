@@ -1,0 +1,462 @@
+//! `edgebox serve` on loopback, driven by curl and a rustls client, proxying to
+//! backends the tests start.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+fn pool(name: &str, backends: &[std::net::SocketAddr]) -> Value {
+    let b: Vec<Value> = backends
+        .iter()
+        .map(|a| json!({"address": a.to_string()}))
+        .collect();
+    json!({"name": name, "backends": b})
+}
+
+fn bodies(out: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(out)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// One curl process, several requests: they share one keep-alive connection,
+/// so they land on one core, whose round robin must alternate.
+#[test]
+fn curl_http1_and_http2_round_robin_over_two_backends() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[a.addr, b.addr])]),
+        json!([{"host": "shop.test", "action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let https = eb.addr("https");
+    for version in ["--http1.1", "--http2"] {
+        let urls: Vec<String> = (0..6)
+            .map(|i| format!("https://shop.test:{}/r{i}?q=1", https.port()))
+            .collect();
+        let mut args = vec![version, "--resolve"];
+        let r = resolve("shop.test", https);
+        args.push(&r);
+        args.extend(urls.iter().map(String::as_str));
+        let out = curl(&pki, &args);
+        assert!(out.status.success(), "{}", out.stderr);
+        let replies = bodies(&out.stdout);
+        assert_eq!(replies.len(), 6);
+        let order: Vec<&str> = replies
+            .iter()
+            .map(|r| r["backend"].as_str().unwrap())
+            .collect();
+        for pair in order.windows(2) {
+            assert_ne!(pair[0], pair[1], "not round robin: {order:?}");
+        }
+        for (i, r) in replies.iter().enumerate() {
+            assert_eq!(r["uri"], format!("/r{i}?q=1"));
+            assert_eq!(r["version"], "HTTP/1.1", "backends always get HTTP/1.1");
+            let h = &r["headers"];
+            assert_eq!(h["host"], format!("shop.test:{}", https.port()));
+            assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+            assert_eq!(h["x-forwarded-proto"], "https");
+            assert_eq!(h["x-forwarded-host"], format!("shop.test:{}", https.port()));
+            assert_eq!(
+                h["forwarded"],
+                format!(
+                    "for=127.0.0.1;proto=https;host=\"shop.test:{}\"",
+                    https.port()
+                )
+            );
+        }
+    }
+    // Keep-alive to the backends: 12 requests did not need 12 connections.
+    let peers: std::collections::HashSet<String> = eb
+        .access_log()
+        .iter()
+        .map(|l| l["backend"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(peers.len(), 2);
+    assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 6);
+}
+
+#[test]
+fn client_headers_are_extended_and_hop_by_hop_ones_removed() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let a = Backend::start("a");
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[a.addr])]),
+        json!([{"action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 1);
+    let r = resolve("shop.test", eb.addr("https"));
+    let url = format!("https://shop.test:{}/", eb.addr("https").port());
+    let out = curl(
+        &pki,
+        &[
+            "--http1.1",
+            "--resolve",
+            &r,
+            "-H",
+            "X-Forwarded-For: 203.0.113.9",
+            "-H",
+            "X-Forwarded-Proto: http",
+            "-H",
+            "Connection: keep-alive, X-Drop-Me",
+            "-H",
+            "X-Drop-Me: secret",
+            "-H",
+            "Keep-Alive: timeout=5",
+            &url,
+        ],
+    );
+    let reply: Value = serde_json::from_str(&out.stdout).unwrap();
+    let h = &reply["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert!(h.get("x-drop-me").is_none(), "{h}");
+    assert!(h.get("keep-alive").is_none(), "{h}");
+}
+
+#[test]
+fn rustls_client_over_http1_and_h2() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[a.addr, b.addr])]),
+        json!([{"action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let addr = eb.addr("https");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for alpn in [&b"http/1.1"[..], b"h2"] {
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client(&pki, &[alpn])));
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
+            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+            let io = TokioIo::new(stream);
+            let mut seen = Vec::new();
+            if alpn == b"h2" {
+                let (mut send, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                for _ in 0..4 {
+                    let req = hyper::Request::get(format!("https://shop.test:{}/h2", addr.port()))
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    seen.push(resp.headers()["x-backend"].to_str().unwrap().to_owned());
+                }
+            } else {
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                tokio::spawn(conn);
+                for _ in 0..4 {
+                    let req = hyper::Request::get("/h1")
+                        .header("host", "shop.test")
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap();
+                    let resp = send.send_request(req).await.unwrap();
+                    assert_eq!(resp.status(), 200);
+                    seen.push(resp.headers()["x-backend"].to_str().unwrap().to_owned());
+                    resp.into_body().collect().await.unwrap();
+                }
+            }
+            seen.sort();
+            assert_eq!(
+                seen,
+                ["a", "a", "b", "b"],
+                "over {:?}",
+                std::str::from_utf8(alpn)
+            );
+        }
+    });
+}
+
+#[test]
+fn dead_backend_gives_502_and_the_connection_survives() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let cfg = config(
+        &[&leaf],
+        json!([pool("dead", &[closed_port()])]),
+        json!([{"action": {"proxy": {"pool": "dead"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 1);
+    let r = resolve("shop.test", eb.addr("https"));
+    let url = format!("https://shop.test:{}/", eb.addr("https").port());
+    let out = curl(
+        &pki,
+        &[
+            "--http1.1",
+            "--resolve",
+            &r,
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &url,
+            &url,
+        ],
+    );
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout, "502 Bad Gateway\n502 1\n502 Bad Gateway\n502 0\n",
+        "two 502s on one connection"
+    );
+}
+
+#[test]
+fn a_failed_backend_is_skipped_for_the_next_one() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let a = Backend::start("a");
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[closed_port(), a.addr])]),
+        json!([{"action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 1);
+    let r = resolve("shop.test", eb.addr("https"));
+    let url = format!("https://shop.test:{}/", eb.addr("https").port());
+    for _ in 0..4 {
+        let out = curl(
+            &pki,
+            &[
+                "--resolve",
+                &r,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                &url,
+            ],
+        );
+        assert_eq!(out.stdout, "200");
+    }
+}
+
+#[test]
+fn silent_backend_gives_504_after_the_response_timeout() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let silent = SilentBackend::start();
+    let mut p = pool("slow", &[silent.addr]);
+    p["timeouts"] = json!({"response_header_ms": 700});
+    let cfg = config(
+        &[&leaf],
+        json!([p]),
+        json!([{"action": {"proxy": {"pool": "slow"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 1);
+    let r = resolve("shop.test", eb.addr("https"));
+    let url = format!("https://shop.test:{}/", eb.addr("https").port());
+    let start = Instant::now();
+    let out = curl(&pki, &["--resolve", &r, "-w", "%{http_code}", &url]);
+    let took = start.elapsed();
+    assert_eq!(out.stdout, "504 Gateway Timeout\n504");
+    assert!(
+        took >= Duration::from_millis(700),
+        "answered before the timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn bodies_stream_both_ways() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let a = Backend::start("a");
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[a.addr])]),
+        json!([{"action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let r = resolve("shop.test", eb.addr("https"));
+    let port = eb.addr("https").port();
+
+    // 24 MiB up and back down, HTTP/1.1 and HTTP/2.
+    let upload = eb.dir.path().join("upload.bin");
+    let data: Vec<u8> = (0..24u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&upload, &data).unwrap();
+    for version in ["--http1.1", "--http2"] {
+        let down = eb.dir.path().join("down.bin");
+        let out = curl(
+            &pki,
+            &[
+                version,
+                "--resolve",
+                &r,
+                "--data-binary",
+                &format!("@{}", upload.display()),
+                "-o",
+                &path_of(&down),
+                &format!("https://shop.test:{port}/echo"),
+            ],
+        );
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(
+            std::fs::read(&down).unwrap() == data,
+            "echo differs over {version}"
+        );
+    }
+
+    // A slow stream arrives chunk by chunk, not all at the end.
+    let out = curl(
+        &pki,
+        &[
+            "--resolve",
+            &r,
+            "-N",
+            "-w",
+            "\n%{time_starttransfer} %{time_total}",
+            &format!("https://shop.test:{port}/stream?chunks=5&ms=300"),
+        ],
+    );
+    let (body, times) = out.stdout.rsplit_once('\n').unwrap();
+    assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
+    let t: Vec<f64> = times.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert!(
+        t[1] - t[0] > 0.9,
+        "first byte at {}s, last at {}s: the body was buffered",
+        t[0],
+        t[1]
+    );
+}
+
+#[test]
+fn websocket_echo_passes_through() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let a = Backend::start("a");
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[a.addr])]),
+        json!([{"action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let addr = eb.addr("https");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client(&pki, &[b"http/1.1"])));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
+        let url = format!("wss://shop.test:{}/ws", addr.port());
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..20 {
+            ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+            assert_eq!(
+                ws.next().await.unwrap().unwrap(),
+                Message::text(format!("hello {i}"))
+            );
+        }
+        let big = vec![7u8; 1 << 20];
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(big));
+        ws.close(None).await.unwrap();
+    });
+}
+
+#[test]
+fn no_route_is_404_and_a_bad_host_is_400() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let cfg = config(
+        &[&leaf],
+        json!([]),
+        json!([{"host": "shop.test", "path_prefix": "/only", "action": {"respond": {"body": "only\n"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 1);
+    let r = resolve("shop.test", eb.addr("https"));
+    let port = eb.addr("https").port();
+    let code = |args: &[&str]| {
+        let mut a = vec!["--resolve", &r, "-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend_from_slice(args);
+        curl(&pki, &a).stdout
+    };
+    assert_eq!(code(&[&format!("https://shop.test:{port}/only/x")]), "200");
+    assert_eq!(code(&[&format!("https://shop.test:{port}/other")]), "404");
+    assert_eq!(
+        code(&[
+            "--path-as-is",
+            &format!("https://shop.test:{port}/only/../other")
+        ]),
+        "404"
+    );
+    assert_eq!(
+        code(&[
+            "--http1.1",
+            "-H",
+            "Host: bad host!",
+            &format!("https://shop.test:{port}/only")
+        ]),
+        "400"
+    );
+    // Over HTTP/2 a malformed :authority is a stream error in the h2 layer.
+    assert_eq!(
+        code(&[
+            "--http2",
+            "-H",
+            "Host: bad host!",
+            &format!("https://shop.test:{port}/only")
+        ]),
+        "000"
+    );
+}
+
+/// Many multiplexed HTTP/2 streams (h2load: 4 connections × 16 streams) all
+/// reach the backends and come back, none failing.
+#[test]
+fn h2load_multiplexed_streams_all_succeed() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let (a, b) = (Backend::start("a"), Backend::start("b"));
+    let cfg = config(
+        &[&leaf],
+        json!([pool("app", &[a.addr, b.addr])]),
+        json!([{"action": {"proxy": {"pool": "app"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let url = format!("https://127.0.0.1:{}/", eb.addr("https").port());
+    let out = std::process::Command::new("h2load")
+        .args(["-n", "2000", "-c", "4", "-m", "16", "-N", "10s", &url])
+        .output()
+        .expect("h2load must be installed (the test command installs nghttp2-client)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("2000 succeeded, 0 failed, 0 errored"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Application protocol: h2"), "{stdout}");
+    let total = a.hits.load(std::sync::atomic::Ordering::SeqCst)
+        + b.hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(total, 2000);
+}

@@ -1,0 +1,197 @@
+//! TLS as clients see it: certificates by SNI, resumption across cores.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use common::*;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::{DigitallySignedStruct, HandshakeKind, SignatureScheme};
+use serde_json::json;
+
+/// Accepts any certificate: for asking which one the server chose when the
+/// name deliberately does not match it.
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Handshakes with SNI `name` (or none) and returns the leaf the server sent.
+fn presented_cert(addr: std::net::SocketAddr, name: Option<&str>) -> CertificateDer<'static> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    config.enable_sni = name.is_some();
+    let server = server_name(name.unwrap_or("no-sni.invalid"));
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+    let mut tcp = TcpStream::connect(addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    conn.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+#[test]
+fn certificate_is_chosen_by_sni() {
+    let pki = Pki::new();
+    let default = pki.leaf("default", &["default.test"]);
+    let shop = pki.leaf("shop", &["shop.test", "www.shop.test"]);
+    let wild = pki.leaf("wild", &["*.wild.test"]);
+    let cfg = config(
+        &[&default, &shop, &wild],
+        json!([]),
+        json!([{"action": "welcome"}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let addr = eb.addr("https");
+    assert_eq!(presented_cert(addr, Some("shop.test")), shop.der);
+    assert_eq!(presented_cert(addr, Some("www.shop.test")), shop.der);
+    assert_eq!(presented_cert(addr, Some("a.wild.test")), wild.der);
+    assert_eq!(
+        presented_cert(addr, Some("b.a.wild.test")),
+        default.der,
+        "a wildcard covers one label"
+    );
+    assert_eq!(presented_cert(addr, Some("other.test")), default.der);
+    assert_eq!(presented_cert(addr, None), default.der);
+
+    // And a fully verifying client (curl, OpenSSL) accepts each chain for its name.
+    for host in ["shop.test", "a.wild.test", "default.test"] {
+        let r = resolve(host, addr);
+        let out = curl(
+            &pki,
+            &[
+                "--resolve",
+                &r,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("https://{host}:{}/", addr.port()),
+            ],
+        );
+        assert_eq!(out.stdout, "200", "{host}: {}", out.stderr);
+    }
+}
+
+/// Sessions resume on whichever core the next connection lands on: the
+/// ticket keys are shared. The access log says which core served each
+/// connection, so the test can tell that both cores resumed tickets.
+#[test]
+fn sessions_resume_across_cores() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let cfg = config(
+        &[&leaf],
+        json!([]),
+        json!([{"action": {"respond": {"body": "hi\n"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let addr = eb.addr("https");
+    for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der.clone()).unwrap();
+        let config = Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        );
+        let before = eb.access_log().len();
+        let mut kinds = Vec::new();
+        for _ in 0..16 {
+            let mut conn =
+                rustls::ClientConnection::new(Arc::clone(&config), server_name("shop.test"))
+                    .unwrap();
+            let mut tcp = TcpStream::connect(addr).unwrap();
+            let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut reply = Vec::new();
+            let _ = tls.read_to_end(&mut reply);
+            assert!(
+                reply.starts_with(b"HTTP/1.1 200"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+            kinds.push(conn.handshake_kind().unwrap());
+        }
+        assert_eq!(kinds[0], HandshakeKind::Full);
+        assert!(
+            kinds[1..].iter().all(|k| *k == HandshakeKind::Resumed),
+            "{versions:?}: {kinds:?}"
+        );
+        let log = wait_for("16 access-log lines", || {
+            let log = eb.access_log();
+            (log.len() >= before + 16).then_some(log)
+        });
+        let cores: std::collections::HashSet<i64> = log[before + 1..]
+            .iter()
+            .map(|l| l["core"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            cores.len(),
+            2,
+            "resumed connections all landed on one core: {cores:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_handshake_is_cut_off() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let mut cfg = config(&[&leaf], json!([]), json!([{"action": "welcome"}]));
+    cfg["tls"] = json!({"handshake_timeout_ms": 300});
+    let eb = Edgebox::start(&cfg, 1);
+    let mut tcp = TcpStream::connect(eb.addr("https")).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    // Send nothing: the server must close the connection on its own.
+    let n = tcp.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
+}
