@@ -13,14 +13,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-fn pool(name: &str, backends: &[std::net::SocketAddr]) -> Value {
-    let b: Vec<Value> = backends
-        .iter()
-        .map(|a| json!({"address": a.to_string()}))
-        .collect();
-    json!({"name": name, "backends": b})
-}
-
 fn bodies(out: &str) -> Vec<Value> {
     serde_json::Deserializer::from_str(out)
         .into_iter::<Value>()
@@ -32,15 +24,9 @@ fn bodies(out: &str) -> Vec<Value> {
 /// so they land on one core, whose round robin must alternate.
 #[test]
 fn curl_http1_and_http2_round_robin_over_two_backends() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[a.addr, b.addr])]),
-        json!([{"host": "shop.test", "action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 2);
+    let shop = Shop::start(&[a.addr, b.addr], 2, |_| {});
+    let (pki, eb) = (&shop.pki, &shop.eb);
     let https = eb.addr("https");
     for version in ["--http1.1", "--http2"] {
         let urls: Vec<String> = (0..6)
@@ -50,7 +36,7 @@ fn curl_http1_and_http2_round_robin_over_two_backends() {
         let r = resolve("shop.test", https);
         args.push(&r);
         args.extend(urls.iter().map(String::as_str));
-        let out = curl(&pki, &args);
+        let out = curl(pki, &args);
         assert!(out.status.success(), "{}", out.stderr);
         let replies = bodies(&out.stdout);
         assert_eq!(replies.len(), 6);
@@ -90,36 +76,22 @@ fn curl_http1_and_http2_round_robin_over_two_backends() {
 
 #[test]
 fn client_headers_are_extended_and_hop_by_hop_ones_removed() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let a = Backend::start("a");
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[a.addr])]),
-        json!([{"action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 1);
-    let r = resolve("shop.test", eb.addr("https"));
-    let url = format!("https://shop.test:{}/", eb.addr("https").port());
-    let out = curl(
-        &pki,
-        &[
-            "--http1.1",
-            "--resolve",
-            &r,
-            "-H",
-            "X-Forwarded-For: 203.0.113.9",
-            "-H",
-            "X-Forwarded-Proto: http",
-            "-H",
-            "Connection: keep-alive, X-Drop-Me",
-            "-H",
-            "X-Drop-Me: secret",
-            "-H",
-            "Keep-Alive: timeout=5",
-            &url,
-        ],
-    );
+    let shop = Shop::start(&[a.addr], 1, |_| {});
+    let out = shop.curl(&[
+        "--http1.1",
+        "-H",
+        "X-Forwarded-For: 203.0.113.9",
+        "-H",
+        "X-Forwarded-Proto: http",
+        "-H",
+        "Connection: keep-alive, X-Drop-Me",
+        "-H",
+        "X-Drop-Me: secret",
+        "-H",
+        "Keep-Alive: timeout=5",
+        &shop.url("/"),
+    ]);
     let reply: Value = serde_json::from_str(&out.stdout).unwrap();
     let h = &reply["headers"];
     assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
@@ -130,15 +102,9 @@ fn client_headers_are_extended_and_hop_by_hop_ones_removed() {
 
 #[test]
 fn rustls_client_over_http1_and_h2() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[a.addr, b.addr])]),
-        json!([{"action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 2);
+    let shop = Shop::start(&[a.addr, b.addr], 2, |_| {});
+    let (pki, eb) = (&shop.pki, &shop.eb);
     let addr = eb.addr("https");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -146,7 +112,7 @@ fn rustls_client_over_http1_and_h2() {
         .unwrap();
     rt.block_on(async {
         for alpn in [&b"http/1.1"[..], b"h2"] {
-            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client(&pki, &[alpn])));
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client(pki, &[alpn])));
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
             let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
             assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
@@ -193,28 +159,15 @@ fn rustls_client_over_http1_and_h2() {
 
 #[test]
 fn dead_backend_gives_502_and_the_connection_survives() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
-    let cfg = config(
-        &[&leaf],
-        json!([pool("dead", &[closed_port()])]),
-        json!([{"action": {"proxy": {"pool": "dead"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 1);
-    let r = resolve("shop.test", eb.addr("https"));
-    let url = format!("https://shop.test:{}/", eb.addr("https").port());
-    let out = curl(
-        &pki,
-        &[
-            "--http1.1",
-            "--resolve",
-            &r,
-            "-w",
-            "%{http_code} %{num_connects}\n",
-            &url,
-            &url,
-        ],
-    );
+    let shop = Shop::start(&[closed_port()], 1, |_| {});
+    let url = shop.url("/");
+    let out = shop.curl(&[
+        "--http1.1",
+        "-w",
+        "%{http_code} %{num_connects}\n",
+        &url,
+        &url,
+    ]);
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(
         out.stdout, "502 Bad Gateway\n502 1\n502 Bad Gateway\n502 0\n",
@@ -224,53 +177,21 @@ fn dead_backend_gives_502_and_the_connection_survives() {
 
 #[test]
 fn a_failed_backend_is_skipped_for_the_next_one() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let a = Backend::start("a");
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[closed_port(), a.addr])]),
-        json!([{"action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 1);
-    let r = resolve("shop.test", eb.addr("https"));
-    let url = format!("https://shop.test:{}/", eb.addr("https").port());
+    let shop = Shop::start(&[closed_port(), a.addr], 1, |_| {});
     for _ in 0..4 {
-        let out = curl(
-            &pki,
-            &[
-                "--resolve",
-                &r,
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "POST",
-                &url,
-            ],
-        );
-        assert_eq!(out.stdout, "200");
+        assert_eq!(shop.status(&["-X", "POST", &shop.url("/")]), "200");
     }
 }
 
 #[test]
 fn silent_backend_gives_504_after_the_response_timeout() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let silent = SilentBackend::start();
-    let mut p = pool("slow", &[silent.addr]);
-    p["timeouts"] = json!({"response_header_ms": 700});
-    let cfg = config(
-        &[&leaf],
-        json!([p]),
-        json!([{"action": {"proxy": {"pool": "slow"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 1);
-    let r = resolve("shop.test", eb.addr("https"));
-    let url = format!("https://shop.test:{}/", eb.addr("https").port());
+    let shop = Shop::start(&[silent.addr], 1, |cfg| {
+        cfg["pools"][0]["timeouts"] = json!({"response_header_ms": 700});
+    });
     let start = Instant::now();
-    let out = curl(&pki, &["--resolve", &r, "-w", "%{http_code}", &url]);
+    let out = shop.curl(&["-w", "%{http_code}", &shop.url("/")]);
     let took = start.elapsed();
     assert_eq!(out.stdout, "504 Gateway Timeout\n504");
     assert!(
@@ -282,39 +203,25 @@ fn silent_backend_gives_504_after_the_response_timeout() {
 
 #[test]
 fn bodies_stream_both_ways() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let a = Backend::start("a");
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[a.addr])]),
-        json!([{"action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 2);
-    let r = resolve("shop.test", eb.addr("https"));
-    let port = eb.addr("https").port();
+    let shop = Shop::start(&[a.addr], 2, |_| {});
 
     // 24 MiB up and back down, HTTP/1.1 and HTTP/2.
-    let upload = eb.dir.path().join("upload.bin");
+    let upload = shop.eb.dir.path().join("upload.bin");
     let data: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     std::fs::write(&upload, &data).unwrap();
     for version in ["--http1.1", "--http2"] {
-        let down = eb.dir.path().join("down.bin");
-        let out = curl(
-            &pki,
-            &[
-                version,
-                "--resolve",
-                &r,
-                "--data-binary",
-                &format!("@{}", upload.display()),
-                "-o",
-                &path_of(&down),
-                &format!("https://shop.test:{port}/echo"),
-            ],
-        );
+        let down = shop.eb.dir.path().join("down.bin");
+        let out = shop.curl(&[
+            version,
+            "--data-binary",
+            &format!("@{}", upload.display()),
+            "-o",
+            &path_of(&down),
+            &shop.url("/echo"),
+        ]);
         assert!(out.status.success(), "{}", out.stderr);
         assert!(
             std::fs::read(&down).unwrap() == data,
@@ -323,17 +230,12 @@ fn bodies_stream_both_ways() {
     }
 
     // A slow stream arrives chunk by chunk, not all at the end.
-    let out = curl(
-        &pki,
-        &[
-            "--resolve",
-            &r,
-            "-N",
-            "-w",
-            "\n%{time_starttransfer} %{time_total}",
-            &format!("https://shop.test:{port}/stream?chunks=5&ms=300"),
-        ],
-    );
+    let out = shop.curl(&[
+        "-N",
+        "-w",
+        "\n%{time_starttransfer} %{time_total}",
+        &shop.url("/stream?chunks=5&ms=300"),
+    ]);
     let (body, times) = out.stdout.rsplit_once('\n').unwrap();
     assert_eq!(body, "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n");
     let t: Vec<f64> = times.split(' ').map(|x| x.parse().unwrap()).collect();
@@ -350,22 +252,16 @@ fn websocket_echo_passes_through() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let a = Backend::start("a");
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[a.addr])]),
-        json!([{"action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 2);
+    let shop = Shop::start(&[a.addr], 2, |_| {});
+    let (pki, eb) = (&shop.pki, &shop.eb);
     let addr = eb.addr("https");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client(&pki, &[b"http/1.1"])));
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_client(pki, &[b"http/1.1"])));
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
         let url = format!("wss://shop.test:{}/ws", addr.port());
@@ -387,64 +283,31 @@ fn websocket_echo_passes_through() {
 
 #[test]
 fn no_route_is_404_and_a_bad_host_is_400() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
-    let cfg = config(
-        &[&leaf],
-        json!([]),
-        json!([{"host": "shop.test", "path_prefix": "/only", "action": {"respond": {"body": "only\n"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 1);
-    let r = resolve("shop.test", eb.addr("https"));
-    let port = eb.addr("https").port();
-    let code = |args: &[&str]| {
-        let mut a = vec!["--resolve", &r, "-o", "/dev/null", "-w", "%{http_code}"];
-        a.extend_from_slice(args);
-        curl(&pki, &a).stdout
-    };
-    assert_eq!(code(&[&format!("https://shop.test:{port}/only/x")]), "200");
-    assert_eq!(code(&[&format!("https://shop.test:{port}/other")]), "404");
+    let shop = Shop::start(&[], 1, |cfg| {
+        cfg["routes"] = json!([{"host": "shop.test", "path_prefix": "/only", "action": {"respond": {"body": "only\n"}}}]);
+    });
+    assert_eq!(shop.status(&[&shop.url("/only/x")]), "200");
+    assert_eq!(shop.status(&[&shop.url("/other")]), "404");
     assert_eq!(
-        code(&[
-            "--path-as-is",
-            &format!("https://shop.test:{port}/only/../other")
-        ]),
+        shop.status(&["--path-as-is", &shop.url("/only/../other")]),
         "404"
     );
+    let bad_host = ["-H", "Host: bad host!", &shop.url("/only")];
     assert_eq!(
-        code(&[
-            "--http1.1",
-            "-H",
-            "Host: bad host!",
-            &format!("https://shop.test:{port}/only")
-        ]),
+        shop.status(&[&["--http1.1"][..], &bad_host].concat()),
         "400"
     );
     // Over HTTP/2 a malformed :authority is a stream error in the h2 layer.
-    assert_eq!(
-        code(&[
-            "--http2",
-            "-H",
-            "Host: bad host!",
-            &format!("https://shop.test:{port}/only")
-        ]),
-        "000"
-    );
+    assert_eq!(shop.status(&[&["--http2"][..], &bad_host].concat()), "000");
 }
 
 /// Many multiplexed HTTP/2 streams (h2load: 4 connections × 16 streams) all
 /// reach the backends and come back, none failing.
 #[test]
 fn h2load_multiplexed_streams_all_succeed() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
     let (a, b) = (Backend::start("a"), Backend::start("b"));
-    let cfg = config(
-        &[&leaf],
-        json!([pool("app", &[a.addr, b.addr])]),
-        json!([{"action": {"proxy": {"pool": "app"}}}]),
-    );
-    let eb = Edgebox::start(&cfg, 2);
+    let shop = Shop::start(&[a.addr, b.addr], 2, |_| {});
+    let eb = &shop.eb;
     let url = format!("https://127.0.0.1:{}/", eb.addr("https").port());
     let out = std::process::Command::new("h2load")
         .args(["-n", "2000", "-c", "4", "-m", "16", "-N", "10s", &url])
@@ -459,4 +322,42 @@ fn h2load_multiplexed_streams_all_succeed() {
     let total = a.hits.load(std::sync::atomic::Ordering::SeqCst)
         + b.hits.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(total, 2000);
+}
+
+/// A keep-alive connection that moves no byte for `client.idle_timeout_ms` is
+/// closed by edgebox; one that keeps talking is not.
+#[test]
+fn idle_client_connections_are_closed() {
+    use std::io::{Read, Write};
+    let shop = Shop::start(&[], 1, |cfg| {
+        cfg["client"] = json!({"idle_timeout_ms": 400});
+        cfg["routes"] = json!([{"action": {"respond": {"body": "ok\n"}}}]);
+    });
+    let mut tcp = std::net::TcpStream::connect(shop.eb.addr("http")).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Busy for longer than the idle timeout: still served.
+    let mut buf = [0u8; 4096];
+    for _ in 0..6 {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            .unwrap();
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    // Then quiet: closed by the server.
+    let start = Instant::now();
+    assert_eq!(
+        tcp.read(&mut buf).unwrap(),
+        0,
+        "expected the server to close"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "closed too early: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(5),
+        "closed too late: {waited:?}"
+    );
 }

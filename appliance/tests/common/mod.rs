@@ -489,3 +489,51 @@ pub fn resolve(host: &str, addr: SocketAddr) -> String {
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
+
+// ---------------------------------------------------------------- shop fixture
+
+/// edgebox serving `shop.test` (a certificate from the test CA), every request
+/// routed to the pool `app`.
+pub struct Shop {
+    pub pki: Pki,
+    pub eb: Edgebox,
+}
+
+impl Shop {
+    /// `app` has `backends`; `tweak` may change the config before start.
+    pub fn start(backends: &[SocketAddr], cores: usize, tweak: impl FnOnce(&mut Value)) -> Self {
+        let pki = Pki::new();
+        let leaf = pki.leaf("shop", &["shop.test"]);
+        let b: Vec<Value> = backends
+            .iter()
+            .map(|a| json!({"address": a.to_string()}))
+            .collect();
+        let mut cfg = config(
+            &[&leaf],
+            json!([{"name": "app", "backends": b}]),
+            json!([{"action": {"proxy": {"pool": "app"}}}]),
+        );
+        tweak(&mut cfg);
+        let eb = Edgebox::start(&cfg, cores);
+        Self { pki, eb }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://shop.test:{}{path}", self.eb.addr("https").port())
+    }
+
+    /// curl with `shop.test` resolved to edgebox.
+    pub fn curl(&self, args: &[&str]) -> Curl {
+        let r = resolve("shop.test", self.eb.addr("https"));
+        let mut all = vec!["--resolve", &r];
+        all.extend_from_slice(args);
+        curl(&self.pki, &all)
+    }
+
+    /// Only the status code of a curl request.
+    pub fn status(&self, args: &[&str]) -> String {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        self.curl(&all).stdout
+    }
+}
