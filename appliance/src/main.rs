@@ -88,7 +88,11 @@ fn main() -> ExitCode {
 fn check_config(path: PathBuf) -> Result<(), server::ServeError> {
     let loaded = server::read_config(Some(&path), &default_data_dir())?;
     let tickets = edgebox::tls::tickets::TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
-    let snapshot = loaded.build(&tickets)?;
+    let snapshot = loaded.build(
+        &edgebox::hostmap::HostMap::default(),
+        &tickets,
+        edgebox::snapshot::Generations::default(),
+    )?;
     println!(
         "{}: ok ({} listeners, {} pools, {} routes)",
         path.display(),

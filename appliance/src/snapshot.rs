@@ -5,17 +5,21 @@
 //! [`Router`]. Building either succeeds completely or fails with the field that
 //! is wrong; cores only ever see finished snapshots, through [`Shared`].
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Action, Config, ConfigError};
+use crate::hostmap::HostMap;
 use crate::router::{HostPattern, Router};
 use crate::tls::tickets::TicketKeys;
 
@@ -47,6 +51,8 @@ pub struct Backend {
 pub struct Pool {
     pub name: Arc<str>,
     pub backends: Vec<Backend>,
+    /// Each backend's share of new requests: its weight, or 0 while draining.
+    pub weights: Vec<u32>,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub idle_timeout: Duration,
@@ -61,12 +67,20 @@ pub struct ClientLimits {
     pub shutdown_grace: Duration,
 }
 
+/// How many times the config and the host map have been changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generations {
+    pub config: u64,
+    pub hostmap: u64,
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
-    /// Increases by one with every applied config.
-    pub generation: u64,
+    pub generations: Generations,
     pub config: Config,
     pub router: Router<RouteAction>,
+    /// The host map, compiled: host → index into `pools`.
+    pub hostmap: HashMap<Box<str>, u32>,
     pub pools: Vec<Pool>,
     /// For HTTPS listeners; `None` when the config has no certificates.
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -78,9 +92,10 @@ impl Snapshot {
     /// `base`.
     pub fn build(
         config: Config,
+        hostmap: &HostMap,
         base: &Path,
         tickets: &Arc<TicketKeys>,
-        generation: u64,
+        generations: Generations,
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let tls = match crate::tls::load_certificates(&config.certificates, base)? {
@@ -103,6 +118,20 @@ impl Snapshot {
             let action = compile_action(i, &r.action, &config.pools)?;
             router.insert(host.as_ref(), &r.path_prefix, action);
         }
+        let pool_index: HashMap<&str, u32> = (0u32..)
+            .zip(&config.pools)
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let mut compiled = HashMap::with_capacity(hostmap.len());
+        for (host, pool) in hostmap.iter() {
+            let Some(&i) = pool_index.get(pool) else {
+                return Err(ConfigError::new(
+                    format!("hostmap[{host:?}].pool"),
+                    format!("no pool named {pool:?}"),
+                ));
+            };
+            compiled.insert(Box::from(host), i);
+        }
         let client = ClientLimits {
             handshake_timeout: ms(config.tls.handshake_timeout_ms),
             header_timeout: ms(config.client.header_timeout_ms),
@@ -110,9 +139,10 @@ impl Snapshot {
             shutdown_grace: ms(config.client.shutdown_grace_ms),
         };
         Ok(Self {
-            generation,
+            generations,
             config,
             router,
+            hostmap: compiled,
             pools,
             tls,
             client,
@@ -143,9 +173,18 @@ fn build_pool(i: usize, p: &config::Pool) -> Result<Pool, ConfigError> {
             })
         })
         .collect::<Result<Vec<_>, ConfigError>>()?;
+    let weights = p
+        .backends
+        .iter()
+        .map(|b| match b.state {
+            config::BackendState::Enabled => b.weight,
+            config::BackendState::Draining => 0,
+        })
+        .collect();
     Ok(Pool {
         name: Arc::from(p.name.as_str()),
         backends,
+        weights,
         connect_timeout: ms(p.timeouts.connect_ms),
         response_header_timeout: ms(p.timeouts.response_header_ms),
         idle_timeout: ms(p.timeouts.idle_ms),
@@ -187,11 +226,34 @@ fn compile_action(
     })
 }
 
-/// What every thread shares: the current snapshot and the shutdown flag.
+/// What every thread shares. The control plane writes, cores read.
 #[derive(Debug)]
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub tickets: Arc<TicketKeys>,
-    /// Set by the control plane on SIGTERM/SIGINT; cores poll it.
+    /// Set by the control plane on SIGTERM/SIGINT or a shutdown request; cores
+    /// poll it.
     pub shutting_down: AtomicBool,
+    /// Each core's statistics, indexed by core.
+    pub stats: crate::metrics::AllStats,
+    /// Sockets bound by the control plane for listeners added at run time,
+    /// waiting for their core to adopt them: (core, listener key) → socket.
+    pub new_sockets: Mutex<HashMap<(usize, ListenerKey), OwnedFd>>,
+}
+
+/// What identifies a listening socket: a listener with the same name and
+/// address keeps its sockets across config changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+impl ListenerKey {
+    pub fn of(l: &config::Listener) -> Self {
+        Self {
+            name: l.name.clone(),
+            address: l.address,
+        }
+    }
 }

@@ -2,7 +2,10 @@
 
 use std::path::Path;
 
-use super::{Action, Certificate, ClientSettings, Config, Listener, Protocol, Route, TlsSettings};
+use super::{
+    Action, AdminSettings, Certificate, ClientSettings, Config, Listener, Protocol, Route,
+    TlsSettings,
+};
 
 /// HTTPS on 127.0.0.1:8443 with the given (self-signed) certificate, HTTP on
 /// 127.0.0.1:8080 redirecting to it, and the welcome page for every request.
@@ -23,6 +26,7 @@ pub fn embedded_default(cert: &Path, key: &Path) -> Config {
             },
         ],
         certificates: vec![Certificate {
+            name: Some("localhost".into()),
             cert: cert.to_owned(),
             key: key.to_owned(),
             names: Vec::new(),
@@ -36,5 +40,6 @@ pub fn embedded_default(cert: &Path, key: &Path) -> Config {
             action: Action::Welcome,
         }],
         client: ClientSettings::default(),
+        admin: AdminSettings::default(),
     }
 }

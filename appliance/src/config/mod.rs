@@ -60,6 +60,24 @@ pub struct Config {
     /// Limits on client connections.
     #[serde(default)]
     pub client: ClientSettings,
+    /// The admin API's own listener.
+    #[serde(default)]
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// HTTPS address of the admin API (served by the control plane).
+    pub address: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            address: ([127, 0, 0, 1], 9443).into(),
+        }
+    }
 }
 
 /// One address to accept connections on.
@@ -89,6 +107,9 @@ pub enum Protocol {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Certificate {
+    /// A unique name; certificates uploaded through the admin API have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// PEM file with the certificate chain, leaf first. A relative path is
     /// relative to the config file's directory.
     pub cert: PathBuf,
@@ -177,6 +198,35 @@ pub struct Backend {
     /// `host:port` or `ip:port`; a host name is resolved when the config is
     /// applied.
     pub address: String,
+    /// Share of new requests relative to the pool's other backends; 0 sends
+    /// none.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// `draining`: no new requests (those in flight finish, open connections
+    /// stay); `enabled`: in rotation.
+    #[serde(default, skip_serializing_if = "BackendState::is_enabled")]
+    pub state: BackendState,
+}
+
+/// The largest backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendState {
+    #[default]
+    Enabled,
+    Draining,
+}
+
+impl BackendState {
+    fn is_enabled(&self) -> bool {
+        *self == Self::Enabled
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -296,6 +346,12 @@ impl Config {
         let mut addresses = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             let at = |field: &str| format!("listeners[{i}].{field}");
+            if l.address == self.admin.address && l.address.port() != 0 {
+                return Err(ConfigError::new(
+                    at("address"),
+                    "the admin API listens there",
+                ));
+            }
             check_name(&at("name"), &l.name)?;
             if !names.insert(&l.name) {
                 return Err(ConfigError::new(at("name"), "duplicate listener name"));
@@ -328,6 +384,18 @@ impl Config {
     }
 
     fn validate_certificates(&self) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, c) in self.certificates.iter().enumerate() {
+            if let Some(name) = &c.name {
+                check_name(&format!("certificates[{i}].name"), name)?;
+                if !names.insert(name) {
+                    return Err(ConfigError::new(
+                        format!("certificates[{i}].name"),
+                        "duplicate certificate name",
+                    ));
+                }
+            }
+        }
         let defaults = self.certificates.iter().filter(|c| c.default).count();
         if defaults > 1 {
             return Err(ConfigError::new(
@@ -358,6 +426,12 @@ impl Config {
                 check_host_port(&path, &b.address)?;
                 if !seen.insert(&b.address) {
                     return Err(ConfigError::new(path, "backend listed twice in this pool"));
+                }
+                if b.weight > MAX_WEIGHT {
+                    return Err(ConfigError::new(
+                        format!("pools[{i}].backends[{j}].weight"),
+                        format_args!("must be from 0 to {MAX_WEIGHT}"),
+                    ));
                 }
             }
             positive(&at("timeouts.connect_ms"), p.timeouts.connect_ms)?;

@@ -1,14 +1,16 @@
 //! Response bodies, and the access-log line written when one is finished.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::ConnInfo;
+use crate::server::core::{Core, CoreSnapshot};
 
 /// A body edgebox made itself, or a backend's body streamed through.
 #[derive(Debug)]
@@ -64,38 +66,50 @@ impl Body for ResBody {
     }
 }
 
-/// One request, as the access log records it.
+/// One request, as the access log and the metrics record it.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub start: Instant,
-    pub core: usize,
-    pub listener: Arc<str>,
-    pub client: SocketAddr,
+    pub core: Rc<Core>,
+    /// The snapshot the request was served from (names of pools, backends).
+    pub snap: Rc<CoreSnapshot>,
+    pub conn: Rc<ConnInfo>,
     pub version: http::Version,
     pub method: http::Method,
     pub host: String,
     pub uri: String,
     pub status: u16,
-    pub backend: Option<Arc<str>>,
+    /// The pool, and the backend if one was reached, by index into `snap`.
+    pub target: Option<(usize, Option<usize>)>,
     pub bytes: u64,
 }
 
 impl AccessRecord {
-    fn emit(&self) {
-        let backend = self.backend.as_deref().unwrap_or("-");
+    fn finish(&self) {
+        let took = self.start.elapsed();
+        self.core.stats.all.record(self.status, self.bytes, took);
+        let mut backend_name = "-";
+        if let Some((pool, backend)) = self.target {
+            self.snap
+                .backend_counters(&self.core, pool, backend)
+                .record(self.status, self.bytes, took);
+            if let Some(b) = backend {
+                backend_name = &self.snap.snap.pools[pool].backends[b].name;
+            }
+        }
         tracing::info!(
             target: "access",
-            core = self.core,
-            listener = &*self.listener,
-            client = %self.client,
+            core = self.core.id,
+            listener = &*self.conn.listener,
+            client = %self.conn.client,
             version = ?self.version,
             method = %self.method,
             host = %self.host,
             path = %self.uri,
             status = self.status,
             bytes = self.bytes,
-            backend,
-            duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
+            backend = backend_name,
+            duration_ms = took.as_secs_f64() * 1e3,
         );
     }
 }
@@ -116,7 +130,7 @@ impl<B> Logged<B> {
 
 impl<B> Drop for Logged<B> {
     fn drop(&mut self) {
-        self.record.emit();
+        self.record.finish();
     }
 }
 

@@ -31,7 +31,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::balance::Balancer;
 use crate::router::normalize_host;
 use crate::server::core::{Core, CoreSnapshot};
 use crate::snapshot::{self, RouteAction};
@@ -40,7 +39,7 @@ use crate::snapshot::{self, RouteAction};
 #[derive(Debug)]
 pub struct ConnInfo {
     pub client: SocketAddr,
-    pub listener: Arc<str>,
+    pub listener: Rc<str>,
     pub scheme: &'static str,
     pub redirect_to_https_port: Option<u16>,
     /// The backend side of an upgrade this connection's request was granted.
@@ -58,8 +57,10 @@ pub enum Blame {
 /// Why a proxied request got no response from a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The pool has no backends configured.
-    #[error("pool {0} has no backends")]
+    /// The pool has no usable backend.
+    #[error(
+        "pool {0} has no backend to send to (none configured, or all draining or of weight 0)"
+    )]
     NoBackend(Arc<str>),
     /// No backend could be connected to (the last error is kept).
     #[error("backend {backend}: {source}")]
@@ -111,9 +112,9 @@ pub async fn handle(
     let snap = core.current();
     let mut record = AccessRecord {
         start,
-        core: core.id,
-        listener: Arc::clone(&conn.listener),
-        client: conn.client,
+        core: Rc::clone(&core),
+        snap: Rc::clone(&snap),
+        conn: Rc::clone(&conn),
         version: req.version(),
         method: req.method().clone(),
         host: String::new(),
@@ -122,12 +123,18 @@ pub async fn handle(
             .path_and_query()
             .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
         status: 0,
-        backend: None,
+        target: None,
         bytes: 0,
     };
     let response = respond(&core, &snap, &conn, req, &mut record).await;
     record.status = response.status().as_u16();
     response.map(|body| Logged::new(body, record))
+}
+
+/// What routing chose: a route's action, or a pool from the host map.
+enum Chosen<'a> {
+    Action(&'a RouteAction),
+    HostMap(usize),
 }
 
 async fn respond(
@@ -157,30 +164,34 @@ async fn respond(
         return redirect_to_https(&host, port, req.uri());
     }
 
-    // 3. route
-    let Some(action) = snap.snap.router.route(&host, req.uri().path()) else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "404 Not Found: no route for this host and path\n",
-        );
+    // 3. route: exact-host routes, then the host map, then wildcard and
+    // catch-all routes.
+    let router = &snap.snap.router;
+    let path = req.uri().path();
+    let chosen = match router.route_exact(&host, path) {
+        Some(found) => found.map(Chosen::Action),
+        None => match snap.snap.hostmap.get(&*host) {
+            Some(&pool) => Some(Chosen::HostMap(pool as usize)),
+            None => router.route_inexact(&host, path).map(Chosen::Action),
+        },
+    };
+    let action = match chosen {
+        None => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                "404 Not Found: no route for this host and path\n",
+            )
+        }
+        Some(Chosen::HostMap(pool)) => {
+            return proxy_to(core, snap, pool, conn, &authority, req, record).await
+        }
+        Some(Chosen::Action(action)) => action,
     };
 
     // 4. act
     match action {
         RouteAction::Proxy(index) => {
-            let pool = &snap.snap.pools[*index];
-            match proxy(core, snap, *index, pool, conn, &authority, req, record).await {
-                Ok(response) => response,
-                Err(e) => {
-                    tracing::warn!(pool = &*pool.name, blame = ?e.blame(), "{e}");
-                    let body = match e.status() {
-                        StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
-                        StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
-                        _ => "502 Bad Gateway\n",
-                    };
-                    plain(e.status(), body)
-                }
-            }
+            proxy_to(core, snap, *index, conn, &authority, req, record).await
         }
         RouteAction::Redirect { to, status } => {
             let mut r = Response::new(ResBody::empty());
@@ -206,6 +217,32 @@ async fn respond(
                 HeaderValue::from_static("text/html; charset=utf-8"),
             );
             r
+        }
+    }
+}
+
+/// Proxies to pool `index`, turning a failure into its error response.
+async fn proxy_to(
+    core: &Rc<Core>,
+    snap: &CoreSnapshot,
+    index: usize,
+    conn: &ConnInfo,
+    authority: &str,
+    req: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Response<ResBody> {
+    record.target = Some((index, None));
+    let pool = &snap.snap.pools[index];
+    match proxy(core, snap, index, pool, conn, authority, req, record).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(pool = &*pool.name, blame = ?e.blame(), "{e}");
+            let body = match e.status() {
+                StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
+                StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+                _ => "502 Bad Gateway\n",
+            };
+            plain(e.status(), body)
         }
     }
 }
@@ -312,9 +349,9 @@ async fn forward(
 ) -> Result<Response<ResBody>, ProxyError> {
     let mut fresh_only = false;
     loop {
-        let (backend, mut sender, reused) =
-            connect(core, snap, pool_index, pool, fresh_only).await?;
-        record.backend = Some(Arc::clone(&backend.name));
+        let (index, mut sender, reused) = connect(core, snap, pool_index, pool, fresh_only).await?;
+        record.target = Some((pool_index, Some(index)));
+        let backend = &pool.backends[index];
         let sent =
             crate::rt::timeout(pool.response_header_timeout, sender.try_send_request(req)).await;
         let response = match sent {
@@ -363,11 +400,11 @@ async fn forward_upgrade(
     record: &mut AccessRecord,
 ) -> Result<Response<ResBody>, ProxyError> {
     let mut last_error = None;
-    for _ in 0..pool.backends.len() {
-        let pick = snap.balancers.borrow_mut()[pool_index].pick(pool.backends.len(), &|_| true);
-        let Some(i) = pick else { break };
+    let mut tried = Tried::default();
+    while let Some(i) = snap.pick(pool_index, &tried) {
+        tried.add(i);
         let backend = &pool.backends[i];
-        record.backend = Some(Arc::clone(&backend.name));
+        record.target = Some((pool_index, Some(i)));
         let ((mut sender, mut backend_conn), activity) =
             match pool::open(backend.addr, pool.connect_timeout).await {
                 Ok(opened) => opened,
@@ -420,28 +457,56 @@ async fn forward_upgrade(
     Err(last_error.unwrap_or_else(|| ProxyError::NoBackend(Arc::clone(&pool.name))))
 }
 
+/// Backends already tried for one request; at most [`MAX_ATTEMPTS`].
+#[derive(Debug, Default)]
+pub struct Tried {
+    list: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
+
+/// The most backends one request tries to connect to.
+pub const MAX_ATTEMPTS: usize = 8;
+
+impl Tried {
+    fn add(&mut self, i: usize) {
+        if self.len < MAX_ATTEMPTS {
+            self.list[self.len] = i;
+            self.len += 1;
+        }
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&i)
+    }
+
+    /// No more attempts allowed.
+    pub fn exhausted(&self) -> bool {
+        self.len == MAX_ATTEMPTS
+    }
+}
+
 /// Picks a backend and a connection to it: a pooled one unless `fresh_only`,
-/// otherwise a new one. A failed connect moves on to the next backend, up to
-/// once per backend.
-async fn connect<'a>(
+/// otherwise a new one. A failed connect moves on to another backend, each
+/// backend at most once, [`MAX_ATTEMPTS`] in all.
+async fn connect(
     core: &Rc<Core>,
     snap: &CoreSnapshot,
     pool_index: usize,
-    pool: &'a snapshot::Pool,
+    pool: &snapshot::Pool,
     fresh_only: bool,
-) -> Result<(&'a snapshot::Backend, pool::Sender, bool), ProxyError> {
+) -> Result<(usize, pool::Sender, bool), ProxyError> {
     let mut last_error = None;
-    for _ in 0..pool.backends.len() {
-        let pick = snap.balancers.borrow_mut()[pool_index].pick(pool.backends.len(), &|_| true);
-        let Some(i) = pick else { break };
+    let mut tried = Tried::default();
+    while let Some(i) = snap.pick(pool_index, &tried) {
+        tried.add(i);
         let backend = &pool.backends[i];
         if !fresh_only {
             if let Some(sender) = core.pool.checkout(backend.addr, pool.idle_timeout) {
-                return Ok((backend, sender, true));
+                return Ok((i, sender, true));
             }
         }
         match pool::connect(backend.addr, pool.connect_timeout, pool.idle_timeout).await {
-            Ok(sender) => return Ok((backend, sender, false)),
+            Ok(sender) => return Ok((i, sender, false)),
             Err(source) => {
                 tracing::warn!(
                     pool = &*pool.name,

@@ -171,14 +171,27 @@ impl<T> Router<T> {
     /// The value for a request. `host` must be normalised ([`normalize_host`]);
     /// `path` is the request path without the query.
     pub fn route(&self, host: &str, path: &str) -> Option<&T> {
-        let path = remove_dot_segments(path);
-        self.virtual_host(host)?.lookup(&path)
+        match self.route_exact(host, path) {
+            Some(found) => found,
+            None => self.route_inexact(host, path),
+        }
     }
 
-    fn virtual_host(&self, host: &str) -> Option<&PathTable<T>> {
-        if let Some(t) = self.exact.get(host) {
-            return Some(t);
-        }
+    /// `None` when no route names `host` exactly; otherwise that virtual
+    /// host's answer (which may be no route for this path). Callers with
+    /// another exact-host table (the host map) consult it between this and
+    /// [`Router::route_inexact`].
+    pub fn route_exact(&self, host: &str, path: &str) -> Option<Option<&T>> {
+        let table = self.exact.get(host)?;
+        Some(table.lookup(&remove_dot_segments(path)))
+    }
+
+    /// The wildcard and catch-all routes for a host that has no exact ones.
+    pub fn route_inexact(&self, host: &str, path: &str) -> Option<&T> {
+        self.inexact_host(host)?.lookup(&remove_dot_segments(path))
+    }
+
+    fn inexact_host(&self, host: &str) -> Option<&PathTable<T>> {
         if !self.wildcard.is_empty() {
             // Longest suffix first: strip one label at a time.
             let mut rest = host;

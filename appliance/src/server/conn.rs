@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -19,15 +18,23 @@ use crate::rt::{self, Activity, CoreTimer, Either, HyperIo, LocalExec, TcpStream
 /// or the core stops (then in-flight requests finish first).
 pub async fn serve(
     core: Rc<Core>,
-    listener: usize,
+    listener: Rc<str>,
     stream: TcpStream,
     stop: async_channel::Receiver<()>,
     _alive: async_channel::Sender<()>,
 ) {
     let snap = core.current();
-    let Some(config) = snap.snap.config.listeners.get(listener) else {
+    let Some(config) = snap
+        .snap
+        .config
+        .listeners
+        .iter()
+        .find(|l| *l.name == *listener)
+    else {
         return;
     };
+    core.stats.connection_opened();
+    let _open = OpenConnection(&core);
     let Ok(client) = stream.peer_addr() else {
         return;
     };
@@ -37,7 +44,7 @@ pub async fn serve(
     let io = TrackedIo::new(stream, activity.clone());
     let mut info = ConnInfo {
         client,
-        listener: Arc::from(config.name.as_str()),
+        listener,
         scheme: "http",
         redirect_to_https_port: config.redirect_to_https_port,
         tunnel: Default::default(),
@@ -68,17 +75,22 @@ pub async fn serve(
             {
                 Either::Left(Some(Ok(tls))) => tls,
                 Either::Left(Some(Err(e))) => {
+                    core.stats.handshake_failed();
                     tracing::debug!(%client, "TLS handshake failed: {e}");
                     return;
                 }
                 Either::Left(None) => {
+                    core.stats.handshake_failed();
                     tracing::debug!(%client, "TLS handshake timed out");
                     return;
                 }
                 Either::Right(_) => return,
             };
+            let session = tls.get_ref().1;
+            core.stats
+                .handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
             info.scheme = "https";
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let h2 = session.alpn_protocol() == Some(b"h2");
             let info = Rc::new(info);
             let svc = service(core.clone(), Rc::clone(&info));
             if h2 {
@@ -117,6 +129,15 @@ async fn serve_http1<I, S>(
     let client = Prefixed::new(parts.read_buf, parts.io);
     if let Err(e) = tunnel::run(client, backend, idle).await {
         tracing::debug!(client = %info.client, "tunnel ended: {e}");
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct OpenConnection<'a>(&'a Core);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.stats.connection_closed();
     }
 }
 

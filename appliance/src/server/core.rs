@@ -2,38 +2,79 @@
 //! view of the current snapshot. Nothing here is shared with another core.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::RoundRobin;
+use crate::balance::{Balancer, WeightedRoundRobin};
+use crate::metrics::{BackendKey, CoreStats, Counters};
 use crate::proxy::pool::ConnPool;
+use crate::proxy::Tried;
 use crate::rt::{self, Either};
-use crate::snapshot::{Shared, Snapshot};
+use crate::snapshot::{ListenerKey, Shared, Snapshot};
 
-/// How often a core looks at the shutdown flag. Cores are never woken from
-/// another thread (see `docs/architecture.md`), so they poll.
+/// How often a core looks at the shared state (shutdown flag, listener set).
+/// Cores are never woken from another thread (see `docs/architecture.md`), so
+/// they poll.
 const POLL_SHARED: Duration = Duration::from_millis(50);
 
-/// A snapshot as one core uses it, with the core's own balancer state.
+/// A pool and, if one was reached, a backend, by index.
+type Target = (usize, Option<usize>);
+
+/// A snapshot as one core uses it, with the core's own balancer state and
+/// metric handles.
 #[derive(Debug)]
 pub struct CoreSnapshot {
     pub snap: Arc<Snapshot>,
     /// One balancer per pool, indexed like `snap.pools`.
-    pub balancers: RefCell<Vec<RoundRobin>>,
+    balancers: RefCell<Vec<WeightedRoundRobin>>,
+    /// Counters per (pool, backend) index pair, registered on first use.
+    backend_stats: RefCell<HashMap<Target, Arc<Counters>>>,
 }
 
 impl CoreSnapshot {
     fn new(snap: Arc<Snapshot>, core: usize) -> Self {
-        let balancers = (0..snap.pools.len())
-            .map(|_| RoundRobin::starting_at(core))
+        let balancers = snap
+            .pools
+            .iter()
+            .map(|p| WeightedRoundRobin::new(p.backends.len(), core))
             .collect();
         Self {
             snap,
             balancers: RefCell::new(balancers),
+            backend_stats: RefCell::default(),
         }
+    }
+
+    /// The next backend of pool `pool` that is not in `tried`.
+    pub fn pick(&self, pool: usize, tried: &Tried) -> Option<usize> {
+        if tried.exhausted() {
+            return None;
+        }
+        let weights = &self.snap.pools[pool].weights;
+        self.balancers.borrow_mut()[pool].pick(weights, &|i| !tried.contains(i))
+    }
+
+    /// This core's counters for a pool and backend (`None`: none reached).
+    pub fn backend_counters(
+        &self,
+        core: &Core,
+        pool: usize,
+        backend: Option<usize>,
+    ) -> Arc<Counters> {
+        let mut cache = self.backend_stats.borrow_mut();
+        let counters = cache.entry((pool, backend)).or_insert_with(|| {
+            let p = &self.snap.pools[pool];
+            core.stats.register_backend(BackendKey {
+                pool: Arc::clone(&p.name),
+                backend: backend
+                    .map_or_else(|| Arc::from("-"), |b| Arc::clone(&p.backends[b].name)),
+            })
+        });
+        Arc::clone(counters)
     }
 }
 
@@ -41,6 +82,7 @@ impl CoreSnapshot {
 pub struct Core {
     pub id: usize,
     pub shared: Arc<Shared>,
+    pub stats: Arc<CoreStats>,
     current: RefCell<Rc<CoreSnapshot>>,
     pub pool: Rc<ConnPool>,
 }
@@ -50,6 +92,7 @@ impl Core {
         let snap = shared.snapshot.load_full();
         Self {
             id,
+            stats: Arc::clone(&shared.stats[id]),
             current: RefCell::new(Rc::new(CoreSnapshot::new(snap, id))),
             shared,
             pool: Rc::default(),
@@ -72,29 +115,42 @@ impl Core {
     }
 }
 
-/// Runs one core until shutdown: accepts on its sockets, serves connections,
-/// then drains them for up to the configured grace period.
-pub async fn run(id: usize, sockets: Vec<(usize, OwnedFd)>, shared: Arc<Shared>) {
+/// What a core's tasks wait on to stop.
+struct Signals {
+    /// Closed when the core stops.
+    stop: async_channel::Receiver<()>,
+    /// Every connection holds a clone; the core's copy ends when all are gone.
+    alive: async_channel::Sender<()>,
+}
+
+/// Runs one core until shutdown: accepts on its sockets, follows listener
+/// changes, serves connections, then drains them for up to the grace period.
+pub async fn run(id: usize, sockets: Vec<(ListenerKey, OwnedFd)>, shared: Arc<Shared>) {
     let core = Rc::new(Core::new(id, shared));
-    // Closing `stop_tx` tells every task on this core to stop; every connection
-    // holds an `alive_tx`, so `alive_rx` ends once the last one is gone.
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
     let (alive_tx, alive_rx) = async_channel::bounded::<()>(1);
-    for (listener, fd) in sockets {
-        let listener_socket = rt::adopt_listener(fd);
-        rt::spawn(accept_loop(
-            Rc::clone(&core),
-            listener,
-            listener_socket,
-            stop_rx.clone(),
-            alive_tx.clone(),
-        ));
+    let signals = Signals {
+        stop: stop_rx,
+        alive: alive_tx,
+    };
+    // Each listener's accept loop stops when its sender here is dropped.
+    let mut listening: HashMap<ListenerKey, async_channel::Sender<()>> = HashMap::new();
+    for (key, fd) in sockets {
+        listening.insert(key.clone(), start_listener(&core, key, fd, &signals));
     }
-    drop(alive_tx);
+    let mut seen = core.current().snap.generations;
     while !core.shared.shutting_down.load(Ordering::Acquire) {
         rt::sleep(POLL_SHARED).await;
+        let current = core.current();
+        if current.snap.generations != seen {
+            seen = current.snap.generations;
+            follow_listeners(&core, &current.snap, &mut listening, &signals);
+        }
     }
     stop_tx.close();
+    drop(listening);
+    let Signals { alive, .. } = signals;
+    drop(alive);
     let grace = core.current().snap.client.shutdown_grace;
     if rt::timeout(grace, alive_rx.recv()).await.is_none() {
         tracing::warn!(
@@ -104,19 +160,74 @@ pub async fn run(id: usize, sockets: Vec<(usize, OwnedFd)>, shared: Arc<Shared>)
     }
 }
 
+/// Stops accepting on listeners the snapshot no longer has and starts
+/// accepting on new ones, with the sockets the control plane bound for them.
+fn follow_listeners(
+    core: &Rc<Core>,
+    snap: &Snapshot,
+    listening: &mut HashMap<ListenerKey, async_channel::Sender<()>>,
+    signals: &Signals,
+) {
+    let wanted: Vec<ListenerKey> = snap.config.listeners.iter().map(ListenerKey::of).collect();
+    listening.retain(|key, _| wanted.contains(key));
+    for key in wanted {
+        if listening.contains_key(&key) {
+            continue;
+        }
+        let socket = core
+            .shared
+            .new_sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(core.id, key.clone()));
+        match socket {
+            Some(fd) => {
+                let stop = start_listener(core, key.clone(), fd, signals);
+                listening.insert(key, stop);
+            }
+            None => tracing::error!(
+                core = core.id,
+                listener = key.name,
+                "no socket was bound for this listener"
+            ),
+        }
+    }
+}
+
+fn start_listener(
+    core: &Rc<Core>,
+    key: ListenerKey,
+    fd: OwnedFd,
+    signals: &Signals,
+) -> async_channel::Sender<()> {
+    let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let socket = rt::adopt_listener(fd);
+    rt::spawn(accept_loop(
+        Rc::clone(core),
+        Rc::from(key.name),
+        socket,
+        stop_rx,
+        signals.stop.clone(),
+        signals.alive.clone(),
+    ));
+    stop_tx
+}
+
 async fn accept_loop(
     core: Rc<Core>,
-    listener: usize,
+    listener: Rc<str>,
     socket: rt::TcpListener,
+    removed: async_channel::Receiver<()>,
     stop: async_channel::Receiver<()>,
     alive: async_channel::Sender<()>,
 ) {
     loop {
-        match rt::race(socket.accept(), stop.recv()).await {
+        let ended = rt::race(removed.recv(), stop.recv());
+        match rt::race(socket.accept(), ended).await {
             Either::Right(_) => return,
             Either::Left(Ok(stream)) => rt::spawn(super::conn::serve(
                 Rc::clone(&core),
-                listener,
+                Rc::clone(&listener),
                 stream,
                 stop.clone(),
                 alive.clone(),

@@ -12,12 +12,13 @@ pub mod listeners;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, Protocol};
-use crate::snapshot::{Shared, Snapshot};
+use crate::hostmap::HostMap;
+use crate::snapshot::{Generations, ListenerKey, Shared, Snapshot};
 use crate::tls::tickets::{TicketKeyError, TicketKeys};
 
 /// Memory glommio registers with io_uring per executor. The data plane does
@@ -118,9 +119,14 @@ pub fn read_config(config: Option<&Path>, data: &Path) -> Result<Loaded, ServeEr
 impl Loaded {
     /// Checks everything that needs IO (certificates, backend names) and
     /// compiles the snapshot.
-    pub fn build(self, tickets: &Arc<TicketKeys>) -> Result<Snapshot, ServeError> {
+    pub fn build(
+        self,
+        hostmap: &HostMap,
+        tickets: &Arc<TicketKeys>,
+        generations: Generations,
+    ) -> Result<Snapshot, ServeError> {
         let file = self.source;
-        Snapshot::build(self.config, &self.base, tickets, 1)
+        Snapshot::build(self.config, hostmap, &self.base, tickets, generations)
             .map_err(|source| ServeError::Config { file, source })
     }
 }
@@ -133,22 +139,42 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     })?;
     let loaded = read_config(opts.config.as_deref(), &opts.data)?;
     let tickets = TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
-    let snapshot = loaded.build(&tickets)?;
+    let generations = Generations {
+        config: 1,
+        hostmap: 0,
+    };
+    let mut snapshot = loaded.build(&HostMap::default(), &tickets, generations)?;
 
     crate::limits::ensure_memlock(MEMLOCK_PER_CORE * opts.cores as u64)?;
     let bound = listeners::bind(&snapshot.config.listeners, opts.cores)?;
+    // The config served says which port a listener on port 0 got.
+    for (l, addr) in snapshot.config.listeners.iter_mut().zip(&bound.addresses) {
+        l.address = *addr;
+    }
 
     let banner = banner(&snapshot, &bound.addresses, &opts);
+    let keys: Vec<ListenerKey> = snapshot
+        .config
+        .listeners
+        .iter()
+        .map(ListenerKey::of)
+        .collect();
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         tickets,
         shutting_down: AtomicBool::new(false),
+        stats: (0..opts.cores).map(|_| Arc::default()).collect(),
+        new_sockets: Mutex::default(),
     });
     crate::control::start(Arc::clone(&shared)).map_err(ServeError::ControlPlane)?;
 
     let cpus = crate::limits::allowed_cpus();
     let mut handles = Vec::with_capacity(opts.cores);
     for (id, sockets) in bound.per_core.into_iter().enumerate() {
+        let sockets: Vec<_> = sockets
+            .into_iter()
+            .map(|(i, fd)| (keys[i].clone(), fd))
+            .collect();
         let core_shared = Arc::clone(&shared);
         let placement = match cpus.get(id % cpus.len().max(1)) {
             Some(&cpu) if opts.cores <= cpus.len() => glommio::Placement::Fixed(cpu),

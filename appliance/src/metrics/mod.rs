@@ -1,0 +1,234 @@
+//! Counters and histograms: written by one core each, read by the control plane.
+//!
+//! Every core owns its [`CoreStats`]; only that core writes to it, so an
+//! increment is a relaxed load and store (no locked instruction, no cache line
+//! shared with another writer). The control plane reads all cores' stats when
+//! `/metrics` or `/v1/status` is asked for and adds them up
+//! ([`render_prometheus`]). Per-backend counters are registered once per core
+//! and (pool, backend) pair; the registry lock is taken on that first request
+//! and on scrapes, never on the steady request path.
+#![forbid(unsafe_code)]
+
+mod prometheus;
+
+pub use prometheus::render_prometheus;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Adds `n`; only the owning core calls this.
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+fn read(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// Requests, responses by status class, bytes and latency.
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: AtomicU64,
+    /// 1xx..5xx at index 0..4.
+    status: [AtomicU64; 5],
+    response_bytes: AtomicU64,
+    /// One per bucket in `LATENCY_BUCKETS`, plus +Inf; not cumulative.
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_sum_us: AtomicU64,
+}
+
+impl Counters {
+    pub fn record(&self, status: u16, bytes: u64, took: Duration) {
+        bump(&self.requests, 1);
+        if let Some(class) = (status / 100).checked_sub(1).filter(|c| *c < 5) {
+            bump(&self.status[usize::from(class)], 1);
+        }
+        bump(&self.response_bytes, bytes);
+        let secs = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        bump(&self.latency[bucket], 1);
+        bump(
+            &self.latency_sum_us,
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        );
+    }
+
+    fn snapshot(&self) -> CounterValues {
+        CounterValues {
+            requests: read(&self.requests),
+            status: self.status.each_ref().map(read),
+            response_bytes: read(&self.response_bytes),
+            latency: self.latency.each_ref().map(read),
+            latency_sum_us: read(&self.latency_sum_us),
+        }
+    }
+}
+
+/// A point-in-time copy of [`Counters`], which can be added up across cores.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterValues {
+    pub requests: u64,
+    pub status: [u64; 5],
+    pub response_bytes: u64,
+    pub latency: [u64; LATENCY_BUCKETS.len() + 1],
+    pub latency_sum_us: u64,
+}
+
+impl CounterValues {
+    fn add(&mut self, o: &CounterValues) {
+        self.requests += o.requests;
+        self.response_bytes += o.response_bytes;
+        self.latency_sum_us += o.latency_sum_us;
+        for (a, b) in self.status.iter_mut().zip(o.status) {
+            *a += b;
+        }
+        for (a, b) in self.latency.iter_mut().zip(o.latency) {
+            *a += b;
+        }
+    }
+}
+
+/// Where a proxied request went.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub pool: Arc<str>,
+    /// `-` when no backend was reached (empty pool).
+    pub backend: Arc<str>,
+}
+
+/// One core's statistics.
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub all: Counters,
+    connections_active: AtomicU64,
+    connections_total: AtomicU64,
+    handshakes_full: AtomicU64,
+    handshakes_resumed: AtomicU64,
+    handshake_failures: AtomicU64,
+    backends: Mutex<Vec<(BackendKey, Arc<Counters>)>>,
+}
+
+impl CoreStats {
+    pub fn connection_opened(&self) {
+        bump(&self.connections_active, 1);
+        bump(&self.connections_total, 1);
+    }
+
+    pub fn connection_closed(&self) {
+        let c = &self.connections_active;
+        c.store(read(c).saturating_sub(1), Ordering::Relaxed);
+    }
+
+    pub fn handshake(&self, resumed: bool) {
+        bump(
+            if resumed {
+                &self.handshakes_resumed
+            } else {
+                &self.handshakes_full
+            },
+            1,
+        );
+    }
+
+    pub fn handshake_failed(&self) {
+        bump(&self.handshake_failures, 1);
+    }
+
+    /// Registers the counters of a (pool, backend) pair; the core caches the
+    /// result, so this runs once per pair per core.
+    pub fn register_backend(&self, key: BackendKey) -> Arc<Counters> {
+        let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = backends.iter().find(|(k, _)| *k == key) {
+            return Arc::clone(c);
+        }
+        let c = Arc::new(Counters::default());
+        backends.push((key, Arc::clone(&c)));
+        c
+    }
+
+    pub fn snapshot(&self) -> CoreValues {
+        let backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        CoreValues {
+            all: self.all.snapshot(),
+            connections_active: read(&self.connections_active),
+            connections_total: read(&self.connections_total),
+            handshakes_full: read(&self.handshakes_full),
+            handshakes_resumed: read(&self.handshakes_resumed),
+            handshake_failures: read(&self.handshake_failures),
+            backends: backends
+                .iter()
+                .map(|(k, c)| (k.clone(), c.snapshot()))
+                .collect(),
+        }
+    }
+}
+
+/// A point-in-time copy of one core's [`CoreStats`].
+#[derive(Debug, Clone, Default)]
+pub struct CoreValues {
+    pub all: CounterValues,
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub handshakes_full: u64,
+    pub handshakes_resumed: u64,
+    pub handshake_failures: u64,
+    pub backends: Vec<(BackendKey, CounterValues)>,
+}
+
+/// Every core's stats, indexed by core.
+pub type AllStats = Vec<Arc<CoreStats>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_counts_classes_buckets_and_sums() {
+        let c = Counters::default();
+        c.record(200, 10, Duration::from_micros(800));
+        c.record(204, 0, Duration::from_millis(3));
+        c.record(502, 20, Duration::from_secs(30));
+        c.record(99, 0, Duration::ZERO);
+        let v = c.snapshot();
+        assert_eq!(v.requests, 4);
+        assert_eq!(v.status, [0, 2, 0, 0, 1]);
+        assert_eq!(v.response_bytes, 30);
+        assert_eq!(v.latency[0], 2, "0.8 ms and 0 s in the first bucket");
+        assert_eq!(v.latency[2], 1, "3 ms in the 5 ms bucket");
+        assert_eq!(v.latency[LATENCY_BUCKETS.len()], 1, "30 s in +Inf");
+        assert_eq!(v.latency_sum_us, 30_003_800);
+    }
+
+    #[test]
+    fn backend_counters_are_registered_once() {
+        let s = CoreStats::default();
+        let key = BackendKey {
+            pool: "app".into(),
+            backend: "10.0.0.1:80".into(),
+        };
+        let a = s.register_backend(key.clone());
+        let b = s.register_backend(key);
+        assert!(Arc::ptr_eq(&a, &b));
+        a.record(200, 1, Duration::ZERO);
+        assert_eq!(s.snapshot().backends[0].1.requests, 1);
+    }
+
+    #[test]
+    fn connection_gauge_never_underflows() {
+        let s = CoreStats::default();
+        s.connection_opened();
+        s.connection_closed();
+        s.connection_closed();
+        let v = s.snapshot();
+        assert_eq!((v.connections_active, v.connections_total), (0, 1));
+    }
+}

@@ -1,0 +1,291 @@
+//! The Prometheus text exposition format (version 0.0.4) of all cores' stats.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::{BackendKey, CoreValues, CounterValues, LATENCY_BUCKETS};
+
+/// Renders every core's values, plus process-wide gauges.
+pub fn render_prometheus(cores: &[CoreValues], config_generation: u64, uptime_s: f64) -> String {
+    let mut out = String::with_capacity(4096);
+    let o = &mut out;
+
+    family(
+        o,
+        "edgebox_requests_total",
+        "counter",
+        "Requests answered, by core.",
+    );
+    for (i, c) in cores.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgebox_requests_total{{core=\"{i}\"}} {}",
+            c.all.requests
+        );
+    }
+    let mut all = CounterValues::default();
+    for c in cores {
+        all.add(&c.all);
+    }
+    family(
+        o,
+        "edgebox_responses_total",
+        "counter",
+        "Responses by status class.",
+    );
+    for (i, n) in all.status.iter().enumerate() {
+        let _ = writeln!(o, "edgebox_responses_total{{class=\"{}xx\"}} {n}", i + 1);
+    }
+    family(
+        o,
+        "edgebox_response_bytes_total",
+        "counter",
+        "Response body bytes sent.",
+    );
+    let _ = writeln!(o, "edgebox_response_bytes_total {}", all.response_bytes);
+    family(
+        o,
+        "edgebox_request_duration_seconds",
+        "histogram",
+        "Time from request to the end of the response body.",
+    );
+    histogram(o, "edgebox_request_duration_seconds", "", &all);
+
+    family(
+        o,
+        "edgebox_connections_active",
+        "gauge",
+        "Open client connections, by core.",
+    );
+    for (i, c) in cores.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgebox_connections_active{{core=\"{i}\"}} {}",
+            c.connections_active
+        );
+    }
+    family(
+        o,
+        "edgebox_connections_total",
+        "counter",
+        "Client connections accepted, by core.",
+    );
+    for (i, c) in cores.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "edgebox_connections_total{{core=\"{i}\"}} {}",
+            c.connections_total
+        );
+    }
+    family(
+        o,
+        "edgebox_tls_handshakes_total",
+        "counter",
+        "Completed TLS handshakes, full or resumed.",
+    );
+    let full: u64 = cores.iter().map(|c| c.handshakes_full).sum();
+    let resumed: u64 = cores.iter().map(|c| c.handshakes_resumed).sum();
+    let _ = writeln!(o, "edgebox_tls_handshakes_total{{kind=\"full\"}} {full}");
+    let _ = writeln!(
+        o,
+        "edgebox_tls_handshakes_total{{kind=\"resumed\"}} {resumed}"
+    );
+    family(
+        o,
+        "edgebox_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes that failed or timed out.",
+    );
+    let failed: u64 = cores.iter().map(|c| c.handshake_failures).sum();
+    let _ = writeln!(o, "edgebox_tls_handshake_failures_total {failed}");
+
+    let mut backends: BTreeMap<&BackendKey, CounterValues> = BTreeMap::new();
+    for c in cores {
+        for (k, v) in &c.backends {
+            backends.entry(k).or_default().add(v);
+        }
+    }
+    family(
+        o,
+        "edgebox_backend_requests_total",
+        "counter",
+        "Proxied requests, by pool and backend.",
+    );
+    for (k, v) in &backends {
+        let _ = writeln!(
+            o,
+            "edgebox_backend_requests_total{{{}}} {}",
+            labels(k),
+            v.requests
+        );
+    }
+    family(
+        o,
+        "edgebox_backend_responses_total",
+        "counter",
+        "Proxied responses by status class, by pool and backend.",
+    );
+    for (k, v) in &backends {
+        for (i, n) in v.status.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "edgebox_backend_responses_total{{{},class=\"{}xx\"}} {n}",
+                labels(k),
+                i + 1
+            );
+        }
+    }
+    family(
+        o,
+        "edgebox_backend_response_bytes_total",
+        "counter",
+        "Proxied response body bytes, by pool and backend.",
+    );
+    for (k, v) in &backends {
+        let _ = writeln!(
+            o,
+            "edgebox_backend_response_bytes_total{{{}}} {}",
+            labels(k),
+            v.response_bytes
+        );
+    }
+    family(
+        o,
+        "edgebox_backend_request_duration_seconds",
+        "histogram",
+        "Proxied request durations, by pool and backend.",
+    );
+    for (k, v) in &backends {
+        histogram(o, "edgebox_backend_request_duration_seconds", &labels(k), v);
+    }
+
+    family(
+        o,
+        "edgebox_config_generation",
+        "gauge",
+        "Generation of the config being served.",
+    );
+    let _ = writeln!(o, "edgebox_config_generation {config_generation}");
+    family(
+        o,
+        "edgebox_uptime_seconds",
+        "gauge",
+        "Seconds since edgebox started.",
+    );
+    let _ = writeln!(o, "edgebox_uptime_seconds {uptime_s:.3}");
+    out
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn histogram(o: &mut String, name: &str, labels: &str, v: &CounterValues) {
+    let sep = if labels.is_empty() { "" } else { "," };
+    let mut cumulative = 0;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += v.latency[i];
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+        );
+    }
+    cumulative += v.latency[LATENCY_BUCKETS.len()];
+    let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}");
+    let braces = |s: &str| {
+        if s.is_empty() {
+            String::new()
+        } else {
+            format!("{{{s}}}")
+        }
+    };
+    let _ = writeln!(
+        o,
+        "{name}_sum{} {}",
+        braces(labels),
+        v.latency_sum_us as f64 / 1e6
+    );
+    let _ = writeln!(o, "{name}_count{} {cumulative}", braces(labels));
+}
+
+fn labels(k: &BackendKey) -> String {
+    format!(
+        "pool=\"{}\",backend=\"{}\"",
+        escape(&k.pool),
+        escape(&k.backend)
+    )
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{BackendKey, CoreStats};
+    use super::*;
+
+    #[test]
+    fn sums_cores_and_makes_cumulative_buckets() {
+        let cores = [CoreStats::default(), CoreStats::default()];
+        cores[0].all.record(200, 100, Duration::from_millis(2));
+        cores[1].all.record(503, 5, Duration::from_millis(20));
+        cores[1].connection_opened();
+        cores[0].handshake(true);
+        let key = BackendKey {
+            pool: "app".into(),
+            backend: "a\"b".into(),
+        };
+        cores[0]
+            .register_backend(key.clone())
+            .record(200, 100, Duration::from_millis(2));
+        cores[1]
+            .register_backend(key)
+            .record(200, 1, Duration::from_millis(2));
+        let values: Vec<_> = cores.iter().map(CoreStats::snapshot).collect();
+        let text = render_prometheus(&values, 7, 1.5);
+        for line in [
+            "edgebox_requests_total{core=\"0\"} 1",
+            "edgebox_requests_total{core=\"1\"} 1",
+            "edgebox_responses_total{class=\"2xx\"} 1",
+            "edgebox_responses_total{class=\"5xx\"} 1",
+            "edgebox_response_bytes_total 105",
+            "edgebox_request_duration_seconds_bucket{le=\"0.001\"} 0",
+            "edgebox_request_duration_seconds_bucket{le=\"0.0025\"} 1",
+            "edgebox_request_duration_seconds_bucket{le=\"0.025\"} 2",
+            "edgebox_request_duration_seconds_bucket{le=\"+Inf\"} 2",
+            "edgebox_request_duration_seconds_count 2",
+            "edgebox_request_duration_seconds_sum 0.022",
+            "edgebox_connections_active{core=\"1\"} 1",
+            "edgebox_tls_handshakes_total{kind=\"resumed\"} 1",
+            "edgebox_backend_requests_total{pool=\"app\",backend=\"a\\\"b\"} 2",
+            "edgebox_backend_responses_total{pool=\"app\",backend=\"a\\\"b\",class=\"2xx\"} 2",
+            "edgebox_backend_request_duration_seconds_count{pool=\"app\",backend=\"a\\\"b\"} 2",
+            "edgebox_config_generation 7",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+        // Every sample line belongs to a declared family.
+        let declared: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap())
+            .collect();
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| declared.contains(b)))
+                .unwrap_or(name);
+            assert!(declared.contains(&base), "{name} is not declared");
+        }
+    }
+}
