@@ -68,11 +68,41 @@ impl HostMap {
     /// Writes one NDJSON line per entry, sorted by host.
     pub fn write_ndjson(&self, mut out: impl Write) -> std::io::Result<()> {
         for (host, pool) in &self.entries {
-            serde_json::to_writer(&mut out, &EntryRef { host, pool })?;
-            out.write_all(b"\n")?;
+            write_line(&mut out, host, pool)?;
         }
         Ok(())
     }
+
+    /// Writes up to `max` entries that sort after `after` (all when `None`),
+    /// and returns the last host written: the cursor for the next chunk.
+    pub fn write_ndjson_after(
+        &self,
+        after: Option<&str>,
+        max: usize,
+        out: &mut Vec<u8>,
+    ) -> Option<String> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(h) => Bound::Excluded(h),
+            None => Bound::Unbounded,
+        };
+        let mut last = None;
+        for (host, pool) in self
+            .entries
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(max)
+        {
+            // Writing into a Vec cannot fail.
+            let _ = write_line(&mut *out, host, pool);
+            last = Some(host);
+        }
+        last.cloned()
+    }
+}
+
+fn write_line(mut out: impl Write, host: &str, pool: &str) -> std::io::Result<()> {
+    serde_json::to_writer(&mut out, &EntryRef { host, pool })?;
+    out.write_all(b"\n")
 }
 
 #[derive(Serialize)]
@@ -210,6 +240,12 @@ mod tests {
             "{\"host\":\"b.example.com\",\"pool\":\"pod-2\"}\n{\"host\":\"shop.example.com\",\"pool\":\"pod-1\"}\n"
         );
         assert_eq!(import(&[&out]).unwrap(), m);
+        let mut chunked = Vec::new();
+        let mut cursor = None;
+        while let Some(last) = m.write_ndjson_after(cursor.as_deref(), 1, &mut chunked) {
+            cursor = Some(last);
+        }
+        assert_eq!(chunked, out);
         assert_eq!(m.remove("SHOP.example.com").as_deref(), Some("pod-1"));
     }
 }

@@ -17,6 +17,7 @@
 //! edgebox check-config edgebox.json
 //! ```
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
@@ -30,4 +31,5 @@ pub mod router;
 pub mod rt;
 pub mod server;
 pub mod snapshot;
+pub mod store;
 pub mod tls;

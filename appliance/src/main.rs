@@ -57,7 +57,7 @@ fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let _log_guard = logging::init(cli.log_format);
+    let (_log_guard, logs) = logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve {
             config,
@@ -72,6 +72,7 @@ fn main() -> ExitCode {
                 config,
                 data: data.unwrap_or_else(default_data_dir),
                 cores,
+                logs,
             })
         }
         Command::CheckConfig { config } => check_config(config),
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(path: PathBuf) -> Result<(), server::ServeError> {
-    let loaded = server::read_config(Some(&path), &default_data_dir())?;
+    let loaded = server::read_config_file(&path)?;
     let tickets = edgebox::tls::tickets::TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
     let snapshot = loaded.build(
         &edgebox::hostmap::HostMap::default(),

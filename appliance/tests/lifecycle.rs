@@ -147,11 +147,11 @@ fn sigterm_stops_accepting_and_lets_requests_in_flight_finish() {
     assert!(eb.wait_exit().success());
 }
 
-/// The embedded default binds fixed ports 8443 and 8080; this is the only test
-/// that uses them.
+/// The embedded default binds fixed ports 8443, 8080 and 9443 (admin); this is
+/// the only test that uses them.
 #[test]
 fn embedded_default_serves_the_welcome_page_with_a_kept_certificate() {
-    for port in [8443, 8080] {
+    for port in [8443, 8080, 9443] {
         assert!(
             std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
             "port {port} is busy; this test needs it for the embedded default"

@@ -349,8 +349,8 @@ async fn forward(
 ) -> Result<Response<ResBody>, ProxyError> {
     let mut fresh_only = false;
     loop {
-        let (index, mut sender, reused) = connect(core, snap, pool_index, pool, fresh_only).await?;
-        record.target = Some((pool_index, Some(index)));
+        let (index, mut sender, reused) =
+            connect(core, snap, pool_index, pool, fresh_only, record).await?;
         let backend = &pool.backends[index];
         let sent =
             crate::rt::timeout(pool.response_header_timeout, sender.try_send_request(req)).await;
@@ -494,11 +494,13 @@ async fn connect(
     pool_index: usize,
     pool: &snapshot::Pool,
     fresh_only: bool,
+    record: &mut AccessRecord,
 ) -> Result<(usize, pool::Sender, bool), ProxyError> {
     let mut last_error = None;
     let mut tried = Tried::default();
     while let Some(i) = snap.pick(pool_index, &tried) {
         tried.add(i);
+        record.target = Some((pool_index, Some(i)));
         let backend = &pool.backends[i];
         if !fresh_only {
             if let Some(sender) = core.pool.checkout(backend.addr, pool.idle_timeout) {

@@ -32,6 +32,8 @@ pub struct ServeOptions {
     pub config: Option<PathBuf>,
     pub data: PathBuf,
     pub cores: usize,
+    /// Where `/v1/logs` reads recent events from.
+    pub logs: Arc<crate::logging::LogRing>,
 }
 
 /// Why `edgebox serve` could not start or had to stop.
@@ -70,49 +72,93 @@ pub enum ServeError {
     /// The control-plane thread could not start.
     #[error("cannot start the control plane: {0}")]
     ControlPlane(std::io::Error),
+    /// The persisted config or host map cannot be read back.
+    #[error("persisted state: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The config given could not be persisted.
+    #[error("cannot persist the config: {0}")]
+    Persist(std::io::Error),
+    /// The admin token cannot be made or read.
+    #[error("admin token: {0}")]
+    Token(#[from] crate::admin::token::TokenError),
+    /// The admin API's address cannot be bound or its certificate used.
+    #[error("admin API on {address}: {message}")]
+    Admin {
+        address: std::net::SocketAddr,
+        message: String,
+    },
 }
 
-/// A config read from its file (or the embedded default), with what is needed
-/// to build its snapshot.
+/// A config read from its file (or the persisted one, or the embedded
+/// default), with what is needed to build its snapshot.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
     /// Relative certificate paths are taken from here.
     pub base: PathBuf,
-    /// For messages: the file, or "(embedded default)".
+    /// For messages: the file, "(persisted)" or "(embedded default)".
     pub source: String,
+    /// The generation to serve it as; `None`: new, persist it as the next.
+    pub generation: Option<u64>,
 }
 
-/// Reads and parses the config, or makes the embedded default (creating its
-/// self-signed certificate under `data` on first use).
+/// The config to serve: `--config FILE` if given (it wins, and is persisted as
+/// the next generation), else the last config accepted and persisted in the
+/// data directory, else the embedded default (creating its self-signed
+/// certificate under `data` on first use).
 pub fn read_config(config: Option<&Path>, data: &Path) -> Result<Loaded, ServeError> {
-    let Some(path) = config else {
-        let (cert, key, created) = crate::tls::self_signed::ensure(data)?;
-        if created {
-            tracing::info!(
-                "created a self-signed certificate for localhost: {}",
-                cert.display()
-            );
-        }
+    if let Some(path) = config {
+        return read_config_file(path);
+    }
+    if let Some((generation, config)) = crate::store::Store::new(data).load_config()? {
         return Ok(Loaded {
-            config: crate::config::embedded_default(&cert, &key),
+            config,
             base: data.to_owned(),
-            source: "(embedded default)".to_owned(),
+            source: "(persisted)".to_owned(),
+            generation: Some(generation),
         });
-    };
+    }
+    let (cert, key, created) = crate::tls::self_signed::ensure(data, "localhost", &[])?;
+    if created {
+        tracing::info!(
+            "created a self-signed certificate for localhost: {}",
+            cert.display()
+        );
+    }
+    Ok(Loaded {
+        config: crate::config::embedded_default(&cert, &key),
+        base: data.to_owned(),
+        source: "(embedded default)".to_owned(),
+        generation: Some(0),
+    })
+}
+
+/// Reads a config file; its relative certificate paths are made absolute so
+/// that the persisted copy means the same.
+pub fn read_config_file(path: &Path) -> Result<Loaded, ServeError> {
     let bytes = std::fs::read(path).map_err(|source| ServeError::ReadConfig {
         path: path.to_owned(),
         source,
     })?;
     let source = path.display().to_string();
-    let config = Config::parse(&bytes).map_err(|e| ServeError::Config {
+    let mut config = Config::parse(&bytes).map_err(|e| ServeError::Config {
         file: source.clone(),
         source: e,
     })?;
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    for c in &mut config.certificates {
+        c.cert = base.join(&c.cert);
+        c.key = base.join(&c.key);
+    }
     Ok(Loaded {
         config,
-        base: path.parent().map(Path::to_owned).unwrap_or_default(),
+        base,
         source,
+        generation: None,
     })
 }
 
@@ -137,13 +183,20 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         path: opts.data.clone(),
         source,
     })?;
+    let store = crate::store::Store::new(&opts.data);
     let loaded = read_config(opts.config.as_deref(), &opts.data)?;
     let tickets = TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
-    let generations = Generations {
-        config: 1,
-        hostmap: 0,
+    let (hostmap_generation, hostmap) = store.load_hostmap()?.unwrap_or_default();
+    let persist = loaded.generation.is_none();
+    let config_generation = match loaded.generation {
+        Some(g) => g,
+        None => store.load_config().ok().flatten().map_or(0, |(g, _)| g) + 1,
     };
-    let mut snapshot = loaded.build(&HostMap::default(), &tickets, generations)?;
+    let generations = Generations {
+        config: config_generation,
+        hostmap: hostmap_generation,
+    };
+    let mut snapshot = loaded.build(&hostmap, &tickets, generations)?;
 
     crate::limits::ensure_memlock(MEMLOCK_PER_CORE * opts.cores as u64)?;
     let bound = listeners::bind(&snapshot.config.listeners, opts.cores)?;
@@ -151,8 +204,20 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     for (l, addr) in snapshot.config.listeners.iter_mut().zip(&bound.addresses) {
         l.address = *addr;
     }
+    let admin = admin_listener(&snapshot.config.admin.address, &opts.data)?;
+    snapshot.config.admin.address = admin.address;
+    if persist {
+        store
+            .save_config(config_generation, &snapshot.config)
+            .map_err(ServeError::Persist)?;
+    }
+    let preset = std::env::var("EDGEBOX_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let (token, new_token) = crate::admin::token::TokenStore::open(&opts.data, preset.as_deref())?;
 
-    let banner = banner(&snapshot, &bound.addresses, &opts);
+    let banner = banner(&snapshot, &bound.addresses, &opts, new_token.as_deref());
+    let config = snapshot.config.clone();
     let keys: Vec<ListenerKey> = snapshot
         .config
         .listeners
@@ -166,7 +231,27 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         stats: (0..opts.cores).map(|_| Arc::default()).collect(),
         new_sockets: Mutex::default(),
     });
-    crate::control::start(Arc::clone(&shared)).map_err(ServeError::ControlPlane)?;
+    let (rebind_tx, rebind_rx) = tokio::sync::mpsc::unbounded_channel();
+    let control = crate::control::Control {
+        shared: Arc::clone(&shared),
+        store,
+        data: opts.data.clone(),
+        config,
+        hostmap: Arc::new(hostmap),
+        gens: generations,
+        cores: opts.cores,
+        started: std::time::Instant::now(),
+        token,
+        logs: opts.logs.clone(),
+        admin_rebind: rebind_tx,
+    };
+    crate::control::start(crate::control::Start {
+        control,
+        admin_listener: admin.listener,
+        admin_tls: admin.tls,
+        admin_rebind: rebind_rx,
+    })
+    .map_err(ServeError::ControlPlane)?;
 
     let cpus = crate::limits::allowed_cpus();
     let mut handles = Vec::with_capacity(opts.cores);
@@ -230,7 +315,42 @@ fn executor_error(core: usize, e: &glommio::GlommioError<()>) -> ServeError {
     }
 }
 
-fn banner(snapshot: &Snapshot, addresses: &[std::net::SocketAddr], opts: &ServeOptions) -> String {
+struct AdminListener {
+    listener: std::net::TcpListener,
+    address: std::net::SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// Binds the admin API and loads (or makes) its self-signed certificate.
+fn admin_listener(
+    address: &std::net::SocketAddr,
+    data: &Path,
+) -> Result<AdminListener, ServeError> {
+    let fail = |message: String| ServeError::Admin {
+        address: *address,
+        message,
+    };
+    let listener = crate::control::state::bind_admin(*address).map_err(|e| fail(e.to_string()))?;
+    let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let extra: Vec<String> = match address.ip() {
+        ip if ip.is_unspecified() || ip.is_loopback() => Vec::new(),
+        ip => vec![ip.to_string()],
+    };
+    let (cert, key, _) = crate::tls::self_signed::ensure(data, "admin", &extra)?;
+    let tls = crate::tls::admin_server_config(&cert, &key).map_err(fail)?;
+    Ok(AdminListener {
+        listener,
+        address: bound,
+        tls,
+    })
+}
+
+fn banner(
+    snapshot: &Snapshot,
+    addresses: &[std::net::SocketAddr],
+    opts: &ServeOptions,
+    new_token: Option<&str>,
+) -> String {
     use std::fmt::Write;
     let mut s = format!(
         "edgebox {} serving on {} core{}\n",
@@ -248,6 +368,24 @@ fn banner(snapshot: &Snapshot, addresses: &[std::net::SocketAddr], opts: &ServeO
             None => String::new(),
         };
         let _ = writeln!(s, "listening: {scheme}://{addr}/ ({}{note})", l.name);
+    }
+    let admin = snapshot.config.admin.address;
+    let _ = writeln!(
+        s,
+        "admin: https://{admin}/ (certificate {})",
+        opts.data.join("tls/admin.crt").display()
+    );
+    match new_token {
+        Some(t) => {
+            let _ = writeln!(
+                s,
+                "admin token: {t}\n  (shown this once; only its hash is kept, in {}; rotate it with `edgebox ctl token rotate`)",
+                opts.data.join("admin/token.sha256").display()
+            );
+        }
+        None => {
+            let _ = writeln!(s, "admin token: (set; as shown at first start)");
+        }
     }
     let _ = writeln!(s, "data: {}", opts.data.display());
     match &opts.config {

@@ -130,6 +130,88 @@ fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<HostPattern>, String> {
         .collect())
 }
 
+/// The DNS names of a certificate file's leaf and its SHA-256 (hex).
+pub fn certificate_info(path: &Path) -> Result<(Vec<String>, String), String> {
+    let chain = read_chain(path)?;
+    let names = dns_names(&chain[0])?
+        .into_iter()
+        .map(|p| match p {
+            HostPattern::Exact(n) => n,
+            HostPattern::Wildcard(n) => format!("*.{n}"),
+        })
+        .collect();
+    let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &chain[0]);
+    Ok((names, crate::admin::token::hex(sha.as_ref())))
+}
+
+/// Where certificates uploaded through the admin API are kept.
+fn uploads(data: &Path) -> std::path::PathBuf {
+    data.join("certs")
+}
+
+/// Writes an uploaded certificate and key under `<data>/certs/`, named after
+/// the certificate's name and a hash of their content (so a new upload never
+/// overwrites files the running config uses). Returns their paths.
+pub fn store_uploaded(
+    data: &Path,
+    name: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> std::io::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let mut h = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    h.update(cert_pem.as_bytes());
+    h.update(key_pem.as_bytes());
+    let id = &crate::admin::token::hex(h.finish().as_ref())[..16];
+    let safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = uploads(data);
+    let cert = dir.join(format!("{safe}-{id}.crt"));
+    let key = dir.join(format!("{safe}-{id}.key"));
+    crate::fsutil::write_atomic(&key, key_pem.as_bytes(), 0o600)?;
+    crate::fsutil::write_atomic(&cert, cert_pem.as_bytes(), 0o644)?;
+    Ok((cert, key))
+}
+
+/// Removes uploaded files the config no longer names.
+pub fn prune_uploaded(data: &Path, config: &config::Config) {
+    let Ok(dir) = std::fs::read_dir(uploads(data)) else {
+        return;
+    };
+    let used: std::collections::HashSet<&Path> = config
+        .certificates
+        .iter()
+        .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
+        .collect();
+    for entry in dir.flatten() {
+        let path = entry.path();
+        if !used.contains(path.as_path()) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// The rustls configuration of the admin API: one certificate, HTTP/1.1.
+pub fn admin_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
+    let chain = read_chain(cert)?;
+    let key = read_key(key)?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The rustls configuration every HTTPS listener uses.
 pub fn server_config(
     certs: Arc<CertResolver>,

@@ -18,17 +18,23 @@ pub enum SelfSignedError {
     },
 }
 
-/// Returns the certificate and key paths under `<data>/tls/`, generating an
-/// ECDSA P-256 certificate for `localhost`, `127.0.0.1` and `::1` the first
-/// time and reusing it afterwards.
-pub fn ensure(data_dir: &Path) -> Result<(PathBuf, PathBuf, bool), SelfSignedError> {
+/// Returns the certificate and key paths `<data>/tls/<stem>.crt` and `.key`,
+/// generating an ECDSA P-256 certificate for `localhost`, `127.0.0.1`, `::1`
+/// and `extra` names the first time, and reusing it afterwards. The third
+/// value says whether it was made now.
+pub fn ensure(
+    data_dir: &Path,
+    stem: &str,
+    extra: &[String],
+) -> Result<(PathBuf, PathBuf, bool), SelfSignedError> {
     let dir = data_dir.join("tls");
-    let cert = dir.join("localhost.crt");
-    let key = dir.join("localhost.key");
+    let cert = dir.join(format!("{stem}.crt"));
+    let key = dir.join(format!("{stem}.key"));
     if cert.is_file() && key.is_file() {
         return Ok((cert, key, false));
     }
-    let names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    let mut names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    names.extend(extra.iter().cloned());
     let generated = rcgen::generate_simple_self_signed(names)?;
     let write = |path: &Path, bytes: &[u8], mode: u32| {
         write_atomic(path, bytes, mode).map_err(|source| SelfSignedError::Write {

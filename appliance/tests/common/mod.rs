@@ -122,8 +122,17 @@ pub struct Edgebox {
     pub dir: tempfile::TempDir,
     /// Listener name → actual address.
     pub addrs: HashMap<String, SocketAddr>,
+    /// The admin API's address.
+    pub admin: Option<SocketAddr>,
+    /// The admin token (preset through `EDGEBOX_ADMIN_TOKEN`).
+    pub token: String,
+    /// What edgebox printed on stdout at start.
+    pub banner: Vec<String>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
+
+/// The admin token every test edgebox starts with.
+pub const TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 impl Edgebox {
     /// Starts `edgebox serve` with `config` on `cores` cores and waits until it
@@ -153,6 +162,7 @@ impl Edgebox {
             .arg("--log-format")
             .arg("json")
             .env("EDGEBOX_LOG", "info,edgebox=debug")
+            .env("EDGEBOX_ADMIN_TOKEN", TOKEN)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -179,11 +189,22 @@ impl Edgebox {
             child,
             dir,
             addrs: HashMap::new(),
+            admin: None,
+            token: TOKEN.to_owned(),
+            banner: Vec::new(),
             stderr,
         };
         loop {
             let left = DEADLINE.saturating_sub(start.elapsed());
-            match rx.recv_timeout(left) {
+            let line = rx.recv_timeout(left);
+            if let Ok(l) = &line {
+                me.banner.push(l.clone());
+            }
+            match line {
+                Ok(line) if line.starts_with("admin: https://") => {
+                    let addr = line["admin: https://".len()..].split('/').next().unwrap();
+                    me.admin = Some(addr.parse().unwrap());
+                }
                 Ok(line) if line.starts_with("listening: ") => {
                     // listening: https://127.0.0.1:1234/ (name, …)
                     let rest = &line["listening: ".len()..];
@@ -265,6 +286,7 @@ pub fn config(certs: &[&Leaf], pools: Value, routes: Value) -> Value {
         "certificates": certificates,
         "pools": pools,
         "routes": routes,
+        "admin": {"address": "127.0.0.1:0"},
     })
 }
 

@@ -1,0 +1,803 @@
+//! The admin API's endpoints. Every change is an edit of a copy of the whole
+//! config (or host map), applied through [`Control`] as one step.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{json_response, ApiError, Body};
+use crate::config::{Backend, BackendState, Certificate, Config, Listener, Pool, Route};
+use crate::control::Control;
+use crate::hostmap::{HostMap, Importer};
+use crate::snapshot::Generations;
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// The largest JSON body accepted (certificates included).
+const MAX_JSON: usize = 1 << 20;
+/// The largest host map import.
+const MAX_HOSTMAP: u64 = 512 << 20;
+
+pub async fn dispatch(
+    control: &Rc<RefCell<Control>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad percent-encoding in the path")
+        })?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let m = req.method().clone();
+    match (segs.as_slice(), &m) {
+        (["metrics"], &Method::GET) => Ok(metrics(control)),
+        (["v1", "status"], &Method::GET) => Ok(status(control)),
+        (["v1", "config"], &Method::GET) => Ok(get_config(control, |c| json!(c))),
+        (["v1", "config"], &Method::PUT) => {
+            let (headers, new): (_, Config) = read_json(req).await?;
+            change(control, &headers, |c| {
+                *c = new;
+                Ok(())
+            })?;
+            Ok(get_config(control, |c| json!(c)))
+        }
+        (["v1", "listeners"], &Method::GET) => Ok(get_config(control, |c| json!(c.listeners))),
+        (["v1", "listeners"], &Method::PUT) => {
+            let (headers, new): (_, Vec<Listener>) = read_json(req).await?;
+            change(control, &headers, |c| {
+                c.listeners = new;
+                Ok(())
+            })?;
+            Ok(get_config(control, |c| json!(c.listeners)))
+        }
+        (["v1", "routes"], &Method::GET) => Ok(get_config(control, |c| json!(c.routes))),
+        (["v1", "routes"], &Method::PUT) => {
+            let (headers, new): (_, Vec<Route>) = read_json(req).await?;
+            change(control, &headers, |c| {
+                c.routes = new;
+                Ok(())
+            })?;
+            Ok(get_config(control, |c| json!(c.routes)))
+        }
+        (["v1", "pools"], &Method::GET) => Ok(get_config(control, |c| json!(c.pools))),
+        (["v1", "pools", name], _) => pool(control, req, name).await,
+        (["v1", "pools", name, "backends"], &Method::POST) => {
+            let (headers, backend): (_, Backend) = read_json(req).await?;
+            let address = backend.address.clone();
+            change(control, &headers, |c| {
+                let (i, pool) = find_pool(c, name)?;
+                if pool.backends.iter().any(|b| b.address == address) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("pool {name} already has backend {address}"),
+                    ));
+                }
+                c.pools[i].backends.push(backend);
+                Ok(())
+            })?;
+            let mut r = get_backend(control, name, &address)?;
+            *r.status_mut() = StatusCode::CREATED;
+            Ok(r)
+        }
+        (["v1", "pools", name, "backends", address], _) => {
+            backend(control, req, name, address).await
+        }
+        (
+            ["v1", "pools", name, "backends", address, action @ ("drain" | "enable")],
+            &Method::POST,
+        ) => {
+            let state = if *action == "drain" {
+                BackendState::Draining
+            } else {
+                BackendState::Enabled
+            };
+            change(control, req.headers(), |c| {
+                find_backend(c, name, address)?.state = state;
+                Ok(())
+            })?;
+            get_backend(control, name, address)
+        }
+        (["v1", "certificates"], &Method::GET) => certificates(control),
+        (["v1", "certificates", name], _) => certificate(control, req, name).await,
+        (["v1", "hostmap"], &Method::GET) => {
+            let c = control.borrow();
+            let mut r = Response::new(Body::hostmap(std::sync::Arc::clone(&c.hostmap)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            set_etag(&mut r, &hostmap_etag(c.gens));
+            Ok(r)
+        }
+        (["v1", "hostmap"], &Method::PUT) => import_hostmap(control, req).await,
+        (["v1", "hostmap", host], _) => hostmap_entry(control, req, host).await,
+        (["v1", "logs"], &Method::GET) => {
+            let limit = query(&req, "limit")
+                .unwrap_or(100)
+                .min(crate::logging::RING_LINES as u64);
+            let lines = control.borrow().logs.recent(limit as usize);
+            Ok(json_response(StatusCode::OK, &lines))
+        }
+        (["v1", "token", "rotate"], &Method::POST) => {
+            let token = control
+                .borrow_mut()
+                .token
+                .rotate()
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            tracing::info!("admin token rotated");
+            Ok(json_response(StatusCode::OK, &json!({ "token": token })))
+        }
+        (["v1", "system", action @ ("shutdown" | "reboot" | "poweroff")], &Method::POST) => {
+            let c = control.borrow();
+            if !c
+                .shared
+                .shutting_down
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                crate::control::begin_shutdown(&c.shared, &format!("admin API {action}"));
+            }
+            Ok(json_response(
+                StatusCode::ACCEPTED,
+                &json!({ "status": "shutting down" }),
+            ))
+        }
+        _ => Err(not_here(&segs, &m)),
+    }
+}
+
+/// 405 for a known resource with another method, 404 otherwise.
+fn not_here(segs: &[&str], m: &Method) -> ApiError {
+    let allowed: &[&str] = match segs {
+        ["metrics"]
+        | ["v1", "status"]
+        | ["v1", "logs"]
+        | ["v1", "certificates"]
+        | ["v1", "pools"] => &["GET"],
+        ["v1", "config" | "listeners" | "routes" | "hostmap"] => &["GET", "PUT"],
+        ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => &["POST"],
+        ["v1", "pools", _, "backends", _, "drain" | "enable"] => &["POST"],
+        ["v1", "system", "shutdown" | "reboot" | "poweroff"] => &["POST"],
+        _ => return ApiError::not_found(format!("no resource at /{}", segs.join("/"))),
+    };
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{m} is not allowed here; allowed: {}", allowed.join(", ")),
+    )
+}
+
+// ------------------------------------------------------------- helpers
+
+fn config_etag(g: Generations) -> String {
+    format!("\"c{}\"", g.config)
+}
+
+fn hostmap_etag(g: Generations) -> String {
+    format!("\"h{}\"", g.hostmap)
+}
+
+fn set_etag(r: &mut Response<Body>, etag: &str) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+/// 412 when `If-Match` is present and names neither `*` nor `etag`.
+fn check_if_match(headers: &HeaderMap, etag: &str) -> Result<()> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(());
+    };
+    let v = v.to_str().unwrap_or("");
+    if v.split(',').map(str::trim).any(|t| t == "*" || t == etag) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            format!("If-Match {v} does not match the current {etag}: the config changed meanwhile"),
+        ))
+    }
+}
+
+/// A view of the current config, with its ETag.
+fn get_config(
+    control: &Rc<RefCell<Control>>,
+    view: impl FnOnce(&Config) -> serde_json::Value,
+) -> Response<Body> {
+    let c = control.borrow();
+    let mut r = json_response(StatusCode::OK, &view(&c.config));
+    set_etag(&mut r, &config_etag(c.gens));
+    r
+}
+
+/// Applies `edit` to a copy of the config, then the copy as a whole.
+fn change<T>(
+    control: &Rc<RefCell<Control>>,
+    headers: &HeaderMap,
+    edit: impl FnOnce(&mut Config) -> Result<T>,
+) -> Result<T> {
+    let mut c = control.borrow_mut();
+    check_if_match(headers, &config_etag(c.gens))?;
+    let mut new = c.config.clone();
+    let out = edit(&mut new)?;
+    c.apply_config(new)?;
+    Ok(out)
+}
+
+/// Reads a JSON body of at most [`MAX_JSON`] bytes: 413 when larger, 400 when
+/// not JSON, 422 (with the field) when JSON of the wrong shape.
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<(HeaderMap, T)> {
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, MAX_JSON).await?;
+    let de = &mut serde_json::Deserializer::from_slice(&bytes);
+    match serde_path_to_error::deserialize(de) {
+        Ok(v) => Ok((parts.headers, v)),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    Err(ApiError::invalid(path, inner.to_string()))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("malformed JSON: {inner}"),
+                )),
+            }
+        }
+    }
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit as u64)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {limit} bytes"),
+    )
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    })
+}
+
+/// Decodes `%XX` escapes; `None` for a bad escape or non-UTF-8 result.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn find_pool<'a>(c: &'a mut Config, name: &str) -> Result<(usize, &'a mut Pool)> {
+    c.pools
+        .iter_mut()
+        .enumerate()
+        .find(|(_, p)| p.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("pool {name}")))
+}
+
+fn find_backend<'a>(c: &'a mut Config, pool: &str, address: &str) -> Result<&'a mut Backend> {
+    let (_, p) = find_pool(c, pool)?;
+    p.backends
+        .iter_mut()
+        .find(|b| b.address == address)
+        .ok_or_else(|| ApiError::not_found(format!("backend {address} in pool {pool}")))
+}
+
+// ------------------------------------------------------------- resources
+
+fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
+    let c = control.borrow();
+    let cores: Vec<_> = c.shared.stats.iter().map(|s| s.snapshot()).collect();
+    let text =
+        crate::metrics::render_prometheus(&cores, c.gens.config, c.started.elapsed().as_secs_f64());
+    let mut r = Response::new(Body::full(Bytes::from(text)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn status(control: &Rc<RefCell<Control>>) -> Response<Body> {
+    let c = control.borrow();
+    let cores: Vec<_> = c
+        .shared
+        .stats
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v = s.snapshot();
+            json!({
+                "core": i,
+                "connections_active": v.connections_active,
+                "connections_total": v.connections_total,
+                "requests_total": v.all.requests,
+            })
+        })
+        .collect();
+    let body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": c.started.elapsed().as_secs_f64(),
+        "generations": c.gens,
+        "hostmap_entries": c.hostmap.len(),
+        "shutting_down": c.shared.shutting_down.load(std::sync::atomic::Ordering::Acquire),
+        "listeners": c.config.listeners,
+        "admin_address": c.config.admin.address,
+        "cores": cores,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+async fn pool(
+    control: &Rc<RefCell<Control>>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>> {
+    match *req.method() {
+        Method::GET => {
+            let c = control.borrow();
+            let p = c
+                .config
+                .pools
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| ApiError::not_found(format!("pool {name}")))?;
+            let mut r = json_response(StatusCode::OK, p);
+            set_etag(&mut r, &config_etag(c.gens));
+            Ok(r)
+        }
+        Method::PUT => {
+            let (headers, mut new): (_, serde_json::Value) = read_json(req).await?;
+            // The name comes from the path; a body may repeat it.
+            if let Some(obj) = new.as_object_mut() {
+                match obj.get("name") {
+                    Some(n) if n != name => {
+                        return Err(ApiError::invalid(
+                            "name",
+                            "differs from the name in the path",
+                        ))
+                    }
+                    _ => {
+                        obj.insert("name".into(), json!(name));
+                    }
+                }
+            }
+            let new: Pool = serde_path_to_error::deserialize(new)
+                .map_err(|e| ApiError::invalid(e.path().to_string(), e.into_inner().to_string()))?;
+            let created = change(control, &headers, |c| {
+                Ok(match c.pools.iter_mut().find(|p| p.name == name) {
+                    Some(p) => {
+                        *p = new;
+                        false
+                    }
+                    None => {
+                        c.pools.push(new);
+                        true
+                    }
+                })
+            })?;
+            let c = control.borrow();
+            let p = c.config.pools.iter().find(|p| p.name == name);
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut r = json_response(status, &p);
+            set_etag(&mut r, &config_etag(c.gens));
+            Ok(r)
+        }
+        Method::DELETE => {
+            change(control, req.headers(), |c| {
+                let (i, _) = find_pool(c, name)?;
+                c.pools.remove(i);
+                Ok(())
+            })?;
+            Ok(no_content())
+        }
+        ref m => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not allowed here; allowed: GET, PUT, DELETE"),
+        )),
+    }
+}
+
+fn no_content() -> Response<Body> {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn get_backend(
+    control: &Rc<RefCell<Control>>,
+    pool: &str,
+    address: &str,
+) -> Result<Response<Body>> {
+    let c = control.borrow();
+    let p = c
+        .config
+        .pools
+        .iter()
+        .find(|p| p.name == pool)
+        .ok_or_else(|| ApiError::not_found(format!("pool {pool}")))?;
+    let b = p
+        .backends
+        .iter()
+        .find(|b| b.address == address)
+        .ok_or_else(|| ApiError::not_found(format!("backend {address} in pool {pool}")))?;
+    let mut r = json_response(StatusCode::OK, &BackendView::of(b));
+    set_etag(&mut r, &config_etag(c.gens));
+    Ok(r)
+}
+
+/// A backend as the API shows it: state always written out.
+#[derive(Serialize)]
+struct BackendView<'a> {
+    address: &'a str,
+    weight: u32,
+    state: BackendState,
+}
+
+impl<'a> BackendView<'a> {
+    fn of(b: &'a Backend) -> Self {
+        Self {
+            address: &b.address,
+            weight: b.weight,
+            state: b.state,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendPatch {
+    weight: Option<u32>,
+    state: Option<BackendState>,
+}
+
+async fn backend(
+    control: &Rc<RefCell<Control>>,
+    req: Request<Incoming>,
+    pool: &str,
+    address: &str,
+) -> Result<Response<Body>> {
+    match *req.method() {
+        Method::GET => get_backend(control, pool, address),
+        Method::PATCH => {
+            let (headers, patch): (_, BackendPatch) = read_json(req).await?;
+            change(control, &headers, |c| {
+                let b = find_backend(c, pool, address)?;
+                if let Some(w) = patch.weight {
+                    b.weight = w;
+                }
+                if let Some(s) = patch.state {
+                    b.state = s;
+                }
+                Ok(())
+            })?;
+            get_backend(control, pool, address)
+        }
+        Method::DELETE => {
+            change(control, req.headers(), |c| {
+                let (_, p) = find_pool(c, pool)?;
+                let before = p.backends.len();
+                p.backends.retain(|b| b.address != address);
+                if p.backends.len() == before {
+                    return Err(ApiError::not_found(format!(
+                        "backend {address} in pool {pool}"
+                    )));
+                }
+                Ok(())
+            })?;
+            Ok(no_content())
+        }
+        ref m => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not allowed here; allowed: GET, PATCH, DELETE"),
+        )),
+    }
+}
+
+// ------------------------------------------------------------- certificates
+
+#[derive(Serialize)]
+struct CertView {
+    name: Option<String>,
+    cert: String,
+    /// The names it is chosen for: configured, or the certificate's own.
+    names: Vec<String>,
+    default: bool,
+    /// SHA-256 of the leaf certificate (DER), hex.
+    sha256: String,
+}
+
+fn cert_view(c: &Certificate) -> CertView {
+    let info = crate::tls::certificate_info(&c.cert);
+    let (own, sha256) = info.unwrap_or_default();
+    CertView {
+        name: c.name.clone(),
+        cert: c.cert.display().to_string(),
+        names: if c.names.is_empty() {
+            own
+        } else {
+            c.names.clone()
+        },
+        default: c.default,
+        sha256,
+    }
+}
+
+fn certificates(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
+    let c = control.borrow();
+    let list: Vec<CertView> = c.config.certificates.iter().map(cert_view).collect();
+    let mut r = json_response(StatusCode::OK, &list);
+    set_etag(&mut r, &config_etag(c.gens));
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertUpload {
+    /// PEM chain, leaf first.
+    cert: String,
+    /// PEM private key.
+    key: String,
+    #[serde(default)]
+    names: Vec<String>,
+    #[serde(default)]
+    default: bool,
+}
+
+async fn certificate(
+    control: &Rc<RefCell<Control>>,
+    req: Request<Incoming>,
+    name: &str,
+) -> Result<Response<Body>> {
+    let find = |c: &Config| {
+        c.certificates
+            .iter()
+            .position(|x| x.name.as_deref() == Some(name))
+    };
+    match *req.method() {
+        Method::GET => {
+            let c = control.borrow();
+            let i = find(&c.config)
+                .ok_or_else(|| ApiError::not_found(format!("certificate {name}")))?;
+            let mut r = json_response(StatusCode::OK, &cert_view(&c.config.certificates[i]));
+            set_etag(&mut r, &config_etag(c.gens));
+            Ok(r)
+        }
+        Method::PUT => {
+            let (headers, upload): (_, CertUpload) = read_json(req).await?;
+            let data = control.borrow().data.clone();
+            let (cert, key) = crate::tls::store_uploaded(&data, name, &upload.cert, &upload.key)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            let entry = Certificate {
+                name: Some(name.to_owned()),
+                cert,
+                key,
+                names: upload.names,
+                default: upload.default,
+            };
+            let created = change(control, &headers, |c| {
+                if entry.default {
+                    for other in &mut c.certificates {
+                        other.default = false;
+                    }
+                }
+                Ok(match find(c) {
+                    Some(i) => {
+                        c.certificates[i] = entry;
+                        false
+                    }
+                    None => {
+                        c.certificates.push(entry);
+                        true
+                    }
+                })
+            });
+            let c = control.borrow();
+            crate::tls::prune_uploaded(&data, &c.config);
+            let created = created?;
+            let i = find(&c.config).unwrap_or_default();
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            let mut r = json_response(status, &cert_view(&c.config.certificates[i]));
+            set_etag(&mut r, &config_etag(c.gens));
+            Ok(r)
+        }
+        Method::DELETE => {
+            change(control, req.headers(), |c| {
+                let i =
+                    find(c).ok_or_else(|| ApiError::not_found(format!("certificate {name}")))?;
+                c.certificates.remove(i);
+                Ok(())
+            })?;
+            let c = control.borrow();
+            crate::tls::prune_uploaded(&c.data, &c.config);
+            Ok(no_content())
+        }
+        ref m => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not allowed here; allowed: GET, PUT, DELETE"),
+        )),
+    }
+}
+
+// ------------------------------------------------------------- host map
+
+async fn import_hostmap(
+    control: &Rc<RefCell<Control>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>> {
+    let (parts, mut body) = req.into_parts();
+    check_if_match(&parts.headers, &hostmap_etag(control.borrow().gens))?;
+    let mut importer = Importer::new();
+    let mut size = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            size += data.len() as u64;
+            if size > MAX_HOSTMAP {
+                return Err(too_large(MAX_HOSTMAP));
+            }
+            importer
+                .push(data)
+                .map_err(|e| ApiError::invalid(format!("line {}", e.line), e.reason))?;
+        }
+    }
+    let map = importer
+        .finish()
+        .map_err(|e| ApiError::invalid(format!("line {}", e.line), e.reason))?;
+    let mut c = control.borrow_mut();
+    // Checked again: the body took time to arrive.
+    check_if_match(&parts.headers, &hostmap_etag(c.gens))?;
+    c.apply_hostmap(map)?;
+    let mut r = json_response(
+        StatusCode::OK,
+        &json!({ "generation": c.gens.hostmap, "entries": c.hostmap.len() }),
+    );
+    set_etag(&mut r, &hostmap_etag(c.gens));
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolRef {
+    pool: String,
+}
+
+async fn hostmap_entry(
+    control: &Rc<RefCell<Control>>,
+    req: Request<Incoming>,
+    host: &str,
+) -> Result<Response<Body>> {
+    let entry = |c: &Control| {
+        let h = host.to_ascii_lowercase();
+        c.hostmap
+            .get(&h)
+            .map(|p| json!({ "host": h, "pool": p }))
+            .ok_or_else(|| ApiError::not_found(format!("host map entry {host}")))
+    };
+    match *req.method() {
+        Method::GET => {
+            let c = control.borrow();
+            let mut r = json_response(StatusCode::OK, &entry(&c)?);
+            set_etag(&mut r, &hostmap_etag(c.gens));
+            Ok(r)
+        }
+        Method::PUT | Method::DELETE => {
+            let put = *req.method() == Method::PUT;
+            let (headers, pool) = if put {
+                let (h, p): (_, PoolRef) = read_json(req).await?;
+                (h, Some(p.pool))
+            } else {
+                (req.headers().clone(), None)
+            };
+            let mut c = control.borrow_mut();
+            check_if_match(&headers, &hostmap_etag(c.gens))?;
+            let mut map = HostMap::clone(&c.hostmap);
+            let created = match &pool {
+                Some(p) => {
+                    let created = map.get(&host.to_ascii_lowercase()).is_none();
+                    map.insert(host, p)
+                        .map_err(|e| ApiError::invalid("host", e))?;
+                    created
+                }
+                None => {
+                    map.remove(host)
+                        .ok_or_else(|| ApiError::not_found(format!("host map entry {host}")))?;
+                    false
+                }
+            };
+            c.apply_hostmap(map)?;
+            let mut r = if put {
+                let status = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                json_response(status, &entry(&c)?)
+            } else {
+                no_content()
+            };
+            set_etag(&mut r, &hostmap_etag(c.gens));
+            Ok(r)
+        }
+        ref m => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{m} is not allowed here; allowed: GET, PUT, DELETE"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(
+            percent_decode("%5B%3A%3A1%5D:80").as_deref(),
+            Some("[::1]:80")
+        );
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn if_match() {
+        let mut h = HeaderMap::new();
+        check_if_match(&h, "\"c3\"").unwrap();
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"c3\""));
+        check_if_match(&h, "\"c3\"").unwrap();
+        let e = check_if_match(&h, "\"c4\"").unwrap_err();
+        assert_eq!(e.status, StatusCode::PRECONDITION_FAILED);
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"c1\", *"));
+        check_if_match(&h, "\"c4\"").unwrap();
+    }
+}

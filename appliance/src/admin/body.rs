@@ -1,0 +1,87 @@
+//! Admin response bodies: whole JSON documents, or the host map streamed.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+
+use crate::hostmap::HostMap;
+
+/// Entries per chunk of a streamed host map.
+const CHUNK: usize = 4096;
+
+#[derive(Debug)]
+pub enum Body {
+    Full(Option<Bytes>),
+    /// The host map as NDJSON, a chunk at a time, from a snapshot of it.
+    HostMap {
+        map: Arc<HostMap>,
+        cursor: Option<String>,
+        done: bool,
+    },
+}
+
+impl Body {
+    pub fn full(b: Bytes) -> Self {
+        Self::Full((!b.is_empty()).then_some(b))
+    }
+
+    pub fn empty() -> Self {
+        Self::Full(None)
+    }
+
+    pub fn hostmap(map: Arc<HostMap>) -> Self {
+        Self::HostMap {
+            map,
+            cursor: None,
+            done: false,
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::HostMap { map, cursor, done } => {
+                if *done {
+                    return Poll::Ready(None);
+                }
+                let mut out = Vec::with_capacity(CHUNK * 48);
+                match map.write_ndjson_after(cursor.as_deref(), CHUNK, &mut out) {
+                    Some(last) => {
+                        *cursor = Some(last);
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
+                    }
+                    None => {
+                        *done = true;
+                        Poll::Ready(None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_none(),
+            Self::HostMap { done, .. } => *done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::HostMap { .. } => SizeHint::default(),
+        }
+    }
+}

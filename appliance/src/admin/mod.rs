@@ -1,0 +1,182 @@
+//! The admin API: HTTPS + JSON on the control-plane thread.
+//!
+//! Every request needs `Authorization: Bearer <token>` ([`token`]). Every
+//! error is a JSON body `{"error": "...", "field": "..."}` (`field` for
+//! validation errors, as a path into the config). Changes go through
+//! [`crate::control::Control`], which checks, persists and publishes them as
+//! one step. The endpoints are described in `docs/admin-api.yaml` (OpenAPI
+//! 3.1), which a test checks against the running server.
+
+mod api;
+mod body;
+pub mod token;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+
+use crate::control::Control;
+pub use body::Body;
+
+/// A request that could not be served, as its JSON error response.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
+    }
+
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Error<'a> {
+            error: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            field: Option<&'a str>,
+        }
+        let body = Error {
+            error: &self.message,
+            field: self.field.as_deref(),
+        };
+        let mut r = json_response(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"edgebox\""),
+            );
+        }
+        r
+    }
+}
+
+impl From<crate::control::ApplyError> for ApiError {
+    fn from(e: crate::control::ApplyError) -> Self {
+        match e {
+            crate::control::ApplyError::Invalid(c) => Self::invalid(c.path, c.reason),
+            crate::control::ApplyError::Persist(e) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not persist the change, nothing was applied: {e}"),
+            ),
+        }
+    }
+}
+
+pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+    bytes.push(b'\n');
+    let mut r = Response::new(Body::full(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Serves the admin API on `listener` (and on the listeners sent through
+/// `rebind` when the admin address changes) until the process exits.
+pub fn serve(
+    control: Rc<RefCell<Control>>,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    mut rebind: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpListener>,
+) -> std::io::Result<impl Future<Output = ()>> {
+    let mut listener = tokio::net::TcpListener::from_std(listener)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    Ok(async move {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let control = Rc::clone(&control);
+                        let acceptor = acceptor.clone();
+                        tokio::task::spawn_local(async move {
+                            let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                            let Ok(Ok(tls)) = handshake.await else {
+                                tracing::debug!(%peer, "admin TLS handshake failed");
+                                return;
+                            };
+                            let svc = hyper::service::service_fn(move |req| {
+                                let control = Rc::clone(&control);
+                                async move { Ok::<_, std::convert::Infallible>(handle(control, req).await) }
+                            });
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .timer(TokioTimer::new())
+                                .header_read_timeout(Duration::from_secs(10))
+                                .serve_connection(TokioIo::new(tls), svc);
+                            if let Err(e) = conn.await {
+                                tracing::debug!(%peer, "admin connection ended: {e}");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!("admin accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(new) = rebind.recv() => match tokio::net::TcpListener::from_std(new) {
+                    Ok(new) => {
+                        tracing::info!(address = ?new.local_addr().ok(), "admin API moved");
+                        listener = new;
+                    }
+                    Err(e) => tracing::error!("cannot use the new admin listener: {e}"),
+                },
+            }
+        }
+    })
+}
+
+async fn handle(
+    control: Rc<RefCell<Control>>,
+    req: http::Request<hyper::body::Incoming>,
+) -> Response<Body> {
+    let authorized = {
+        let c = control.borrow();
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| c.token.verify(t.trim()))
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let result = if authorized {
+        api::dispatch(&control, req).await
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
+    };
+    let response = result.unwrap_or_else(ApiError::into_response);
+    tracing::debug!(%method, path, status = response.status().as_u16(), "admin request");
+    response
+}

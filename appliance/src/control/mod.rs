@@ -1,0 +1,110 @@
+//! The control-plane thread: one tokio current-thread runtime, apart from the
+//! data-plane cores, so an overloaded data plane cannot starve it. It serves
+//! the admin API ([`crate::admin`]), handles signals and rotates session-ticket
+//! keys; health checks, replication and failover will live here too.
+
+pub mod state;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::snapshot::Shared;
+pub use state::{ApplyError, Control};
+
+/// What the control thread starts with.
+#[derive(Debug)]
+pub struct Start {
+    pub control: Control,
+    pub admin_listener: std::net::TcpListener,
+    pub admin_tls: Arc<rustls::ServerConfig>,
+    pub admin_rebind: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpListener>,
+}
+
+/// Starts the thread and returns once its signal handlers are installed and
+/// the admin listener is being served, so a SIGTERM from then on is a graceful
+/// shutdown, never the default kill.
+pub fn start(start: Start) -> std::io::Result<()> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<std::io::Result<()>>(1);
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, control_loop(start, ready_tx));
+        })?;
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "control thread exited during start-up",
+        ))
+    })
+}
+
+async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::Result<()>>) {
+    let signals =
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::interrupt())?)));
+    let (mut term, mut int) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let shared = Arc::clone(&start.control.shared);
+    let control = Rc::new(RefCell::new(start.control));
+    let admin = crate::admin::serve(
+        Rc::clone(&control),
+        start.admin_listener,
+        start.admin_tls,
+        start.admin_rebind,
+    );
+    let admin = match admin {
+        Ok(fut) => fut,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    tokio::task::spawn_local(admin);
+    let _ = ready.send(Ok(()));
+    let rotation_s = shared.snapshot.load().config.tls.ticket_rotation_s;
+    let mut rotate = tokio::time::interval(Duration::from_secs(rotation_s));
+    rotate.tick().await;
+    loop {
+        tokio::select! {
+            _ = term.recv() => begin_shutdown(&shared, "SIGTERM"),
+            _ = int.recv() => begin_shutdown(&shared, "SIGINT"),
+            _ = rotate.tick() => match shared.tickets.rotate() {
+                Ok(()) => tracing::debug!("rotated session-ticket keys"),
+                Err(e) => tracing::error!("{e}"),
+            },
+        }
+    }
+}
+
+/// Starts a graceful shutdown (signal or admin request); a second one exits
+/// at once.
+pub fn begin_shutdown(shared: &Shared, why: &str) {
+    if shared.shutting_down.swap(true, Ordering::AcqRel) {
+        tracing::warn!("{why} again: exiting now without waiting for requests in flight");
+        std::process::exit(1);
+    }
+    let grace = shared.snapshot.load().client.shutdown_grace;
+    tracing::info!(
+        "{why}: shutting down; no new connections, requests in flight get up to {} ms",
+        grace.as_millis()
+    );
+}
