@@ -21,6 +21,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod fsutil;
 pub mod hostmap;
 pub mod limits;

@@ -43,6 +43,14 @@ enum Command {
     },
     /// Check a config file completely (certificates included) and exit.
     CheckConfig { config: PathBuf },
+    /// Talk to a running edgebox's admin API.
+    Ctl {
+        /// Where to look for the admin certificate by default.
+        #[arg(long, env = "EDGEBOX_DATA")]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        args: edgebox::ctl::CtlArgs,
+    },
 }
 
 fn default_data_dir() -> PathBuf {
@@ -57,6 +65,15 @@ fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Ctl { data, args } = cli.command {
+        return match edgebox::ctl::run(args, data.unwrap_or_else(default_data_dir)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edgebox ctl: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (_log_guard, logs) = logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve {
@@ -76,6 +93,7 @@ fn main() -> ExitCode {
             })
         }
         Command::CheckConfig { config } => check_config(config),
+        Command::Ctl { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

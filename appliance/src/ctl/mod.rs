@@ -1,0 +1,601 @@
+//! `edgebox ctl`: the admin API from the command line.
+//!
+//! Address, token and trust come from flags or the environment
+//! (`EDGEBOX_ADMIN`, `EDGEBOX_TOKEN`, `EDGEBOX_ADMIN_CERT`). Output is a
+//! human table or document by default and the API's JSON with `--json`.
+
+mod client;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::Method;
+use serde_json::{json, Value};
+
+pub use client::CtlError;
+use client::{Client, ReqBody, Trust};
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The admin API.
+    #[arg(long, env = "EDGEBOX_ADMIN", default_value = "https://127.0.0.1:9443")]
+    admin: String,
+    /// The admin token (shown once at the appliance's first start).
+    #[arg(long, env = "EDGEBOX_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The admin API's certificate, pinned (default: `<data>/tls/admin.crt`).
+    #[arg(long, env = "EDGEBOX_ADMIN_CERT")]
+    admin_cert: Option<PathBuf>,
+    /// Accept any admin certificate (only for a first look).
+    #[arg(long, conflicts_with = "admin_cert")]
+    insecure: bool,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Version, uptime, generations, per-core load.
+    Status,
+    /// The whole config document.
+    Config {
+        #[command(subcommand)]
+        action: DocAction,
+    },
+    /// The listeners (a JSON array).
+    Listeners {
+        #[command(subcommand)]
+        action: DocAction,
+    },
+    /// The routes (a JSON array).
+    Routes {
+        #[command(subcommand)]
+        action: DocAction,
+    },
+    /// Pools of backends.
+    Pools {
+        #[command(subcommand)]
+        action: PoolAction,
+    },
+    /// One backend of a pool.
+    Backend {
+        #[command(subcommand)]
+        action: BackendAction,
+    },
+    /// TLS certificates (private keys are never shown).
+    Certs {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+    /// The host → pool map.
+    Hostmap {
+        #[command(subcommand)]
+        action: HostmapAction,
+    },
+    /// Prometheus metrics.
+    Metrics,
+    /// Recent log events.
+    Logs {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Replace the admin token; prints the new one.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Stop serving (requests in flight finish first).
+    Shutdown,
+    /// Reboot the appliance (`serve` on a host exits).
+    Reboot,
+    /// Power the appliance off (`serve` on a host exits).
+    Poweroff,
+}
+
+#[derive(Debug, Subcommand)]
+enum DocAction {
+    /// Print it.
+    Get,
+    /// Replace it with a JSON file (`-` for stdin).
+    Put {
+        file: PathBuf,
+        /// Only if it is still at this ETag (from `get --json` output).
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolAction {
+    List,
+    Get {
+        name: String,
+    },
+    /// Create or replace a pool from a JSON file.
+    Put {
+        name: String,
+        file: PathBuf,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackendAction {
+    Add {
+        pool: String,
+        address: String,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    Remove {
+        pool: String,
+        address: String,
+    },
+    /// No new requests; those in flight finish.
+    Drain {
+        pool: String,
+        address: String,
+    },
+    /// Back into rotation.
+    Enable {
+        pool: String,
+        address: String,
+    },
+    Weight {
+        pool: String,
+        address: String,
+        weight: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertAction {
+    List,
+    /// Upload (or replace) a certificate and its key.
+    Put {
+        name: String,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        /// Names it is chosen for (default: those in the certificate).
+        #[arg(long = "for")]
+        names: Vec<String>,
+        /// Serve it when no name matches.
+        #[arg(long)]
+        default: bool,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum HostmapAction {
+    /// Replace the whole map with an NDJSON file (`{"host":…,"pool":…}` a line).
+    Import {
+        file: PathBuf,
+    },
+    /// Print the whole map as NDJSON.
+    Export,
+    Get {
+        host: String,
+    },
+    Set {
+        host: String,
+        pool: String,
+    },
+    Delete {
+        host: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    Rotate,
+}
+
+/// Runs one `edgebox ctl` command; `data` is where the admin certificate is
+/// looked for by default.
+pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
+    let trust = if args.insecure {
+        Trust::Insecure
+    } else {
+        let cert = args
+            .admin_cert
+            .clone()
+            .unwrap_or_else(|| data.join("tls/admin.crt"));
+        client::pinned(&cert).map_err(|e| {
+            CtlError::Usage(format!(
+                "{e}\n(give the admin certificate with --admin-cert or EDGEBOX_ADMIN_CERT, or --insecure)"
+            ))
+        })?
+    };
+    let client = Client::new(&args.admin, args.token.clone(), trust)?;
+    let json_out = args.json;
+    let get = |path: &str| client.send(Method::GET, path, ReqBody::Empty, &[]);
+    let send = |m: Method, path: &str, body: Value| {
+        client.send(
+            m,
+            path,
+            ReqBody::Bytes(Bytes::from(body.to_string())),
+            &[("content-type", "application/json")],
+        )
+    };
+    let empty = |m: Method, path: &str| client.send(m, path, ReqBody::Empty, &[]);
+    let out = match args.command {
+        CtlCommand::Status => show(get("/v1/status")?, json_out, render_status)?,
+        CtlCommand::Config { action } => doc(&client, "/v1/config", action, json_out)?,
+        CtlCommand::Listeners { action } => doc(&client, "/v1/listeners", action, json_out)?,
+        CtlCommand::Routes { action } => doc(&client, "/v1/routes", action, json_out)?,
+        CtlCommand::Pools { action } => match action {
+            PoolAction::List => show(get("/v1/pools")?, json_out, render_pools)?,
+            PoolAction::Get { name } => pretty(get(&format!("/v1/pools/{}", seg(&name)))?)?,
+            PoolAction::Put { name, file } => {
+                let body = read_json_file(&file)?;
+                pretty(send(
+                    Method::PUT,
+                    &format!("/v1/pools/{}", seg(&name)),
+                    body,
+                )?)?
+            }
+            PoolAction::Delete { name } => {
+                empty(Method::DELETE, &format!("/v1/pools/{}", seg(&name)))?;
+                format!("deleted pool {name}\n")
+            }
+        },
+        CtlCommand::Backend { action } => backend(&send, &empty, action, json_out)?,
+        CtlCommand::Certs { action } => match action {
+            CertAction::List => show(get("/v1/certificates")?, json_out, render_certs)?,
+            CertAction::Put {
+                name,
+                cert,
+                key,
+                names,
+                default,
+            } => {
+                let read = |p: &PathBuf| {
+                    std::fs::read_to_string(p)
+                        .map_err(|e| CtlError::Usage(format!("{}: {e}", p.display())))
+                };
+                let body = json!({"cert": read(&cert)?, "key": read(&key)?, "names": names, "default": default});
+                pretty(send(
+                    Method::PUT,
+                    &format!("/v1/certificates/{}", seg(&name)),
+                    body,
+                )?)?
+            }
+            CertAction::Delete { name } => {
+                empty(Method::DELETE, &format!("/v1/certificates/{}", seg(&name)))?;
+                format!("deleted certificate {name}\n")
+            }
+        },
+        CtlCommand::Hostmap { action } => match action {
+            HostmapAction::Import { file } => {
+                let f = std::fs::File::open(&file)
+                    .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+                let reply = client.send(
+                    Method::PUT,
+                    "/v1/hostmap",
+                    ReqBody::File(f),
+                    &[("content-type", "application/x-ndjson")],
+                )?;
+                show(reply, json_out, |v| {
+                    format!(
+                        "imported {} entries (host map generation {})\n",
+                        v["entries"], v["generation"]
+                    )
+                })?
+            }
+            HostmapAction::Export => String::from_utf8_lossy(&get("/v1/hostmap")?).into_owned(),
+            HostmapAction::Get { host } => pretty(get(&format!("/v1/hostmap/{}", seg(&host)))?)?,
+            HostmapAction::Set { host, pool } => pretty(send(
+                Method::PUT,
+                &format!("/v1/hostmap/{}", seg(&host)),
+                json!({ "pool": pool }),
+            )?)?,
+            HostmapAction::Delete { host } => {
+                empty(Method::DELETE, &format!("/v1/hostmap/{}", seg(&host)))?;
+                format!("deleted {host}\n")
+            }
+        },
+        CtlCommand::Metrics => String::from_utf8_lossy(&get("/metrics")?).into_owned(),
+        CtlCommand::Logs { limit } => show(
+            get(&format!("/v1/logs?limit={limit}"))?,
+            json_out,
+            render_logs,
+        )?,
+        CtlCommand::Token {
+            action: TokenAction::Rotate,
+        } => show(empty(Method::POST, "/v1/token/rotate")?, json_out, |v| {
+            format!(
+                "new token: {}\n(the old one no longer works)\n",
+                v["token"].as_str().unwrap_or_default()
+            )
+        })?,
+        CtlCommand::Shutdown => system(&empty, "shutdown")?,
+        CtlCommand::Reboot => system(&empty, "reboot")?,
+        CtlCommand::Poweroff => system(&empty, "poweroff")?,
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn system(
+    empty: &dyn Fn(Method, &str) -> Result<Bytes, CtlError>,
+    action: &str,
+) -> Result<String, CtlError> {
+    empty(Method::POST, &format!("/v1/system/{action}"))?;
+    Ok(format!("{action} requested\n"))
+}
+
+fn backend(
+    send: &dyn Fn(Method, &str, Value) -> Result<Bytes, CtlError>,
+    empty: &dyn Fn(Method, &str) -> Result<Bytes, CtlError>,
+    action: BackendAction,
+    json_out: bool,
+) -> Result<String, CtlError> {
+    let path =
+        |pool: &str, address: &str| format!("/v1/pools/{}/backends/{}", seg(pool), seg(address));
+    let reply = match action {
+        BackendAction::Add {
+            pool,
+            address,
+            weight,
+        } => send(
+            Method::POST,
+            &format!("/v1/pools/{}/backends", seg(&pool)),
+            json!({"address": address, "weight": weight}),
+        )?,
+        BackendAction::Remove { pool, address } => {
+            empty(Method::DELETE, &path(&pool, &address))?;
+            return Ok(format!("removed {address} from {pool}\n"));
+        }
+        BackendAction::Drain { pool, address } => {
+            empty(Method::POST, &format!("{}/drain", path(&pool, &address)))?
+        }
+        BackendAction::Enable { pool, address } => {
+            empty(Method::POST, &format!("{}/enable", path(&pool, &address)))?
+        }
+        BackendAction::Weight {
+            pool,
+            address,
+            weight,
+        } => send(
+            Method::PATCH,
+            &path(&pool, &address),
+            json!({ "weight": weight }),
+        )?,
+    };
+    show(reply, json_out, |v| {
+        format!(
+            "{}  weight {}  {}\n",
+            v["address"].as_str().unwrap_or_default(),
+            v["weight"],
+            v["state"].as_str().unwrap_or_default()
+        )
+    })
+}
+
+fn doc(client: &Client, path: &str, action: DocAction, json_out: bool) -> Result<String, CtlError> {
+    match action {
+        DocAction::Get if json_out => {
+            Ok(
+                String::from_utf8_lossy(&client.send(Method::GET, path, ReqBody::Empty, &[])?)
+                    .into_owned(),
+            )
+        }
+        DocAction::Get => pretty(client.send(Method::GET, path, ReqBody::Empty, &[])?),
+        DocAction::Put { file, if_match } => {
+            let body = read_json_file(&file)?;
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(tag) = &if_match {
+                headers.push(("if-match", tag.as_str()));
+            }
+            client.send(
+                Method::PUT,
+                path,
+                ReqBody::Bytes(Bytes::from(body.to_string())),
+                &headers,
+            )?;
+            Ok(format!("applied {} to {path}\n", file.display()))
+        }
+    }
+}
+
+fn read_json_file(file: &PathBuf) -> Result<Value, CtlError> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CtlError::Usage(e.to_string()))?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| CtlError::Usage(format!("{}: not JSON: {e}", file.display())))
+}
+
+/// A path segment, percent-encoded where needed (IPv6 brackets, `/`, `%`).
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn parse(bytes: &Bytes) -> Result<Value, CtlError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| CtlError::Connect(format!("the API answered something other than JSON: {e}")))
+}
+
+fn pretty(bytes: Bytes) -> Result<String, CtlError> {
+    let v = parse(&bytes)?;
+    Ok(format!(
+        "{}\n",
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    ))
+}
+
+fn show(
+    bytes: Bytes,
+    json_out: bool,
+    render: impl FnOnce(&Value) -> String,
+) -> Result<String, CtlError> {
+    if json_out {
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Ok(render(&parse(&bytes)?))
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let l: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", l.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn render_status(v: &Value) -> String {
+    let mut out =
+        format!(
+        "edgebox {}  up {:.0} s  config generation {}  host map generation {} ({} entries){}\n\n",
+        s(&v["version"]),
+        v["uptime_s"].as_f64().unwrap_or_default(),
+        v["generations"]["config"],
+        v["generations"]["hostmap"],
+        v["hostmap_entries"],
+        if v["shutting_down"] == true { "  SHUTTING DOWN" } else { "" }
+    );
+    let rows: Vec<Vec<String>> = v["cores"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                s(&c["core"]),
+                s(&c["connections_active"]),
+                s(&c["connections_total"]),
+                s(&c["requests_total"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["CORE", "OPEN CONNS", "CONNS", "REQUESTS"], &rows));
+    out
+}
+
+fn render_pools(v: &Value) -> String {
+    let mut rows = Vec::new();
+    for p in v.as_array().into_iter().flatten() {
+        for b in p["backends"].as_array().into_iter().flatten() {
+            let state = b.get("state").map_or("enabled".to_owned(), s);
+            rows.push(vec![
+                s(&p["name"]),
+                s(&b["address"]),
+                s(&b["weight"]),
+                state,
+            ]);
+        }
+        if p["backends"].as_array().is_none_or(Vec::is_empty) {
+            rows.push(vec![
+                s(&p["name"]),
+                "(no backends)".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+    }
+    table(&["POOL", "BACKEND", "WEIGHT", "STATE"], &rows)
+}
+
+fn render_certs(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let names: Vec<String> = c["names"].as_array().into_iter().flatten().map(s).collect();
+            vec![
+                s(&c["name"]),
+                names.join(","),
+                if c["default"] == true {
+                    "yes".into()
+                } else {
+                    String::new()
+                },
+                s(&c["sha256"]).chars().take(16).collect(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "SERVES", "DEFAULT", "SHA256"], &rows)
+}
+
+fn render_logs(v: &Value) -> String {
+    let mut out = String::new();
+    for l in v.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{} {:5} {}: {}",
+            s(&l["time_ms"]),
+            s(&l["level"]),
+            s(&l["target"]),
+            s(&l["message"])
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(seg("[::1]:8080"), "%5B::1%5D:8080");
+        assert_eq!(seg("shop.example.com"), "shop.example.com");
+        assert_eq!(seg("a/b c"), "a%2Fb%20c");
+    }
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "BB"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "A     BB\nlong  x\n");
+    }
+}
