@@ -207,13 +207,13 @@ fn bodies_stream_both_ways() {
     let shop = Shop::start(&[a.addr], 2, |_| {});
 
     // 24 MiB up and back down, HTTP/1.1 and HTTP/2.
-    let upload = shop.eb.dir.path().join("upload.bin");
+    let upload = shop.eb.dir().join("upload.bin");
     let data: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     std::fs::write(&upload, &data).unwrap();
     for version in ["--http1.1", "--http2"] {
-        let down = shop.eb.dir.path().join("down.bin");
+        let down = shop.eb.dir().join("down.bin");
         let out = shop.curl(&[
             version,
             "--data-binary",

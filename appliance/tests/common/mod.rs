@@ -119,7 +119,8 @@ pub fn server_name(name: &str) -> ServerName<'static> {
 
 pub struct Edgebox {
     child: Child,
-    pub dir: tempfile::TempDir,
+    /// Holds the config, the data directory (`data/`) and scratch files.
+    dir: Option<tempfile::TempDir>,
     /// Listener name → actual address.
     pub addrs: HashMap<String, SocketAddr>,
     /// The admin API's address.
@@ -187,7 +188,7 @@ impl Edgebox {
         let start = Instant::now();
         let mut me = Self {
             child,
-            dir,
+            dir: Some(dir),
             addrs: HashMap::new(),
             admin: None,
             token: TOKEN.to_owned(),
@@ -230,6 +231,77 @@ impl Edgebox {
         self.addrs[listener]
     }
 
+    /// The test's own directory (config, `data/`, scratch files).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// Stops edgebox gracefully (SIGTERM) and hands back its directory, to
+    /// start it again on the same data.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.signal(rustix::process::Signal::TERM);
+        assert!(self.wait_exit().success(), "edgebox did not exit cleanly");
+        self.dir.take().unwrap()
+    }
+
+    /// Starts `edgebox serve` again on a directory from [`Edgebox::stop`],
+    /// without `--config`: it serves what it persisted.
+    pub fn restart(dir: tempfile::TempDir, cores: usize) -> Self {
+        Self::spawn(
+            dir,
+            &["serve".to_owned(), "--cores".to_owned(), cores.to_string()],
+        )
+    }
+
+    /// Calls the admin API with curl (admin certificate pinned as the CA,
+    /// bearer token): `method path [json body] [extra curl args]`.
+    pub fn api(&self, method: &str, path: &str, body: Option<&str>, extra: &[&str]) -> ApiReply {
+        let admin = self.admin.expect("edgebox printed its admin address");
+        let headers = self.dir().join(format!("api-headers-{}", unique()));
+        let body_file = self.dir().join(format!("api-body-{}", unique()));
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "60", "-X", method])
+            .arg("--cacert")
+            .arg(self.dir().join("data/tls/admin.crt"))
+            .arg("-D")
+            .arg(&headers)
+            .arg("-o")
+            .arg(&body_file)
+            .args(["-w", "%{http_code}"]);
+        if !extra.iter().any(|a| a.starts_with("Authorization")) {
+            cmd.args(["-H", &format!("Authorization: Bearer {}", self.token)]);
+        }
+        let request_file = self.dir().join(format!("api-request-{}", unique()));
+        if let Some(b) = body {
+            std::fs::write(&request_file, b).unwrap();
+            cmd.args(["-H", "content-type: application/json", "--data-binary"])
+                .arg(format!("@{}", request_file.display()));
+        }
+        let out = cmd
+            .args(extra)
+            .arg(format!("https://{admin}{path}"))
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0);
+        let head = std::fs::read_to_string(&headers).unwrap_or_default();
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let reply = ApiReply {
+            status,
+            etag: header("etag"),
+            www_authenticate: header("www-authenticate"),
+            body: std::fs::read_to_string(&body_file).unwrap_or_default(),
+        };
+        for f in [headers, body_file, request_file] {
+            let _ = std::fs::remove_file(f);
+        }
+        reply
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -268,6 +340,31 @@ impl Drop for Edgebox {
             eprintln!("---- edgebox stderr ----\n{}", self.logs().join("\n"));
         }
     }
+}
+
+pub struct ApiReply {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub www_authenticate: Option<String>,
+    pub body: String,
+}
+
+impl ApiReply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        self
+    }
+}
+
+fn unique() -> usize {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
 }
 
 /// A config with an https listener (all leaf certs given, the first default)
