@@ -124,9 +124,13 @@ pub async fn dispatch(
         (["v1", "hostmap"], &Method::PUT) => import_hostmap(control, req).await,
         (["v1", "hostmap", host], _) => hostmap_entry(control, req, host).await,
         (["v1", "logs"], &Method::GET) => {
-            let limit = query(&req, "limit")
-                .unwrap_or(100)
-                .min(crate::logging::RING_LINES as u64);
+            let limit = query(&req, "limit")?.unwrap_or(100);
+            if limit > crate::logging::RING_LINES as u64 {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("limit must be at most {}", crate::logging::RING_LINES),
+                ));
+            }
             let lines = control.borrow().logs.recent(limit as usize);
             Ok(json_response(StatusCode::OK, &lines))
         }
@@ -159,22 +163,19 @@ pub async fn dispatch(
 
 /// 405 for a known resource with another method, 404 otherwise.
 fn not_here(segs: &[&str], m: &Method) -> ApiError {
-    let allowed: &[&str] = match segs {
+    let allowed = match segs {
         ["metrics"]
         | ["v1", "status"]
         | ["v1", "logs"]
         | ["v1", "certificates"]
-        | ["v1", "pools"] => &["GET"],
-        ["v1", "config" | "listeners" | "routes" | "hostmap"] => &["GET", "PUT"],
-        ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => &["POST"],
-        ["v1", "pools", _, "backends", _, "drain" | "enable"] => &["POST"],
-        ["v1", "system", "shutdown" | "reboot" | "poweroff"] => &["POST"],
+        | ["v1", "pools"] => "GET",
+        ["v1", "config" | "listeners" | "routes" | "hostmap"] => "GET, PUT",
+        ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => "POST",
+        ["v1", "pools", _, "backends", _, "drain" | "enable"] => "POST",
+        ["v1", "system", "shutdown" | "reboot" | "poweroff"] => "POST",
         _ => return ApiError::not_found(format!("no resource at /{}", segs.join("/"))),
     };
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{m} is not allowed here; allowed: {}", allowed.join(", ")),
-    )
+    ApiError::method_not_allowed(m, allowed)
 }
 
 // ------------------------------------------------------------- helpers
@@ -193,13 +194,25 @@ fn set_etag(r: &mut Response<Body>, etag: &str) {
     }
 }
 
-/// 412 when `If-Match` is present and names neither `*` nor `etag`.
+/// 412 when `If-Match` is present and names neither `*` nor `etag`; 400 when
+/// it is not `*` or a list of entity tags.
 fn check_if_match(headers: &HeaderMap, etag: &str) -> Result<()> {
     let Some(v) = headers.get(header::IF_MATCH) else {
         return Ok(());
     };
     let v = v.to_str().unwrap_or("");
-    if v.split(',').map(str::trim).any(|t| t == "*" || t == etag) {
+    let tags: Vec<&str> = v.split(',').map(str::trim).collect();
+    let well_formed = |t: &&str| {
+        let quoted = t.strip_prefix("W/").unwrap_or(t);
+        *t == "*" || (quoted.len() >= 2 && quoted.starts_with('"') && quoted.ends_with('"'))
+    };
+    if !tags.iter().all(well_formed) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match must be * or a list of quoted entity tags",
+        ));
+    }
+    if tags.iter().any(|t| *t == "*" || *t == etag) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -221,15 +234,19 @@ fn get_config(
 }
 
 /// Applies `edit` to a copy of the config, then the copy as a whole.
+///
+/// `If-Match` is evaluated after the edit found what it changes: a request
+/// that would fail without the precondition (404, 409) fails that way
+/// (RFC 9110, 13.2.1).
 fn change<T>(
     control: &Rc<RefCell<Control>>,
     headers: &HeaderMap,
     edit: impl FnOnce(&mut Config) -> Result<T>,
 ) -> Result<T> {
     let mut c = control.borrow_mut();
-    check_if_match(headers, &config_etag(c.gens))?;
     let mut new = c.config.clone();
     let out = edit(&mut new)?;
+    check_if_match(headers, &config_etag(c.gens))?;
     c.apply_config(new)?;
     Ok(out)
 }
@@ -276,10 +293,22 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
-    req.uri().query()?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| v.parse().ok()).flatten()
+/// A whole-number query parameter; 400 when present but not a number.
+fn query(req: &Request<Incoming>, key: &str) -> Result<Option<u64>> {
+    let Some(q) = req.uri().query() else {
+        return Ok(None);
+    };
+    let Some(v) = q
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    else {
+        return Ok(None);
+    };
+    v.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{key} must be a whole number"),
+        )
     })
 }
 
@@ -429,10 +458,7 @@ async fn pool(
             })?;
             Ok(no_content())
         }
-        ref m => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{m} is not allowed here; allowed: GET, PUT, DELETE"),
-        )),
+        ref m => Err(ApiError::method_not_allowed(m, "GET, PUT, DELETE")),
     }
 }
 
@@ -525,10 +551,7 @@ async fn backend(
             })?;
             Ok(no_content())
         }
-        ref m => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{m} is not allowed here; allowed: GET, PATCH, DELETE"),
-        )),
+        ref m => Err(ApiError::method_not_allowed(m, "GET, PATCH, DELETE")),
     }
 }
 
@@ -654,10 +677,7 @@ async fn certificate(
             crate::tls::prune_uploaded(&c.data, &c.config);
             Ok(no_content())
         }
-        ref m => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{m} is not allowed here; allowed: GET, PUT, DELETE"),
-        )),
+        ref m => Err(ApiError::method_not_allowed(m, "GET, PUT, DELETE")),
     }
 }
 
@@ -737,7 +757,6 @@ async fn hostmap_entry(
                 (req.headers().clone(), None)
             };
             let mut c = control.borrow_mut();
-            check_if_match(&headers, &hostmap_etag(c.gens))?;
             let mut map = HostMap::clone(&c.hostmap);
             let created = match &pool {
                 Some(p) => {
@@ -752,6 +771,7 @@ async fn hostmap_entry(
                     false
                 }
             };
+            check_if_match(&headers, &hostmap_etag(c.gens))?;
             c.apply_hostmap(map)?;
             let mut r = if put {
                 let status = if created {
@@ -766,10 +786,7 @@ async fn hostmap_entry(
             set_etag(&mut r, &hostmap_etag(c.gens));
             Ok(r)
         }
-        ref m => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{m} is not allowed here; allowed: GET, PUT, DELETE"),
-        )),
+        ref m => Err(ApiError::method_not_allowed(m, "GET, PUT, DELETE")),
     }
 }
 
@@ -799,5 +816,13 @@ mod tests {
         assert_eq!(e.status, StatusCode::PRECONDITION_FAILED);
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"c1\", *"));
         check_if_match(&h, "\"c4\"").unwrap();
+        for bad in ["", "c4", "\"c4", "\"c4\", x"] {
+            h.insert(header::IF_MATCH, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(
+                check_if_match(&h, "\"c4\"").unwrap_err().status,
+                StatusCode::BAD_REQUEST,
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub field: Option<String>,
+    /// For 405: the methods the resource allows.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -40,6 +42,18 @@ impl ApiError {
             status,
             message: message.into(),
             field: None,
+            allow: None,
+        }
+    }
+
+    /// 405, naming the methods the resource allows.
+    pub fn method_not_allowed(method: &http::Method, allow: &'static str) -> Self {
+        Self {
+            allow: Some(allow),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not allowed here; allowed: {allow}"),
+            )
         }
     }
 
@@ -52,6 +66,7 @@ impl ApiError {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             message: message.into(),
             field: Some(field.into()),
+            allow: None,
         }
     }
 
@@ -67,6 +82,10 @@ impl ApiError {
             field: self.field.as_deref(),
         };
         let mut r = json_response(self.status, &body);
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -331,10 +331,36 @@ impl Config {
         self.validate_certificates()?;
         self.validate_pools()?;
         self.validate_routes()?;
-        positive("tls.handshake_timeout_ms", self.tls.handshake_timeout_ms)?;
-        positive("tls.ticket_rotation_s", self.tls.ticket_rotation_s)?;
-        positive("client.header_timeout_ms", self.client.header_timeout_ms)?;
-        positive("client.idle_timeout_ms", self.client.idle_timeout_ms)?;
+        within(
+            "tls.handshake_timeout_ms",
+            self.tls.handshake_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "tls.ticket_rotation_s",
+            self.tls.ticket_rotation_s,
+            1,
+            MAX_TICKET_ROTATION_S,
+        )?;
+        within(
+            "client.header_timeout_ms",
+            self.client.header_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "client.idle_timeout_ms",
+            self.client.idle_timeout_ms,
+            1,
+            MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "client.shutdown_grace_ms",
+            self.client.shutdown_grace_ms,
+            0,
+            MAX_TIMEOUT_MS,
+        )?;
         Ok(())
     }
 
@@ -434,12 +460,15 @@ impl Config {
                     ));
                 }
             }
-            positive(&at("timeouts.connect_ms"), p.timeouts.connect_ms)?;
-            positive(
+            let t = &p.timeouts;
+            within(&at("timeouts.connect_ms"), t.connect_ms, 1, MAX_TIMEOUT_MS)?;
+            within(
                 &at("timeouts.response_header_ms"),
-                p.timeouts.response_header_ms,
+                t.response_header_ms,
+                1,
+                MAX_TIMEOUT_MS,
             )?;
-            positive(&at("timeouts.idle_ms"), p.timeouts.idle_ms)?;
+            within(&at("timeouts.idle_ms"), t.idle_ms, 1, MAX_TIMEOUT_MS)?;
         }
         Ok(())
     }
@@ -524,9 +553,17 @@ impl Config {
     }
 }
 
-fn positive(path: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(ConfigError::new(path, "must be greater than 0"));
+/// The longest timeout: one day.
+pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The longest session-ticket key rotation period: one week.
+pub const MAX_TICKET_ROTATION_S: u64 = 604_800;
+
+fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::new(
+            path,
+            format_args!("must be from {min} to {max}"),
+        ));
     }
     Ok(())
 }
