@@ -235,9 +235,10 @@ fn get_config(
 
 /// Applies `edit` to a copy of the config, then the copy as a whole.
 ///
-/// `If-Match` is evaluated after the edit found what it changes: a request
-/// that would fail without the precondition (404, 409) fails that way
-/// (RFC 9110, 13.2.1).
+/// `If-Match` is evaluated once the change is known to be possible and valid:
+/// a request that would fail anyway (404, 409, 422) fails that way, and a
+/// stale precondition is reported only for an otherwise good change
+/// (RFC 9110, 13.2).
 fn change<T>(
     control: &Rc<RefCell<Control>>,
     headers: &HeaderMap,
@@ -246,8 +247,9 @@ fn change<T>(
     let mut c = control.borrow_mut();
     let mut new = c.config.clone();
     let out = edit(&mut new)?;
+    let prepared = c.prepare_config(new)?;
     check_if_match(headers, &config_etag(c.gens))?;
-    c.apply_config(new)?;
+    c.commit(prepared)?;
     Ok(out)
 }
 
@@ -688,7 +690,6 @@ async fn import_hostmap(
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
     let (parts, mut body) = req.into_parts();
-    check_if_match(&parts.headers, &hostmap_etag(control.borrow().gens))?;
     let mut importer = Importer::new();
     let mut size = 0u64;
     while let Some(frame) = body.frame().await {
@@ -712,9 +713,9 @@ async fn import_hostmap(
         .finish()
         .map_err(|e| ApiError::invalid(format!("line {}", e.line), e.reason))?;
     let mut c = control.borrow_mut();
-    // Checked again: the body took time to arrive.
+    let prepared = c.prepare_hostmap(map)?;
     check_if_match(&parts.headers, &hostmap_etag(c.gens))?;
-    c.apply_hostmap(map)?;
+    c.commit(prepared)?;
     let mut r = json_response(
         StatusCode::OK,
         &json!({ "generation": c.gens.hostmap, "entries": c.hostmap.len() }),
@@ -771,8 +772,9 @@ async fn hostmap_entry(
                     false
                 }
             };
+            let prepared = c.prepare_hostmap(map)?;
             check_if_match(&headers, &hostmap_etag(c.gens))?;
-            c.apply_hostmap(map)?;
+            c.commit(prepared)?;
             let mut r = if put {
                 let status = if created {
                     StatusCode::CREATED

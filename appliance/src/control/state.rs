@@ -56,11 +56,41 @@ impl std::fmt::Debug for Control {
     }
 }
 
+/// A change that passed every check and is ready to be committed.
+#[derive(Debug)]
+pub struct Prepared {
+    snapshot: Snapshot,
+    kind: PreparedKind,
+}
+
+#[derive(Debug)]
+enum PreparedKind {
+    Config {
+        config: Config,
+        sockets: Vec<(ListenerKey, Vec<std::os::fd::OwnedFd>)>,
+        admin: Option<std::net::TcpListener>,
+    },
+    HostMap(HostMap),
+}
+
 impl Control {
     /// Validates, persists and publishes `new` as the whole config.
-    pub fn apply_config(&mut self, mut new: Config) -> Result<(), ApplyError> {
+    pub fn apply_config(&mut self, new: Config) -> Result<(), ApplyError> {
+        let prepared = self.prepare_config(new)?;
+        self.commit(prepared)
+    }
+
+    /// Validates, persists and publishes `new` as the whole host map.
+    pub fn apply_hostmap(&mut self, new: HostMap) -> Result<(), ApplyError> {
+        let prepared = self.prepare_hostmap(new)?;
+        self.commit(prepared)
+    }
+
+    /// Every check of a new config, with its sockets bound and its snapshot
+    /// built; nothing is applied yet.
+    pub fn prepare_config(&self, mut new: Config) -> Result<Prepared, ApplyError> {
         new.validate()?;
-        let fresh = self.bind_new_listeners(&mut new)?;
+        let sockets = self.bind_new_listeners(&mut new)?;
         let admin = if new.admin.address == self.config.admin.address {
             None
         } else {
@@ -77,33 +107,18 @@ impl Control {
             &self.shared.tickets,
             gens,
         )?;
-        self.store
-            .save_config(gens.config, &new)
-            .map_err(ApplyError::Persist)?;
-        {
-            let mut waiting = self
-                .shared
-                .new_sockets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for (key, sockets) in fresh {
-                for (core, fd) in sockets.into_iter().enumerate() {
-                    waiting.insert((core, key.clone()), fd);
-                }
-            }
-        }
-        self.publish(snapshot);
-        self.config = new;
-        self.gens = gens;
-        if let Some(listener) = admin {
-            let _ = self.admin_rebind.send(listener);
-        }
-        tracing::info!(generation = gens.config, "applied a new config");
-        Ok(())
+        Ok(Prepared {
+            snapshot,
+            kind: PreparedKind::Config {
+                config: new,
+                sockets,
+                admin,
+            },
+        })
     }
 
-    /// Validates, persists and publishes `new` as the whole host map.
-    pub fn apply_hostmap(&mut self, new: HostMap) -> Result<(), ApplyError> {
+    /// Every check of a new host map, with its snapshot built.
+    pub fn prepare_hostmap(&self, new: HostMap) -> Result<Prepared, ApplyError> {
         let gens = Generations {
             hostmap: self.gens.hostmap + 1,
             ..self.gens
@@ -115,22 +130,59 @@ impl Control {
             &self.shared.tickets,
             gens,
         )?;
-        self.store
-            .save_hostmap(gens.hostmap, &new)
-            .map_err(ApplyError::Persist)?;
-        self.publish(snapshot);
-        self.hostmap = Arc::new(new);
-        self.gens = gens;
-        tracing::info!(
-            generation = gens.hostmap,
-            entries = self.hostmap.len(),
-            "applied a new host map"
-        );
-        Ok(())
+        Ok(Prepared {
+            snapshot,
+            kind: PreparedKind::HostMap(new),
+        })
     }
 
-    fn publish(&self, snapshot: Snapshot) {
-        self.shared.snapshot.store(Arc::new(snapshot));
+    /// Persists a prepared change and publishes it to the cores. If it cannot
+    /// be persisted, nothing is published.
+    pub fn commit(&mut self, prepared: Prepared) -> Result<(), ApplyError> {
+        let gens = prepared.snapshot.generations;
+        match prepared.kind {
+            PreparedKind::Config {
+                config,
+                sockets,
+                admin,
+            } => {
+                self.store
+                    .save_config(gens.config, &config)
+                    .map_err(ApplyError::Persist)?;
+                {
+                    let mut waiting = self
+                        .shared
+                        .new_sockets
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    for (key, per_core) in sockets {
+                        for (core, fd) in per_core.into_iter().enumerate() {
+                            waiting.insert((core, key.clone()), fd);
+                        }
+                    }
+                }
+                self.shared.snapshot.store(Arc::new(prepared.snapshot));
+                self.config = config;
+                if let Some(listener) = admin {
+                    let _ = self.admin_rebind.send(listener);
+                }
+                tracing::info!(generation = gens.config, "applied a new config");
+            }
+            PreparedKind::HostMap(map) => {
+                self.store
+                    .save_hostmap(gens.hostmap, &map)
+                    .map_err(ApplyError::Persist)?;
+                self.shared.snapshot.store(Arc::new(prepared.snapshot));
+                self.hostmap = Arc::new(map);
+                tracing::info!(
+                    generation = gens.hostmap,
+                    entries = self.hostmap.len(),
+                    "applied a new host map"
+                );
+            }
+        }
+        self.gens = gens;
+        Ok(())
     }
 
     /// Binds one socket per core for each listener the current config does
