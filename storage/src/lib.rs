@@ -1,11 +1,38 @@
-//! edgebox's content-addressed store (not yet implemented).
+//! edgebox's content-addressed store: blobs named by their BLAKE3 hash, site
+//! manifests, refs, garbage collection and scrubbing.
 //!
-//! This crate will hold the BLAKE3 content-addressed blob store
-//! (`<data>/store/blobs/<2 hex>/<64 hex>`, written through `tmp/`, fsynced and
-//! renamed), site manifests (path → blob hash, size, content type, precompressed
-//! variants), refs (site → generation and manifest hash, replaced atomically),
-//! garbage collection and scrubbing, and the sans-IO replication protocol that
-//! appliances speak to each other over QUIC. See `DESIGN.md`, "Storage" and
-//! "Replication"; the work is tracked by the issue "Content-addressed store and
-//! static sites".
+//! ```text
+//! <data>/store/blobs/<2 hex>/<64 hex>   immutable; the file's BLAKE3 is its name
+//! <data>/store/tmp/                     writes in progress
+//! <data>/store/refs/<site>.json         {generation, manifest, history}, replaced atomically
+//! <data>/store/quarantine/              blobs a scrub found corrupt
+//! ```
+//!
+//! Publishing a site: upload the blobs it is missing ([`Blobs::writer`], which
+//! verifies each against the hash it was promised), upload the manifest (also
+//! a blob), then move the ref ([`Store::publish`]), which refuses unless every
+//! blob is present. Each write is fsynced and renamed into place, so a crash or
+//! power cut leaves the old generation or the new one, never half of one.
+//! The replication protocol between appliances will live here too.
+//!
+//! ```
+//! use edgebox_storage::{Blobs, Hash, Store};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::open(dir.path()).unwrap();
+//! let h = store.blobs().put(b"hello").unwrap();
+//! assert_eq!(h, Hash::of(b"hello"));
+//! assert!(store.blobs().contains(&h));
+//! ```
 #![forbid(unsafe_code)]
+
+pub mod blobs;
+mod hash;
+pub mod maintenance;
+pub mod manifest;
+pub mod sites;
+
+pub use blobs::{BlobWriter, Blobs, PutError};
+pub use hash::{BadHash, Hash};
+pub use maintenance::{GcReport, ScrubReport};
+pub use manifest::{Encoding, FileEntry, Manifest, SiteSettings, Variant};
+pub use sites::{SiteError, SiteRef, Store};
