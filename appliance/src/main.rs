@@ -43,6 +43,14 @@ enum Command {
     },
     /// Check a config file completely (certificates included) and exit.
     CheckConfig { config: PathBuf },
+    /// Publish a directory as a site (uploads only what the appliance lacks).
+    Publish {
+        /// Where to look for the admin certificate by default.
+        #[arg(long, env = "EDGEBOX_DATA")]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        args: edgebox::publish::PublishArgs,
+    },
     /// Talk to a running edgebox's admin API.
     Ctl {
         /// Where to look for the admin certificate by default.
@@ -65,17 +73,30 @@ fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Ctl { data, args } = cli.command {
-        return match edgebox::ctl::run(args, data.unwrap_or_else(default_data_dir)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("edgebox ctl: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    // Clients of a running edgebox: no logging set-up, their own messages.
+    let (what, result) = match cli.command {
+        Command::Ctl { data, args } => (
+            "ctl",
+            edgebox::ctl::run(args, data.unwrap_or_else(default_data_dir)),
+        ),
+        Command::Publish { data, args } => (
+            "publish",
+            edgebox::publish::run(args, data.unwrap_or_else(default_data_dir)),
+        ),
+        command => return serve_or_check(command, cli.log_format),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edgebox {what}: {e}");
+            ExitCode::FAILURE
+        }
     }
-    let (_log_guard, logs) = logging::init(cli.log_format);
-    let result = match cli.command {
+}
+
+fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
+    let (_log_guard, logs) = logging::init(log_format);
+    let result = match command {
         Command::Serve {
             config,
             data,
@@ -93,7 +114,7 @@ fn main() -> ExitCode {
             })
         }
         Command::CheckConfig { config } => check_config(config),
-        Command::Ctl { .. } => Ok(()),
+        Command::Ctl { .. } | Command::Publish { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,6 +130,7 @@ fn check_config(path: PathBuf) -> Result<(), server::ServeError> {
     let tickets = edgebox::tls::tickets::TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
     let snapshot = loaded.build(
         &edgebox::hostmap::HostMap::default(),
+        &edgebox::snapshot::Sites::new(),
         &tickets,
         edgebox::snapshot::Generations::default(),
     )?;

@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Action, Config, ConfigError};
 use crate::hostmap::HostMap;
+use crate::static_files::ServedSite;
+
+/// The published sites, by name.
+pub type Sites = std::collections::BTreeMap<String, Arc<ServedSite>>;
 use crate::router::{HostPattern, Router};
 use crate::tls::tickets::TicketKeys;
 
@@ -38,6 +42,11 @@ pub enum RouteAction {
         content_type: HeaderValue,
     },
     Welcome,
+    /// A site from the content store; `None` while it is not published.
+    Static {
+        site: Arc<str>,
+        served: Option<Arc<ServedSite>>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +81,8 @@ pub struct ClientLimits {
 pub struct Generations {
     pub config: u64,
     pub hostmap: u64,
+    /// Changes to the set of published sites (publishes, rollbacks, deletes).
+    pub sites: u64,
 }
 
 #[derive(Debug)]
@@ -93,6 +104,7 @@ impl Snapshot {
     pub fn build(
         config: Config,
         hostmap: &HostMap,
+        sites: &Sites,
         base: &Path,
         tickets: &Arc<TicketKeys>,
         generations: Generations,
@@ -115,7 +127,7 @@ impl Snapshot {
         for (i, r) in config.routes.iter().enumerate() {
             let host = r.host.as_deref().map(HostPattern::parse).transpose();
             let host = host.map_err(|e| ConfigError::new(format!("routes[{i}].host"), e))?;
-            let action = compile_action(i, &r.action, &config.pools)?;
+            let action = compile_action(i, &r.action, &config.pools, sites)?;
             router.insert(host.as_ref(), &r.path_prefix, action);
         }
         let pool_index: HashMap<&str, u32> = (0u32..)
@@ -196,6 +208,7 @@ fn compile_action(
     i: usize,
     action: &Action,
     pools: &[config::Pool],
+    sites: &Sites,
 ) -> Result<RouteAction, ConfigError> {
     let at = |field: &str| format!("routes[{i}].action.{field}");
     let status = |field: &str, code: u16| {
@@ -223,6 +236,10 @@ fn compile_action(
             content_type: header("respond.content_type", content_type)?,
         },
         Action::Welcome => RouteAction::Welcome,
+        Action::Static { site } => RouteAction::Static {
+            site: Arc::from(site.as_str()),
+            served: sites.get(site).cloned(),
+        },
     })
 }
 
@@ -236,6 +253,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// Each core's statistics, indexed by core.
     pub stats: crate::metrics::AllStats,
+    /// The content store's blobs, which cores map to serve sites.
+    pub blobs: edgebox_storage::Blobs,
     /// Sockets bound by the control plane for listeners added at run time,
     /// waiting for their core to adopt them: (core, listener key) → socket.
     pub new_sockets: Mutex<HashMap<(usize, ListenerKey), OwnedFd>>,

@@ -123,6 +123,16 @@ pub async fn dispatch(
         }
         (["v1", "hostmap"], &Method::PUT) => import_hostmap(control, req).await,
         (["v1", "hostmap", host], _) => hostmap_entry(control, req, host).await,
+        (["v1", "blobs", hash], _) => super::content::blob(control, req, hash).await,
+        (["v1", "sites"], &Method::GET) => super::content::sites(control),
+        (["v1", "sites", site], _) => super::content::site(control, req, site).await,
+        (["v1", "sites", site, "rollback"], &Method::POST) => {
+            super::content::rollback(control, req, site).await
+        }
+        (["v1", "store", "gc"], &Method::POST) => {
+            super::content::gc(control, query(&req, "grace_s")?)
+        }
+        (["v1", "store", "scrub"], &Method::POST) => super::content::scrub(control),
         (["v1", "logs"], &Method::GET) => {
             let limit = query(&req, "limit")?.unwrap_or(100);
             if limit > crate::logging::RING_LINES as u64 {
@@ -168,7 +178,9 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         | ["v1", "status"]
         | ["v1", "logs"]
         | ["v1", "certificates"]
-        | ["v1", "pools"] => "GET",
+        | ["v1", "pools"]
+        | ["v1", "sites"] => "GET",
+        ["v1", "sites", _, "rollback"] | ["v1", "store", "gc" | "scrub"] => "POST",
         ["v1", "config" | "listeners" | "routes" | "hostmap"] => "GET, PUT",
         ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => "POST",
         ["v1", "pools", _, "backends", _, "drain" | "enable"] => "POST",
@@ -255,7 +267,9 @@ fn change<T>(
 
 /// Reads a JSON body of at most [`MAX_JSON`] bytes: 413 when larger, 400 when
 /// not JSON, 422 (with the field) when JSON of the wrong shape.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<(HeaderMap, T)> {
+pub(super) async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<(HeaderMap, T)> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, MAX_JSON).await?;
     let de = &mut serde_json::Deserializer::from_slice(&bytes);

@@ -9,6 +9,7 @@
 
 mod api;
 mod body;
+mod content;
 pub mod token;
 
 use std::cell::RefCell;
@@ -104,6 +105,32 @@ impl From<crate::control::ApplyError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("could not persist the change, nothing was applied: {e}"),
             ),
+            crate::control::ApplyError::Site(e) => e.into(),
+        }
+    }
+}
+
+impl From<edgebox_storage::SiteError> for ApiError {
+    fn from(e: edgebox_storage::SiteError) -> Self {
+        use edgebox_storage::SiteError as E;
+        let status = match &e {
+            E::BadName | E::BadManifest { .. } | E::MissingBlobs(_) | E::ManifestMissing(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            E::NoSuchSite(_) | E::NoSuchGeneration { .. } => StatusCode::NOT_FOUND,
+            E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let field = match &e {
+            E::BadName => Some("site".to_owned()),
+            E::BadManifest { source, .. } => Some(format!("manifest.{}", source.field)),
+            E::MissingBlobs(_) | E::ManifestMissing(_) => Some("manifest".to_owned()),
+            _ => None,
+        };
+        Self {
+            status,
+            message: e.to_string(),
+            field,
+            allow: None,
         }
     }
 }

@@ -298,6 +298,8 @@ pub enum Action {
     },
     /// edgebox's built-in welcome page.
     Welcome,
+    /// Files of a site published to the content store.
+    Static { site: String },
 }
 
 fn default_redirect_status() -> u16 {
@@ -541,6 +543,14 @@ impl Config {
                     }
                 }
                 Action::Welcome => {}
+                Action::Static { site } => {
+                    if edgebox_storage::sites::check_site_name(site).is_err() {
+                        return Err(ConfigError::new(
+                            at("action.static.site"),
+                            "site names are 1 to 64 of A-Z a-z 0-9 - _ . and do not start with '.'",
+                        ));
+                    }
+                }
             }
         }
         Ok(())

@@ -18,7 +18,8 @@ use crate::config::{Config, ConfigError};
 use crate::hostmap::HostMap;
 use crate::logging::LogRing;
 use crate::server::listeners;
-use crate::snapshot::{Generations, ListenerKey, Shared, Snapshot};
+use crate::snapshot::{Generations, ListenerKey, Shared, Sites, Snapshot};
+use crate::static_files::ServedSite;
 use crate::store::Store;
 
 /// Why a change was refused; nothing of it was applied.
@@ -30,6 +31,9 @@ pub enum ApplyError {
     /// The change could not be written to disk (disk full, read-only).
     #[error("could not persist the change: {0}")]
     Persist(std::io::Error),
+    /// The content store refused or failed.
+    #[error(transparent)]
+    Site(#[from] edgebox_storage::SiteError),
 }
 
 pub struct Control {
@@ -38,6 +42,10 @@ pub struct Control {
     pub data: PathBuf,
     pub config: Config,
     pub hostmap: Arc<HostMap>,
+    /// The content store (blobs, site refs) under `<data>/store`.
+    pub content: edgebox_storage::Store,
+    /// The published sites, as the current snapshot serves them.
+    pub sites: Sites,
     pub gens: Generations,
     pub cores: usize,
     pub started: Instant,
@@ -103,6 +111,7 @@ impl Control {
         let snapshot = Snapshot::build(
             new.clone(),
             &self.hostmap,
+            &self.sites,
             &self.data,
             &self.shared.tickets,
             gens,
@@ -126,6 +135,7 @@ impl Control {
         let snapshot = Snapshot::build(
             self.config.clone(),
             &new,
+            &self.sites,
             &self.data,
             &self.shared.tickets,
             gens,
@@ -134,6 +144,45 @@ impl Control {
             snapshot,
             kind: PreparedKind::HostMap(new),
         })
+    }
+
+    /// Re-reads one site's ref (after a publish, rollback or delete, which
+    /// the content store has already made durable) and publishes a snapshot
+    /// that serves it.
+    pub fn refresh_site(&mut self, name: &str) -> Result<(), ApplyError> {
+        let mut sites = self.sites.clone();
+        match self.content.site(name)? {
+            Some(r) => {
+                let manifest = self.content.manifest(&r.manifest)?;
+                sites.insert(
+                    name.to_owned(),
+                    Arc::new(ServedSite {
+                        name: Arc::from(name),
+                        generation: r.generation,
+                        manifest,
+                    }),
+                );
+            }
+            None => {
+                sites.remove(name);
+            }
+        }
+        let gens = Generations {
+            sites: self.gens.sites + 1,
+            ..self.gens
+        };
+        let snapshot = Snapshot::build(
+            self.config.clone(),
+            &self.hostmap,
+            &sites,
+            &self.data,
+            &self.shared.tickets,
+            gens,
+        )?;
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.sites = sites;
+        self.gens = gens;
+        Ok(())
     }
 
     /// Persists a prepared change and publishes it to the cores. If it cannot
@@ -218,4 +267,21 @@ pub fn bind_admin(address: SocketAddr) -> std::io::Result<std::net::TcpListener>
     let listener = std::net::TcpListener::bind(address)?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Every published site of the content store, as the data plane serves it.
+pub fn load_sites(content: &edgebox_storage::Store) -> Result<Sites, edgebox_storage::SiteError> {
+    let mut sites = Sites::new();
+    for (name, r) in content.sites()? {
+        let manifest = content.manifest(&r.manifest)?;
+        sites.insert(
+            name.clone(),
+            Arc::new(ServedSite {
+                name: Arc::from(name.as_str()),
+                generation: r.generation,
+                manifest,
+            }),
+        );
+    }
+    Ok(sites)
 }

@@ -41,6 +41,7 @@ pub enum CtlError {
 }
 
 pub struct Client {
+    /// `https://host:port` of the admin API.
     pub base: String,
     host: String,
     port: u16,
@@ -49,7 +50,16 @@ pub struct Client {
     runtime: tokio::runtime::Runtime,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A request body: nothing, bytes, or a file streamed as it is read.
+#[derive(Debug)]
 pub enum ReqBody {
     Empty,
     Bytes(Bytes),
@@ -121,6 +131,15 @@ impl Client {
             tls: Arc::new(tls),
             runtime,
         })
+    }
+
+    /// Whether `HEAD path` answers 200 (true) or 404 (false).
+    pub fn exists(&self, path: &str) -> Result<bool, CtlError> {
+        match self.send(Method::HEAD, path, ReqBody::Empty, &[]) {
+            Ok(_) => Ok(true),
+            Err(CtlError::Api { status, .. }) if status == StatusCode::NOT_FOUND => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends one request; returns the body of a 2xx response, or the API's

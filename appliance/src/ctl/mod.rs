@@ -4,7 +4,7 @@
 //! (`EDGEBOX_ADMIN`, `EDGEBOX_TOKEN`, `EDGEBOX_ADMIN_CERT`). Output is a
 //! human table or document by default and the API's JSON with `--json`.
 
-mod client;
+pub mod client;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -14,11 +14,12 @@ use clap::{Args, Subcommand};
 use http::Method;
 use serde_json::{json, Value};
 
-pub use client::CtlError;
-use client::{Client, ReqBody, Trust};
+use client::Trust;
+pub use client::{Client, CtlError, ReqBody};
 
-#[derive(Debug, Args)]
-pub struct CtlArgs {
+/// How to reach and trust the admin API (shared by `ctl` and `publish`).
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
     /// The admin API.
     #[arg(long, env = "EDGEBOX_ADMIN", default_value = "https://127.0.0.1:9443")]
     admin: String,
@@ -31,6 +32,33 @@ pub struct CtlArgs {
     /// Accept any admin certificate (only for a first look).
     #[arg(long, conflicts_with = "admin_cert")]
     insecure: bool,
+}
+
+impl AdminArgs {
+    /// A client for the admin API; `data` is where the admin certificate is
+    /// looked for by default.
+    pub fn client(&self, data: &std::path::Path) -> Result<Client, CtlError> {
+        let trust = if self.insecure {
+            Trust::Insecure
+        } else {
+            let cert = self
+                .admin_cert
+                .clone()
+                .unwrap_or_else(|| data.join("tls/admin.crt"));
+            client::pinned(&cert).map_err(|e| {
+                CtlError::Usage(format!(
+                    "{e}\n(give the admin certificate with --admin-cert or EDGEBOX_ADMIN_CERT, or --insecure)"
+                ))
+            })?
+        };
+        Client::new(&self.admin, self.token.clone(), trust)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    #[command(flatten)]
+    conn: AdminArgs,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -205,20 +233,7 @@ enum TokenAction {
 /// Runs one `edgebox ctl` command; `data` is where the admin certificate is
 /// looked for by default.
 pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
-    let trust = if args.insecure {
-        Trust::Insecure
-    } else {
-        let cert = args
-            .admin_cert
-            .clone()
-            .unwrap_or_else(|| data.join("tls/admin.crt"));
-        client::pinned(&cert).map_err(|e| {
-            CtlError::Usage(format!(
-                "{e}\n(give the admin certificate with --admin-cert or EDGEBOX_ADMIN_CERT, or --insecure)"
-            ))
-        })?
-    };
-    let client = Client::new(&args.admin, args.token.clone(), trust)?;
+    let client = args.conn.client(&data)?;
     let json_out = args.json;
     let get = |path: &str| client.send(Method::GET, path, ReqBody::Empty, &[]);
     let send = |m: Method, path: &str, body: Value| {

@@ -210,6 +210,13 @@ async fn respond(
                 .insert(header::CONTENT_TYPE, content_type.clone());
             r
         }
+        RouteAction::Static { served, .. } => crate::static_files::respond(
+            &core.cache,
+            served.as_deref(),
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+        ),
         RouteAction::Welcome => {
             let mut r = Response::new(ResBody::from(WELCOME));
             r.headers_mut().insert(

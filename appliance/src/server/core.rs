@@ -85,6 +85,8 @@ pub struct Core {
     pub stats: Arc<CoreStats>,
     current: RefCell<Rc<CoreSnapshot>>,
     pub pool: Rc<ConnPool>,
+    /// This core's mapped, verified blobs.
+    pub cache: crate::static_files::cache::BlobCache,
 }
 
 impl Core {
@@ -94,6 +96,7 @@ impl Core {
             id,
             stats: Arc::clone(&shared.stats[id]),
             current: RefCell::new(Rc::new(CoreSnapshot::new(snap, id))),
+            cache: crate::static_files::cache::BlobCache::new(shared.blobs.clone()),
             shared,
             pool: Rc::default(),
         }

@@ -78,6 +78,9 @@ pub enum ServeError {
     /// The config given could not be persisted.
     #[error("cannot persist the config: {0}")]
     Persist(std::io::Error),
+    /// The content store's sites cannot be read.
+    #[error("content store: {0}")]
+    Content(String),
     /// The admin token cannot be made or read.
     #[error("admin token: {0}")]
     Token(#[from] crate::admin::token::TokenError),
@@ -168,12 +171,20 @@ impl Loaded {
     pub fn build(
         self,
         hostmap: &HostMap,
+        sites: &crate::snapshot::Sites,
         tickets: &Arc<TicketKeys>,
         generations: Generations,
     ) -> Result<Snapshot, ServeError> {
         let file = self.source;
-        Snapshot::build(self.config, hostmap, &self.base, tickets, generations)
-            .map_err(|source| ServeError::Config { file, source })
+        Snapshot::build(
+            self.config,
+            hostmap,
+            sites,
+            &self.base,
+            tickets,
+            generations,
+        )
+        .map_err(|source| ServeError::Config { file, source })
     }
 }
 
@@ -195,8 +206,17 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
     let generations = Generations {
         config: config_generation,
         hostmap: hostmap_generation,
+        sites: 0,
     };
-    let mut snapshot = loaded.build(&hostmap, &tickets, generations)?;
+    let content_dir = opts.data.join("store");
+    let content =
+        edgebox_storage::Store::open(&content_dir).map_err(|source| ServeError::DataDir {
+            path: content_dir.clone(),
+            source,
+        })?;
+    let sites = crate::control::state::load_sites(&content)
+        .map_err(|e| ServeError::Content(e.to_string()))?;
+    let mut snapshot = loaded.build(&hostmap, &sites, &tickets, generations)?;
 
     crate::limits::ensure_memlock(MEMLOCK_PER_CORE * opts.cores as u64)?;
     let bound = listeners::bind(&snapshot.config.listeners, opts.cores)?;
@@ -229,6 +249,7 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         tickets,
         shutting_down: AtomicBool::new(false),
         stats: (0..opts.cores).map(|_| Arc::default()).collect(),
+        blobs: content.blobs().clone(),
         new_sockets: Mutex::default(),
     });
     let (rebind_tx, rebind_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -238,6 +259,8 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         data: opts.data.clone(),
         config,
         hostmap: Arc::new(hostmap),
+        content,
+        sites,
         gens: generations,
         cores: opts.cores,
         started: std::time::Instant::now(),
