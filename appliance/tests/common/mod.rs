@@ -244,6 +244,26 @@ impl Edgebox {
         self.dir.take().unwrap()
     }
 
+    /// Kills edgebox at once (SIGKILL: a crash or power cut) and hands back
+    /// its directory.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        self.signal(rustix::process::Signal::KILL);
+        self.wait_exit();
+        self.dir.take().unwrap()
+    }
+
+    /// `edgebox publish DIR --site SITE` against this edgebox.
+    pub fn publish(&self, dir: &Path, site: &str) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_edgebox"))
+            .args(["publish", "--site", site])
+            .arg(dir)
+            .env("EDGEBOX_ADMIN", format!("https://{}", self.admin.unwrap()))
+            .env("EDGEBOX_TOKEN", &self.token)
+            .env("EDGEBOX_DATA", self.dir().join("data"))
+            .output()
+            .unwrap()
+    }
+
     /// Starts `edgebox serve` again on a directory from [`Edgebox::stop`],
     /// without `--config`: it serves what it persisted.
     pub fn restart(dir: tempfile::TempDir, cores: usize) -> Self {
@@ -655,4 +675,18 @@ impl Shop {
         all.extend_from_slice(args);
         self.curl(&all).stdout
     }
+}
+
+/// Bytes with no structure (xorshift64), reproducible from `seed`.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
 }
