@@ -166,3 +166,28 @@ fn the_token_is_shown_once_and_kept_only_as_a_hash() {
     assert!(!banner.contains(TOKEN), "shown again: {banner}");
     ok(ctl(&eb, &["status"]));
 }
+
+#[test]
+fn ctl_lists_rolls_back_and_scrubs_sites() {
+    let shop = Shop::start(&[], 1, |cfg| {
+        cfg["routes"] = serde_json::json!([{"action": {"static": {"site": "www"}}}])
+    });
+    let eb = &shop.eb;
+    let dir = eb.dir().join("site");
+    std::fs::create_dir_all(&dir).unwrap();
+    for v in 1..=2 {
+        std::fs::write(dir.join("index.html"), format!("version {v}\n")).unwrap();
+        assert!(eb.publish(&dir, "www").status.success());
+    }
+    let table = ok(ctl(eb, &["sites", "list"]));
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("www   2"),
+        "{table}"
+    );
+    ok(ctl(eb, &["sites", "rollback", "www", "1"]));
+    assert_eq!(shop.curl(&[&shop.url("/")]).stdout, "version 1\n");
+    let scrub = ok(ctl(eb, &["store", "scrub"]));
+    assert!(scrub.contains(": 0 corrupt"), "{scrub}");
+    let err = fails(ctl(eb, &["sites", "rollback", "www", "99"]));
+    assert!(err.contains("404"), "{err}");
+}

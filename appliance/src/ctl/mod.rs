@@ -105,6 +105,16 @@ enum CtlCommand {
         #[command(subcommand)]
         action: HostmapAction,
     },
+    /// Published static sites.
+    Sites {
+        #[command(subcommand)]
+        action: SiteAction,
+    },
+    /// The content store: garbage collection and scrubbing.
+    Store {
+        #[command(subcommand)]
+        action: StoreAction,
+    },
     /// Prometheus metrics.
     Metrics,
     /// Recent log events.
@@ -226,6 +236,34 @@ enum HostmapAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum SiteAction {
+    List,
+    Get {
+        site: String,
+    },
+    /// Serve a kept earlier generation again.
+    Rollback {
+        site: String,
+        generation: u64,
+    },
+    /// Stop serving a site.
+    Delete {
+        site: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreAction {
+    /// Remove blobs no kept generation needs (older than the grace period).
+    Gc {
+        #[arg(long, default_value_t = 3600)]
+        grace_s: u64,
+    },
+    /// Re-hash every blob; corrupt ones are quarantined and reported.
+    Scrub,
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenAction {
     Rotate,
 }
@@ -320,6 +358,54 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
                 empty(Method::DELETE, &format!("/v1/hostmap/{}", seg(&host)))?;
                 format!("deleted {host}\n")
             }
+        },
+        CtlCommand::Sites { action } => match action {
+            SiteAction::List => show(get("/v1/sites")?, json_out, render_sites)?,
+            SiteAction::Get { site } => pretty(get(&format!("/v1/sites/{}", seg(&site)))?)?,
+            SiteAction::Rollback { site, generation } => {
+                let path = format!("/v1/sites/{}/rollback", seg(&site));
+                show(
+                    send(Method::POST, &path, json!({ "generation": generation }))?,
+                    json_out,
+                    |v| {
+                        format!(
+                            "{site} now serves generation {} (manifest {})\n",
+                            v["generation"],
+                            s(&v["manifest"])
+                        )
+                    },
+                )?
+            }
+            SiteAction::Delete { site } => {
+                empty(Method::DELETE, &format!("/v1/sites/{}", seg(&site)))?;
+                format!("deleted site {site}\n")
+            }
+        },
+        CtlCommand::Store { action } => match action {
+            StoreAction::Gc { grace_s } => show(
+                empty(Method::POST, &format!("/v1/store/gc?grace_s={grace_s}"))?,
+                json_out,
+                |v| {
+                    format!(
+                        "removed {} blobs ({} bytes); {} reachable, {} kept in grace\n",
+                        v["removed"], v["removed_bytes"], v["reachable"], v["in_grace"]
+                    )
+                },
+            )?,
+            StoreAction::Scrub => show(empty(Method::POST, "/v1/store/scrub")?, json_out, |v| {
+                let lost: Vec<String> = v["lost"].as_array().into_iter().flatten().map(s).collect();
+                format!(
+                    "checked {} blobs ({} bytes): {} corrupt{}\n",
+                    v["checked"],
+                    v["checked_bytes"],
+                    v["corrupt"].as_array().map_or(0, Vec::len),
+                    if lost.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; lost: {}", lost.join(", "))
+                    }
+                )
+            })?,
         },
         CtlCommand::Metrics => String::from_utf8_lossy(&get("/metrics")?).into_owned(),
         CtlCommand::Logs { limit } => show(
@@ -580,6 +666,29 @@ fn render_certs(v: &Value) -> String {
         })
         .collect();
     table(&["NAME", "SERVES", "DEFAULT", "SHA256"], &rows)
+}
+
+fn render_sites(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|site| {
+            let kept: Vec<String> = site["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| s(&h["generation"]))
+                .collect();
+            vec![
+                s(&site["site"]),
+                s(&site["generation"]),
+                s(&site["manifest"]).chars().take(16).collect(),
+                kept.join(","),
+            ]
+        })
+        .collect();
+    table(&["SITE", "GENERATION", "MANIFEST", "KEPT"], &rows)
 }
 
 fn render_logs(v: &Value) -> String {
