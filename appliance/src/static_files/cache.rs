@@ -58,8 +58,8 @@ impl BlobCache {
     }
 
     /// The blob's bytes. The first use on this core maps the file and checks
-    /// its BLAKE3 against its name (blocking this core for the hashing: about
-    /// 1 ms per MiB); later uses are a lookup.
+    /// its BLAKE3 against its name (blocking this core while it reads and
+    /// hashes the file); later uses are a lookup.
     pub fn get(&self, hash: &Hash) -> Result<Bytes, BlobError> {
         let now = self.clock.get() + 1;
         self.clock.set(now);
