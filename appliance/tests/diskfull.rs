@@ -120,7 +120,7 @@ fn an_upload_cut_half_way_leaves_nothing() {
     let admin = eb.admin.unwrap();
     let hash = blake3::hash(&noise(3, 1 << 20)).to_hex().to_string();
     // Promise a megabyte, send a little, and hang up.
-    let tls = tls_client_any();
+    let tls = std::sync::Arc::new(any_cert_client());
     let mut conn = rustls::ClientConnection::new(tls, server_name("localhost")).unwrap();
     let mut tcp = std::net::TcpStream::connect(admin).unwrap();
     let mut stream = rustls::Stream::new(&mut conn, &mut tcp);
@@ -148,62 +148,4 @@ fn an_upload_cut_half_way_leaves_nothing() {
     });
     eb.api("HEAD", &format!("/v1/blobs/{hash}"), None, &["-I"])
         .expect(404);
-}
-
-/// A rustls client that accepts the admin API's self-signed certificate by
-/// trusting it as a root (it is pinned in `ctl`; here we only need a channel).
-fn tls_client_any() -> std::sync::Arc<rustls::ClientConfig> {
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    #[derive(Debug)]
-    struct Any(std::sync::Arc<rustls::crypto::CryptoProvider>);
-    impl ServerCertVerifier for Any {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &rustls::DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                m,
-                c,
-                d,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(Any(provider)))
-        .with_no_client_auth();
-    std::sync::Arc::new(config)
 }

@@ -225,14 +225,21 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes a small file atomically: temporary file, fsync, rename, fsync dir.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes a file so that a crash leaves either the old file or the new one:
+/// a temporary file beside it (created with `mode`), fsync, rename over
+/// `path`, fsync of the directory. Creates the parent directory if needed.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".tmp-{}-{seq}", std::process::id()));
     let result = (|| {
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -294,6 +301,16 @@ mod tests {
         let b = Blobs::open(dir.path()).unwrap();
         assert!(fs::read_dir(b.tmp_dir()).unwrap().next().is_none());
         assert!(b.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn write_atomic_replaces_whole_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/config.json");
+        write_atomic(&path, b"first", 0o600).unwrap();
+        write_atomic(&path, b"second", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Store {
             history,
         };
         let bytes = serde_json::to_vec_pretty(&new).map_err(io::Error::other)?;
-        write_atomic(&self.ref_path(site), &bytes)?;
+        write_atomic(&self.ref_path(site), &bytes, 0o644)?;
         Ok(new)
     }
 

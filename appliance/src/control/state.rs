@@ -108,14 +108,7 @@ impl Control {
             config: self.gens.config + 1,
             ..self.gens
         };
-        let snapshot = Snapshot::build(
-            new.clone(),
-            &self.hostmap,
-            &self.sites,
-            &self.data,
-            &self.shared.tickets,
-            gens,
-        )?;
+        let snapshot = self.build(new.clone(), &self.hostmap, &self.sites, gens)?;
         Ok(Prepared {
             snapshot,
             kind: PreparedKind::Config {
@@ -132,14 +125,7 @@ impl Control {
             hostmap: self.gens.hostmap + 1,
             ..self.gens
         };
-        let snapshot = Snapshot::build(
-            self.config.clone(),
-            &new,
-            &self.sites,
-            &self.data,
-            &self.shared.tickets,
-            gens,
-        )?;
+        let snapshot = self.build(self.config.clone(), &new, &self.sites, gens)?;
         Ok(Prepared {
             snapshot,
             kind: PreparedKind::HostMap(new),
@@ -171,14 +157,7 @@ impl Control {
             sites: self.gens.sites + 1,
             ..self.gens
         };
-        let snapshot = Snapshot::build(
-            self.config.clone(),
-            &self.hostmap,
-            &sites,
-            &self.data,
-            &self.shared.tickets,
-            gens,
-        )?;
+        let snapshot = self.build(self.config.clone(), &self.hostmap, &sites, gens)?;
         self.shared.snapshot.store(Arc::new(snapshot));
         self.sites = sites;
         self.gens = gens;
@@ -232,6 +211,24 @@ impl Control {
         }
         self.gens = gens;
         Ok(())
+    }
+
+    /// A snapshot of `config`, `hostmap` and `sites` as generation `gens`.
+    fn build(
+        &self,
+        config: Config,
+        hostmap: &HostMap,
+        sites: &Sites,
+        gens: Generations,
+    ) -> Result<Snapshot, ConfigError> {
+        Snapshot::build(
+            config,
+            hostmap,
+            sites,
+            &self.data,
+            &self.shared.tickets,
+            gens,
+        )
     }
 
     /// Binds one socket per core for each listener the current config does
