@@ -25,6 +25,10 @@ pub struct Start {
     pub admin_rebind: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpListener>,
 }
 
+/// How often the content store is garbage collected, and the grace period a
+/// new, not yet published blob gets.
+const GC_EVERY: Duration = Duration::from_secs(3600);
+
 /// Starts the thread and returns once its signal handlers are installed and
 /// the admin listener is being served, so a SIGTERM from then on is a graceful
 /// shutdown, never the default kill.
@@ -83,6 +87,8 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     let rotation_s = shared.snapshot.load().config.tls.ticket_rotation_s;
     let mut rotate = tokio::time::interval(Duration::from_secs(rotation_s));
     rotate.tick().await;
+    let mut collect = tokio::time::interval(GC_EVERY);
+    collect.tick().await;
     loop {
         tokio::select! {
             _ = term.recv() => begin_shutdown(&shared, "SIGTERM"),
@@ -90,6 +96,14 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
             _ = rotate.tick() => match shared.tickets.rotate() {
                 Ok(()) => tracing::debug!("rotated session-ticket keys"),
                 Err(e) => tracing::error!("{e}"),
+            },
+            _ = collect.tick() => {
+                let report = control.borrow().content.gc(GC_EVERY, std::time::SystemTime::now());
+                match report {
+                    Ok(r) if r.removed > 0 => tracing::info!(removed = r.removed, bytes = r.removed_bytes, "garbage collected the store"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!("garbage collection failed: {e}"),
+                }
             },
         }
     }
