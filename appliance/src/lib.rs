@@ -24,6 +24,7 @@ pub mod control;
 pub mod ctl;
 pub mod fsutil;
 pub mod hostmap;
+pub mod init;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
