@@ -34,7 +34,7 @@ pub async fn dispatch(
     let segments: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
-        .map(percent_decode)
+        .map(crate::router::percent_decode)
         .collect::<Option<_>>()
         .ok_or_else(|| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad percent-encoding in the path")
@@ -326,24 +326,6 @@ fn query(req: &Request<Incoming>, key: &str) -> Result<Option<u64>> {
             format!("{key} must be a whole number"),
         )
     })
-}
-
-/// Decodes `%XX` escapes; `None` for a bad escape or non-UTF-8 result.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn find_pool<'a>(c: &'a mut Config, name: &str) -> Result<(usize, &'a mut Pool)> {
@@ -809,18 +791,6 @@ async fn hostmap_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(
-            percent_decode("%5B%3A%3A1%5D:80").as_deref(),
-            Some("[::1]:80")
-        );
-        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%ff"), None, "not UTF-8");
-    }
 
     #[test]
     fn if_match() {

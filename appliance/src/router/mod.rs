@@ -208,6 +208,24 @@ impl<T> Router<T> {
     }
 }
 
+/// Decodes `%XX` escapes; `None` for a bad escape or a non-UTF-8 result.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// RFC 3986 section 5.2.4, with `%2e`/`%2E` treated as `.`. Borrows when the
 /// path has no dot segments (the common case).
 pub fn remove_dot_segments(path: &str) -> Cow<'_, str> {

@@ -125,3 +125,16 @@ fn host_patterns() {
         assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn percent_decoding() {
+    assert_eq!(
+        percent_decode("%5B%3A%3A1%5D:80").as_deref(),
+        Some("[::1]:80")
+    );
+    assert_eq!(percent_decode("a%20b.html").as_deref(), Some("a b.html"));
+    assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+    assert_eq!(percent_decode("%zz"), None);
+    assert_eq!(percent_decode("%4"), None);
+    assert_eq!(percent_decode("%ff"), None, "not UTF-8");
+}

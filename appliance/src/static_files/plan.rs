@@ -28,7 +28,9 @@ pub fn plan(m: &Manifest, method: &Method, path: &str, req: &HeaderMap) -> Plan 
         p.headers.push((header::ALLOW, "GET, HEAD".into()));
         return p;
     }
-    let (found, status) = match m.lookup(path) {
+    // Paths arrive percent-encoded (`/a%20b.html`); files are named decoded.
+    let decoded = crate::router::percent_decode(path);
+    let (found, status) = match decoded.as_deref().and_then(|p| m.lookup(p)) {
         Some(f) => (Some(f), StatusCode::OK),
         None => match m.settings.not_found.as_deref() {
             Some(nf) => (
@@ -424,6 +426,30 @@ mod tests {
             stale.status,
             StatusCode::OK,
             "If-Range for another version: the whole file"
+        );
+    }
+
+    #[test]
+    fn encoded_paths_find_their_files() {
+        let mut m = site();
+        let e = m.files["404.html"].clone();
+        m.files.insert("a b/ü.html".into(), e);
+        let p = plan(&m, &Method::GET, "/a%20b/%C3%BC.html", &req(&[]));
+        assert_eq!(
+            (p.status, p.blob),
+            (StatusCode::OK, Some(Hash::of(b"gone")))
+        );
+        let p = plan(&m, &Method::GET, "/a%2", &req(&[]));
+        assert_eq!(
+            p.status,
+            StatusCode::NOT_FOUND,
+            "a bad escape is simply not found"
+        );
+        let p = plan(&m, &Method::GET, "/%2e%2e/index.html", &req(&[]));
+        assert_eq!(
+            p.status,
+            StatusCode::NOT_FOUND,
+            "no climbing out, decoded or not"
         );
     }
 
