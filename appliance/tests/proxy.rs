@@ -361,3 +361,65 @@ fn idle_client_connections_are_closed() {
         "closed too late: {waited:?}"
     );
 }
+
+/// Requests that could be framed two ways cannot smuggle a second request,
+/// and unsupported codings and oversized heads are refused.
+#[test]
+fn ambiguous_or_oversized_requests_are_refused() {
+    use std::io::{Read, Write};
+    let a = Backend::start("a");
+    let shop = Shop::start(&[a.addr], 1, |_| {});
+    let send = |raw: &[u8]| {
+        let mut s = std::net::TcpStream::connect(shop.eb.addr("http")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw).unwrap();
+        let mut out = Vec::new();
+        // Read to the end: the server must close the connection itself.
+        s.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // Both lengths: the chunked body wins, the stale Content-Length is not
+    // forwarded, and the connection closes, so what follows is never read as
+    // a request.
+    let both = send(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert!(
+        both.starts_with("HTTP/1.1 200") && both.contains("connection: close"),
+        "{both}"
+    );
+    assert_eq!(
+        both.matches("HTTP/1.1 ").count(),
+        1,
+        "nothing after it is served: {both}"
+    );
+    assert!(
+        !both.contains("\"content-length\""),
+        "a length reached the backend: {both}"
+    );
+    assert!(!both.contains("smuggled"), "{both}");
+    let gzip =
+        send(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n");
+    assert!(
+        gzip.starts_with("HTTP/1.1 501") && gzip.contains("connection: close"),
+        "{gzip}"
+    );
+    let mut huge = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+    huge.extend(vec![b'y'; 100 << 10]);
+    huge.extend(b"\r\n\r\n");
+    let big = send(&huge);
+    assert!(
+        big.starts_with("HTTP/1.1 431"),
+        "{}",
+        &big[..big.len().min(200)]
+    );
+    assert_eq!(
+        a.hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first reached the backend"
+    );
+    // Plain chunked is fine.
+    let echoed = send(b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    assert!(
+        echoed.starts_with("HTTP/1.1 200") && echoed.ends_with("hello\r\n0\r\n\r\n"),
+        "{echoed}"
+    );
+}

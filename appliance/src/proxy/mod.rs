@@ -144,6 +144,11 @@ async fn respond(
     req: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Response<ResBody> {
+    // 0. framing: a transfer coding we would not decode is refused.
+    if let Some(refusal) = unsupported_transfer_coding(req.headers()) {
+        return refusal;
+    }
+
     // 1. identify
     let Some(authority) = authority(&req) else {
         return plain(
@@ -252,6 +257,29 @@ async fn proxy_to(
             plain(e.status(), body)
         }
     }
+}
+
+/// A transfer coding other than `chunked` (which hyper would pass through
+/// undecoded) is a 501, and the connection is closed. A request with both
+/// `Content-Length` and `Transfer-Encoding` never gets here as such: hyper
+/// drops the length, reads the body as chunked and closes the connection
+/// after the response (RFC 9112, 6.3), so a stale length is never forwarded.
+fn unsupported_transfer_coding(headers: &http::HeaderMap) -> Option<Response<ResBody>> {
+    let only_chunked = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .all(|c| c.trim().eq_ignore_ascii_case("chunked"));
+    if only_chunked {
+        return None;
+    }
+    let mut r = plain(
+        StatusCode::NOT_IMPLEMENTED,
+        "501 Not Implemented: transfer codings other than chunked\n",
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
 }
 
 /// The authority the client asked for: the URI's (HTTP/2, absolute-form) or

@@ -11,10 +11,15 @@ use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
-/// A futures-io stream seen as hyper IO, or hyper IO (an upgraded connection)
-/// seen as a futures-io stream.
+/// A futures-io stream seen as hyper IO.
 #[derive(Debug)]
 pub struct HyperIo<T>(pub T);
+
+/// The most one read hands hyper. hyper checks its header-size limits only
+/// between reads, and offers its buffer's whole spare capacity, so without a
+/// cap one read could take in a whole oversized request head (and every read
+/// would zero that much memory first). 16 KiB is a TLS record.
+const MAX_READ: usize = 16 << 10;
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
     fn poll_read(
@@ -25,7 +30,8 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
         // SAFETY: we only write initialised bytes into the cursor's memory
         // (zeroes, then what the reader puts there) and never de-initialise it.
         let unfilled = unsafe { buf.as_mut() };
-        let slice = init_zeroed(unfilled);
+        let len = unfilled.len().min(MAX_READ);
+        let slice = init_zeroed(&mut unfilled[..len]);
         let n = ready!(Pin::new(&mut self.0).poll_read(cx, slice))?;
         // SAFETY: the reader initialised (and filled) the first `n` bytes.
         unsafe { buf.advance(n) };

@@ -96,6 +96,7 @@ pub async fn serve(
             if h2 {
                 let conn = http2::Builder::new(LocalExec)
                     .timer(CoreTimer)
+                    .max_header_list_size(MAX_HEAD as u32)
                     .serve_connection(HyperIo(tls), svc);
                 watch.drive(std::pin::pin!(conn)).await;
             } else {
@@ -141,9 +142,16 @@ impl Drop for OpenConnection<'_> {
     }
 }
 
+/// The largest request head (request line and headers) accepted; a larger
+/// one is answered 431.
+const MAX_HEAD: usize = 64 << 10;
+
 fn http1_builder(header_timeout: Duration) -> http1::Builder {
     let mut b = http1::Builder::new();
-    b.timer(CoreTimer).header_read_timeout(header_timeout);
+    b.timer(CoreTimer)
+        .header_read_timeout(header_timeout)
+        .max_header_size(MAX_HEAD)
+        .max_buf_size(MAX_HEAD);
     b
 }
 
