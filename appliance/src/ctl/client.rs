@@ -112,13 +112,7 @@ impl Client {
             ),
             _ => (authority.to_owned(), 443),
         };
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| CtlError::Usage(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedVerifier { trust, provider }))
-            .with_no_client_auth();
+        let tls = tls_config(trust)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -199,6 +193,20 @@ impl Client {
             Err(CtlError::Api { status, message })
         })
     }
+}
+
+/// A rustls client configuration that trusts the admin API as `trust` says
+/// (handshake signatures are always verified).
+pub fn tls_config(trust: Trust) -> Result<rustls::ClientConfig, CtlError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| CtlError::Usage(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier { trust, provider }))
+            .with_no_client_auth(),
+    )
 }
 
 /// Reads the admin certificate to pin.
