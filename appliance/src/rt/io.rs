@@ -1,5 +1,5 @@
-//! IO adapters: futures-io streams (glommio sockets, rustls streams) as hyper IO
-//! and back, plus activity tracking for idle timeouts.
+//! IO adapters: futures-io streams (glommio sockets, rustls streams) as hyper
+//! IO, plus activity tracking for idle timeouts.
 
 use std::cell::Cell;
 use std::io;
@@ -74,40 +74,6 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
     }
 }
 
-/// The reverse direction, for tunnels: hyper's upgraded IO as futures-io.
-#[derive(Debug)]
-pub struct FromHyper<T>(pub T);
-
-impl<T: hyper::rt::Read + Unpin> AsyncRead for FromHyper<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut read_buf = hyper::rt::ReadBuf::new(buf);
-        ready!(Pin::new(&mut self.0).poll_read(cx, read_buf.unfilled()))?;
-        Poll::Ready(Ok(read_buf.filled().len()))
-    }
-}
-
-impl<T: hyper::rt::Write + Unpin> AsyncWrite for FromHyper<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
 /// When a connection last moved a byte, shared between its IO and its watchdog.
 #[derive(Clone, Debug)]
 pub struct Activity(Rc<Cell<Instant>>);
@@ -150,10 +116,6 @@ pub struct TrackedIo<T> {
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, activity: Activity) -> Self {
         Self { inner, activity }
-    }
-
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 
