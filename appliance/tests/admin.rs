@@ -219,10 +219,7 @@ fn certificates_are_uploaded_served_and_never_shown_with_their_key() {
     let shop = shop_with(&[]);
     let eb = &shop.eb;
     let leaf = shop.pki.leaf("api", &["api.test"]);
-    let upload = json!({
-        "cert": std::fs::read_to_string(&leaf.cert).unwrap(),
-        "key": std::fs::read_to_string(&leaf.key).unwrap(),
-    });
+    let upload = leaf.upload();
     let r = eb
         .api(
             "PUT",
@@ -243,27 +240,11 @@ fn certificates_are_uploaded_served_and_never_shown_with_their_key() {
         &[],
     )
     .expect(200);
-    let https = eb.addr("https");
-    let r = resolve("api.test", https);
-    let out = curl(
-        &shop.pki,
-        &[
-            "--resolve",
-            &r,
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("https://api.test:{}/", https.port()),
-        ],
-    );
+    let out = status_as(&shop.pki, "api.test", eb.addr("https"));
     assert_eq!(out.stdout, "200", "{}", out.stderr);
     // A key that does not fit the certificate is refused whole.
     let other = shop.pki.leaf("other", &["other.test"]);
-    let mismatched = json!({
-        "cert": std::fs::read_to_string(&leaf.cert).unwrap(),
-        "key": std::fs::read_to_string(&other.key).unwrap(),
-    });
+    let mismatched = json!({"cert": leaf.upload()["cert"], "key": other.upload()["key"]});
     let r = eb
         .api(
             "PUT",
@@ -539,10 +520,7 @@ fn a_restart_comes_back_with_the_last_accepted_state() {
     let shop = shop_with(&[a.addr]);
     let eb = &shop.eb;
     let leaf = shop.pki.leaf("api", &["api.test"]);
-    let upload = json!({
-        "cert": std::fs::read_to_string(&leaf.cert).unwrap(),
-        "key": std::fs::read_to_string(&leaf.key).unwrap(),
-    });
+    let upload = leaf.upload();
     eb.api(
         "PUT",
         "/v1/certificates/api",
@@ -588,19 +566,6 @@ fn a_restart_comes_back_with_the_last_accepted_state() {
         hostmap
     );
     // And it serves that state: the uploaded certificate, on the same port.
-    let https = eb.addr("https");
-    let r = resolve("api.test", https);
-    let out = curl(
-        &pki,
-        &[
-            "--resolve",
-            &r,
-            "-w",
-            "%{http_code}",
-            "-o",
-            "/dev/null",
-            &format!("https://api.test:{}/", https.port()),
-        ],
-    );
+    let out = status_as(&pki, "api.test", eb.addr("https"));
     assert_eq!(out.stdout, "200", "{}", out.stderr);
 }

@@ -34,12 +34,7 @@ async fn load(
     tally: Arc<Tally>,
 ) {
     let tls = tokio_rustls::TlsConnector::from(pki);
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut send = connect_h1(&tls, addr).await;
     for _ in 0..MAX_REQUESTS {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -58,6 +53,20 @@ async fn load(
             break;
         }
     }
+}
+
+/// A keep-alive HTTPS/1.1 connection to `shop.test` at `addr`.
+async fn connect_h1(
+    tls: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
 }
 
 #[test]
@@ -89,12 +98,7 @@ fn a_hundred_config_changes_under_load_drop_nothing() {
                 ws.send(Message::text("before")).await.unwrap();
                 assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
 
-                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-                let stream = tls.connect(server_name("shop.test"), tcp).await.unwrap();
-                let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .unwrap();
-                tokio::spawn(conn);
+                let mut send = connect_h1(&tls, addr).await;
                 let req = hyper::Request::get("/stream?chunks=60&ms=100")
                     .header("host", "shop.test")
                     .body(Empty::<bytes::Bytes>::new())

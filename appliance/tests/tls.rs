@@ -52,19 +52,7 @@ fn certificate_is_chosen_by_sni() {
 
     // And a fully verifying client (curl, OpenSSL) accepts each chain for its name.
     for host in ["shop.test", "a.wild.test", "default.test"] {
-        let r = resolve(host, addr);
-        let out = curl(
-            &pki,
-            &[
-                "--resolve",
-                &r,
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("https://{host}:{}/", addr.port()),
-            ],
-        );
+        let out = status_as(&pki, host, addr);
         assert_eq!(out.stdout, "200", "{host}: {}", out.stderr);
     }
 }

@@ -97,6 +97,35 @@ impl Pki {
     }
 }
 
+impl Leaf {
+    /// The body of `PUT /v1/certificates/{name}` for this certificate.
+    pub fn upload(&self) -> Value {
+        json!({
+            "cert": std::fs::read_to_string(&self.cert).unwrap(),
+            "key": std::fs::read_to_string(&self.key).unwrap(),
+        })
+    }
+}
+
+/// Fetches `https://{host}/` from edgebox's HTTPS listener at `addr` with curl
+/// verifying against the test CA; `stdout` is the status code.
+pub fn status_as(pki: &Pki, host: &str, addr: SocketAddr) -> Curl {
+    let r = resolve(host, addr);
+    let url = format!("https://{host}:{}/", addr.port());
+    curl(
+        pki,
+        &[
+            "--resolve",
+            &r,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ],
+    )
+}
+
 /// A rustls client that trusts the test CA and offers `alpn`.
 pub fn tls_client(pki: &Pki, alpn: &[&[u8]]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
