@@ -112,7 +112,13 @@ pub fn init(format: LogFormat) -> (tracing_appender::non_blocking::WorkerGuard, 
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_env("EDGEBOX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ring = Arc::new(LogRing::default());
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    // Colours only for a person at a terminal (not for files, pipes, or the
+    // appliance's serial console, where PID 1 sets NO_COLOR).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),

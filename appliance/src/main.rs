@@ -4,8 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use edgebox::init::supervise;
 use edgebox::logging::{self, LogFormat};
 use edgebox::server::{self, ServeOptions};
+use edgebox::snapshot::Exit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +42,9 @@ enum Command {
         /// Data-plane cores (one pinned executor each); default: every CPU.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
         cores: Option<u16>,
+        /// Started by edgebox's PID 1 on the appliance (see docs/image.md).
+        #[arg(long, hide = true)]
+        init_child: bool,
     },
     /// Check a config file completely (certificates included) and exit.
     CheckConfig { config: PathBuf },
@@ -72,6 +77,10 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    // The kernel started us as /init: the appliance's PID 1.
+    if edgebox::init::is_pid1() {
+        edgebox::init::run();
+    }
     let cli = Cli::parse();
     // Clients of a running edgebox: no logging set-up, their own messages.
     let (what, result) = match cli.command {
@@ -101,17 +110,26 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
             config,
             data,
             cores,
+            init_child,
         } => {
             let cores = cores.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
             );
-            server::run(ServeOptions {
+            let exit = server::run(ServeOptions {
                 config,
                 data: data.unwrap_or_else(default_data_dir),
                 cores,
                 logs,
-            })
+                appliance: init_child,
+            });
+            // PID 1 reads what to do next from the exit status.
+            match exit {
+                Ok(Exit::PowerOff) => return ExitCode::from(supervise::EXIT_POWEROFF),
+                Ok(Exit::Reboot) => return ExitCode::from(supervise::EXIT_REBOOT),
+                Ok(Exit::Stopped) => Ok(()),
+                Err(e) => Err(e),
+            }
         }
         Command::CheckConfig { config } => check_config(config),
         Command::Ctl { .. } | Command::Publish { .. } => Ok(()),

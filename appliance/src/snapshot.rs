@@ -251,6 +251,11 @@ pub struct Shared {
     /// Set by the control plane on SIGTERM/SIGINT or a shutdown request; cores
     /// poll it.
     pub shutting_down: AtomicBool,
+    /// What the process does once stopped: an [`Exit`] as u8, set with the
+    /// shutdown request.
+    pub exit: std::sync::atomic::AtomicU8,
+    /// Running under edgebox's own PID 1, which can power off and reboot.
+    pub appliance: bool,
     /// Each core's statistics, indexed by core.
     pub stats: crate::metrics::AllStats,
     /// The content store's blobs, which cores map to serve sites.
@@ -273,6 +278,28 @@ impl ListenerKey {
         Self {
             name: l.name.clone(),
             address: l.address,
+        }
+    }
+}
+
+/// How `edgebox serve` ends, for whoever started it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    /// Stopped: a signal, or an admin shutdown request off the appliance.
+    Stopped = 0,
+    /// The appliance is to power off (PID 1 does it).
+    PowerOff = 1,
+    /// The appliance is to reboot (PID 1 does it).
+    Reboot = 2,
+}
+
+impl Exit {
+    pub fn from_u8(v: u8) -> Exit {
+        match v {
+            1 => Exit::PowerOff,
+            2 => Exit::Reboot,
+            _ => Exit::Stopped,
         }
     }
 }

@@ -569,3 +569,27 @@ fn a_restart_comes_back_with_the_last_accepted_state() {
     let out = status_as(&pki, "api.test", eb.addr("https"));
     assert_eq!(out.stdout, "200", "{}", out.stderr);
 }
+
+#[test]
+fn off_the_appliance_reboot_and_poweroff_are_refused_and_shutdown_stops() {
+    let mut shop = shop_with(&[]);
+    for action in ["reboot", "poweroff"] {
+        let r = shop
+            .eb
+            .api("POST", &format!("/v1/system/{action}"), None, &[])
+            .expect(409);
+        assert!(
+            r.json()["error"]
+                .as_str()
+                .unwrap()
+                .contains("works on the appliance only"),
+            "{action}"
+        );
+    }
+    shop.eb.api("GET", "/v1/status", None, &[]).expect(200);
+    shop.eb
+        .api("POST", "/v1/system/shutdown", None, &[])
+        .expect(202);
+    let status = shop.eb.wait_exit();
+    assert_eq!(status.code(), Some(0), "a requested shutdown exits 0");
+}

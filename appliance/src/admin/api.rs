@@ -154,12 +154,28 @@ pub async fn dispatch(
             Ok(json_response(StatusCode::OK, &json!({ "token": token })))
         }
         (["v1", "system", action @ ("shutdown" | "reboot" | "poweroff")], &Method::POST) => {
+            use crate::snapshot::Exit;
             let c = control.borrow();
+            let exit = match (*action, c.shared.appliance) {
+                ("reboot", true) => Exit::Reboot,
+                // On the appliance there is nothing to do once stopped.
+                (_, true) => Exit::PowerOff,
+                ("shutdown", false) => Exit::Stopped,
+                (_, false) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("{action} works on the appliance only; this edgebox runs under another init (use shutdown, or its service manager)"),
+                    ))
+                }
+            };
             if !c
                 .shared
                 .shutting_down
                 .load(std::sync::atomic::Ordering::Acquire)
             {
+                c.shared
+                    .exit
+                    .store(exit as u8, std::sync::atomic::Ordering::Release);
                 crate::control::begin_shutdown(&c.shared, &format!("admin API {action}"));
             }
             Ok(json_response(

@@ -29,6 +29,15 @@ pub enum TokenError {
     Random,
 }
 
+/// The token's hash as stored: SHA-256, lower-case hex. The image builder
+/// uses it for the first-boot token, so the token itself is in no image.
+pub fn hash_hex(token: &str) -> String {
+    hex(digest(&SHA256, token.as_bytes()).as_ref())
+}
+
+/// Where the token hash lives in a data directory.
+pub const HASH_FILE: &str = "admin/token.sha256";
+
 #[derive(Debug)]
 pub struct TokenStore {
     path: PathBuf,
@@ -40,7 +49,7 @@ impl TokenStore {
     /// when there is none. A `preset` token (first-boot setting) is used
     /// instead of a random one when given and no hash is stored yet.
     pub fn open(data: &Path, preset: Option<&str>) -> Result<(Self, Option<String>), TokenError> {
-        let path = data.join("admin/token.sha256");
+        let path = data.join(HASH_FILE);
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 let hash =
@@ -79,12 +88,15 @@ impl TokenStore {
     fn set(&mut self, token: &str) -> Result<(), TokenError> {
         let mut hash = [0u8; 32];
         hash.copy_from_slice(digest(&SHA256, token.as_bytes()).as_ref());
-        write_atomic(&self.path, format!("{}\n", hex(&hash)).as_bytes(), 0o600).map_err(
-            |source| TokenError::Io {
-                path: self.path.clone(),
-                source,
-            },
-        )?;
+        write_atomic(
+            &self.path,
+            format!("{}\n", hash_hex(token)).as_bytes(),
+            0o600,
+        )
+        .map_err(|source| TokenError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
         self.hash = hash;
         Ok(())
     }

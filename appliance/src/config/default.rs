@@ -1,4 +1,5 @@
-//! The embedded default config: what `edgebox serve` runs with no `--config`.
+//! The embedded default configs: what `edgebox serve` runs with no `--config`
+//! and nothing persisted, on a workstation and on the appliance.
 
 use std::path::Path;
 
@@ -10,19 +11,32 @@ use super::{
 /// HTTPS on 127.0.0.1:8443 with the given (self-signed) certificate, HTTP on
 /// 127.0.0.1:8080 redirecting to it, and the welcome page for every request.
 pub fn embedded_default(cert: &Path, key: &Path) -> Config {
+    welcome(cert, key, [127, 0, 0, 1], 8443, 8080)
+}
+
+/// The appliance's first config: the same on every address, on ports 443
+/// and 80, with the admin API on 0.0.0.0:9443 (the appliance is managed
+/// over the network; the API needs the token).
+pub fn appliance_default(cert: &Path, key: &Path) -> Config {
+    let mut c = welcome(cert, key, [0, 0, 0, 0], 443, 80);
+    c.admin.address = ([0, 0, 0, 0], 9443).into();
+    c
+}
+
+fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Config {
     Config {
         listeners: vec![
             Listener {
                 name: "https".into(),
-                address: ([127, 0, 0, 1], 8443).into(),
+                address: (ip, https).into(),
                 protocol: Protocol::Https,
                 redirect_to_https_port: None,
             },
             Listener {
                 name: "http".into(),
-                address: ([127, 0, 0, 1], 8080).into(),
+                address: (ip, http).into(),
                 protocol: Protocol::Http,
-                redirect_to_https_port: Some(8443),
+                redirect_to_https_port: Some(https),
             },
         ],
         certificates: vec![Certificate {

@@ -10,7 +10,7 @@
 
 mod default;
 
-pub use default::embedded_default;
+pub use default::{appliance_default, embedded_default};
 
 use std::collections::HashSet;
 use std::fmt;

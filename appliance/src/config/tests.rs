@@ -38,10 +38,16 @@ fn the_documented_example_parses() {
 }
 
 #[test]
-fn embedded_default_is_valid_and_round_trips() {
-    let c = embedded_default(Path::new("/d/tls/cert.pem"), Path::new("/d/tls/key.pem"));
-    c.validate().unwrap();
-    assert_eq!(parse(&c.to_json_pretty()).unwrap(), c);
+fn embedded_defaults_are_valid_and_round_trip() {
+    let (cert, key) = (Path::new("/d/tls/cert.pem"), Path::new("/d/tls/key.pem"));
+    for c in [embedded_default(cert, key), appliance_default(cert, key)] {
+        c.validate().unwrap();
+        assert_eq!(parse(&c.to_json_pretty()).unwrap(), c);
+    }
+    let appliance = appliance_default(cert, key);
+    assert_eq!(appliance.listeners[0].address.to_string(), "0.0.0.0:443");
+    assert_eq!(appliance.listeners[1].redirect_to_https_port, Some(443));
+    assert_eq!(appliance.admin.address.to_string(), "0.0.0.0:9443");
 }
 
 use std::path::Path;

@@ -1,12 +1,30 @@
 //! edgebox as PID 1 on the appliance: what the kernel hands over to `/init`.
 //!
-//! The pure parts are here and tested: which modules the devices' modaliases
-//! ask for and in what order to load them ([`modules`]), and the appliance's
-//! settings on the kernel command line ([`cmdline`]). The PID 1 duties that use
-//! them (mounting /proc, /sys, /dev and /run, loading modules, bringing up
-//! interfaces, mounting the data partition, reaping, powering off) are not
-//! written yet; the issue "Bootable appliance image" tracks them.
+//! [`run`] mounts /proc, /sys, /dev and /run, loads the kernel modules the
+//! devices ask for ([`modules`]), mounts the data partition, configures the
+//! interfaces named on the kernel command line ([`cmdline`], [`net`]), then
+//! runs `edgebox serve` as its child and supervises it ([`supervise`]):
+//! restarting it if it dies, powering off or rebooting when it asks (admin
+//! API). See `docs/image.md`.
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
 pub mod modules;
+pub mod net;
+mod pid1;
+pub mod supervise;
+
+pub use pid1::run;
+
+/// The GPT name of the data partition (store and config).
+pub const DATA_PARTITION: &str = "edgebox-data";
+/// Where PID 1 mounts it; `edgebox serve --data` on the appliance.
+pub const DATA_DIR: &str = "/data";
+/// The first-boot admin token's hash in the initramfs (`edgebox-image build
+/// --admin-token`); installed in the data directory when it has none.
+pub const FIRST_BOOT_TOKEN: &str = "/etc/edgebox/admin-token.sha256";
+
+/// Whether this process is the system's init.
+pub fn is_pid1() -> bool {
+    std::process::id() == 1
+}

@@ -159,6 +159,11 @@ impl Deps {
         Self { modules }
     }
 
+    /// Whether the kernel has this module (as a loadable file).
+    pub fn has(&self, name: &str) -> bool {
+        self.modules.contains_key(&normalize(name))
+    }
+
     /// The module files to load, each after everything it needs, each once.
     pub fn load_order(&self, wanted: &[&str]) -> Result<Vec<String>, UnknownModule> {
         let mut order = Vec::new();

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, Protocol};
 use crate::hostmap::HostMap;
-use crate::snapshot::{Generations, ListenerKey, Shared, Snapshot};
+use crate::snapshot::{Exit, Generations, ListenerKey, Shared, Snapshot};
 use crate::tls::tickets::{TicketKeyError, TicketKeys};
 
 /// Memory glommio registers with io_uring per executor. The data plane does
@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub cores: usize,
     /// Where `/v1/logs` reads recent events from.
     pub logs: Arc<crate::logging::LogRing>,
+    /// Started by edgebox's PID 1 on the appliance: the appliance's default
+    /// config (all addresses, standard ports), and power-off and reboot
+    /// requests end the process for PID 1 to carry out.
+    pub appliance: bool,
 }
 
 /// Why `edgebox serve` could not start or had to stop.
@@ -109,7 +113,11 @@ pub struct Loaded {
 /// the next generation), else the last config accepted and persisted in the
 /// data directory, else the embedded default (creating its self-signed
 /// certificate under `data` on first use).
-pub fn read_config(config: Option<&Path>, data: &Path) -> Result<Loaded, ServeError> {
+pub fn read_config(
+    config: Option<&Path>,
+    data: &Path,
+    appliance: bool,
+) -> Result<Loaded, ServeError> {
     if let Some(path) = config {
         return read_config_file(path);
     }
@@ -129,7 +137,11 @@ pub fn read_config(config: Option<&Path>, data: &Path) -> Result<Loaded, ServeEr
         );
     }
     Ok(Loaded {
-        config: crate::config::embedded_default(&cert, &key),
+        config: if appliance {
+            crate::config::appliance_default(&cert, &key)
+        } else {
+            crate::config::embedded_default(&cert, &key)
+        },
         base: data.to_owned(),
         source: "(embedded default)".to_owned(),
         generation: Some(0),
@@ -189,13 +201,13 @@ impl Loaded {
 }
 
 /// Runs until SIGTERM or SIGINT, then drains and returns.
-pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
+pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     std::fs::create_dir_all(&opts.data).map_err(|source| ServeError::DataDir {
         path: opts.data.clone(),
         source,
     })?;
     let store = crate::store::Store::new(&opts.data);
-    let loaded = read_config(opts.config.as_deref(), &opts.data)?;
+    let loaded = read_config(opts.config.as_deref(), &opts.data, opts.appliance)?;
     let tickets = TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
     let (hostmap_generation, hostmap) = store.load_hostmap()?.unwrap_or_default();
     let persist = loaded.generation.is_none();
@@ -248,6 +260,8 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         snapshot: ArcSwap::from_pointee(snapshot),
         tickets,
         shutting_down: AtomicBool::new(false),
+        exit: std::sync::atomic::AtomicU8::new(0),
+        appliance: opts.appliance,
         stats: (0..opts.cores).map(|_| Arc::default()).collect(),
         blobs: content.blobs().clone(),
         new_sockets: Mutex::default(),
@@ -326,7 +340,9 @@ pub fn run(opts: ServeOptions) -> Result<(), ServeError> {
         Some(e) => Err(e),
         None => {
             tracing::info!("all cores stopped; exiting");
-            Ok(())
+            Ok(Exit::from_u8(
+                shared.exit.load(std::sync::atomic::Ordering::Acquire),
+            ))
         }
     }
 }

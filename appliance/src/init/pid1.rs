@@ -1,0 +1,375 @@
+//! edgebox as PID 1: set the machine up, run `edgebox serve` as a child, and
+//! power off or reboot when it asks. Every failure is printed on the console
+//! as `edgebox init: error: …` and the boot goes on as far as it can; PID 1
+//! never exits (that would panic the kernel).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::mount::{MountFlags, UnmountFlags};
+use rustix::process::WaitOptions;
+use rustix::system::RebootCommand;
+
+use super::cmdline::{self, NetConfig};
+use super::modules::{Aliases, Deps};
+use super::supervise::{Ended, Next, Supervisor};
+use super::{net, DATA_DIR, DATA_PARTITION, FIRST_BOOT_TOKEN};
+
+fn say(msg: impl std::fmt::Display) {
+    println!("edgebox init: {msg}");
+}
+
+fn error(msg: impl std::fmt::Display) {
+    println!("edgebox init: error: {msg}");
+}
+
+/// Runs the appliance; never returns.
+pub fn run() -> ! {
+    let started = Instant::now();
+    mount_api_filesystems();
+    ensure_console();
+    let release = rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    say(format_args!(
+        "edgebox {} is PID 1 on Linux {release}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    let params = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("/proc/cmdline: {e}"))
+        .and_then(|line| cmdline::parse(&line).map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            error(format_args!(
+                "{e}; the command line's edgebox settings are ignored"
+            ));
+            cmdline::BootParams::default()
+        });
+    load_modules(&release);
+    let data = mount_data();
+    install_first_boot_token(&data);
+    configure_network(&params.net);
+    say(format_args!(
+        "set up in {} ms; starting edgebox serve",
+        started.elapsed().as_millis()
+    ));
+    supervise(&data)
+}
+
+fn mount_api_filesystems() {
+    let nosuid = MountFlags::NOSUID | MountFlags::NOEXEC | MountFlags::NODEV;
+    for (fs, target, flags) in [
+        ("proc", "/proc", nosuid),
+        ("sysfs", "/sys", nosuid),
+        ("devtmpfs", "/dev", MountFlags::NOSUID | MountFlags::NOEXEC),
+        ("tmpfs", "/run", MountFlags::NOSUID | MountFlags::NODEV),
+    ] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = rustix::mount::mount(fs, target, fs, flags, None) {
+            if e != rustix::io::Errno::BUSY {
+                error(format_args!("mount {fs} on {target}: {e}"));
+            }
+        }
+    }
+}
+
+/// The kernel opens `/dev/console` for init from the initramfs; if that
+/// failed, reopen it now that devtmpfs is mounted.
+fn ensure_console() {
+    if rustix::io::fcntl_getfd(std::io::stdout()).is_ok() {
+        return;
+    }
+    if let Ok(console) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        let _ = rustix::stdio::dup2_stdin(&console);
+        let _ = rustix::stdio::dup2_stdout(&console);
+        let _ = rustix::stdio::dup2_stderr(&console);
+    }
+}
+
+/// Loads what the devices' modaliases ask for (with dependencies), again
+/// while loading makes new devices appear (virtio_pci → virtio_net), plus
+/// `tls` for kernel TLS.
+fn load_modules(release: &str) {
+    let dir = PathBuf::from("/lib/modules").join(release);
+    let read = |name: &str| std::fs::read_to_string(dir.join(name));
+    let (aliases, deps) = match (read("modules.alias"), read("modules.dep")) {
+        (Ok(a), Ok(d)) => (Aliases::parse(&a), Deps::parse(&d)),
+        (Err(e), _) | (_, Err(e)) => {
+            error(format_args!("{}: {e}; no modules loaded", dir.display()));
+            return;
+        }
+    };
+    let mut loaded: HashSet<String> = HashSet::new();
+    let mut names = Vec::new();
+    for _pass in 0..5 {
+        let mut wanted: Vec<String> = device_modaliases()
+            .iter()
+            .flat_map(|alias| aliases.modules_for(alias))
+            .filter(|m| deps.has(m))
+            .map(str::to_owned)
+            .collect();
+        if deps.has("tls") {
+            wanted.push("tls".to_owned());
+        }
+        let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+        let order = match deps.load_order(&wanted) {
+            Ok(order) => order,
+            Err(e) => {
+                error(e);
+                return;
+            }
+        };
+        let new: Vec<String> = order.into_iter().filter(|f| !loaded.contains(f)).collect();
+        if new.is_empty() {
+            break;
+        }
+        for file in new {
+            let name = super::modules::module_name(&file);
+            match File::open(dir.join(&file)).and_then(|f| {
+                rustix::system::finit_module(&f, c"", 0).map_err(std::io::Error::from)
+            }) {
+                Ok(()) => names.push(name),
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) => {}
+                Err(e) => error(format_args!("loading module {name}: {e}")),
+            }
+            loaded.insert(file);
+        }
+    }
+    say(format_args!("loaded modules: {}", names.join(" ")));
+}
+
+fn device_modaliases() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(buses) = std::fs::read_dir("/sys/bus") else {
+        return out;
+    };
+    for bus in buses.flatten() {
+        let Ok(devices) = std::fs::read_dir(bus.path().join("devices")) else {
+            continue;
+        };
+        for dev in devices.flatten() {
+            if let Ok(alias) = std::fs::read_to_string(dev.path().join("modalias")) {
+                out.push(alias.trim().to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Mounts the data partition (found by its GPT name) on /data; without it,
+/// a tmpfs, so that the admin API still comes up to say what is wrong.
+fn mount_data() -> PathBuf {
+    let data = PathBuf::from(DATA_DIR);
+    let _ = std::fs::create_dir_all(&data);
+    let found = wait_for(Duration::from_secs(10), find_partition);
+    let result = match &found {
+        Some(dev) => rustix::mount::mount(dev, &data, "ext4", MountFlags::NOATIME, None)
+            .map_err(|e| format!("mount {} on {DATA_DIR}: {e}", dev.display())),
+        None => Err(format!(
+            "no partition named {DATA_PARTITION} appeared within 10 s"
+        )),
+    };
+    match result {
+        Ok(()) => say(format_args!(
+            "data partition {} mounted on {DATA_DIR}",
+            found.as_deref().unwrap_or(Path::new("?")).display()
+        )),
+        Err(e) => {
+            error(format_args!(
+                "{e}; using a data directory in memory: nothing will be kept across a reboot"
+            ));
+            if let Err(e) = rustix::mount::mount("tmpfs", &data, "tmpfs", MountFlags::NOSUID, None)
+            {
+                error(format_args!("mount tmpfs on {DATA_DIR}: {e}"));
+            }
+        }
+    }
+    data
+}
+
+/// The image's first-boot token hash becomes the admin token, unless the
+/// appliance already has one (a later rotation wins over the image).
+fn install_first_boot_token(data: &Path) {
+    let Ok(hash) = std::fs::read(FIRST_BOOT_TOKEN) else {
+        return;
+    };
+    let to = data.join(crate::admin::token::HASH_FILE);
+    if to.exists() {
+        return;
+    }
+    match crate::fsutil::write_atomic(&to, &hash, 0o600) {
+        Ok(()) => say("admin token: the image's first-boot token"),
+        Err(e) => error(format_args!("{}: {e}", to.display())),
+    }
+}
+
+/// `/dev/<name>` of the block device whose GPT partition name is the data
+/// partition's (the kernel puts it in `PARTNAME` of the device's uevent).
+fn find_partition() -> Option<PathBuf> {
+    for entry in std::fs::read_dir("/sys/class/block").ok()?.flatten() {
+        let uevent = std::fs::read_to_string(entry.path().join("uevent")).unwrap_or_default();
+        let field = |key: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if field("PARTNAME").as_deref() == Some(DATA_PARTITION) {
+            return field("DEVNAME").map(|d| Path::new("/dev").join(d));
+        }
+    }
+    None
+}
+
+fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn ifindex(name: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn configure_network(nets: &[NetConfig]) {
+    match ifindex("lo") {
+        Some(lo) => {
+            if let Err(e) = net::apply(&[net::link_up("lo", lo)]) {
+                error(format_args!("network: {e}"));
+            }
+        }
+        None => error("network: there is no loopback interface"),
+    }
+    if nets.is_empty() {
+        say("network: no interface configured (set edgebox.net=IFACE,ADDR/PREFIX[,gw=GW] on the kernel command line)");
+    }
+    for n in nets {
+        let Some(index) = wait_for(Duration::from_secs(5), || ifindex(&n.iface)) else {
+            let have: Vec<String> = std::fs::read_dir("/sys/class/net")
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            error(format_args!(
+                "network: {}: no such interface (there are: {})",
+                n.iface,
+                have.join(", ")
+            ));
+            continue;
+        };
+        match net::apply(&net::requests(n, index)) {
+            Ok(()) => say(format_args!(
+                "network: {} is {}/{}{}",
+                n.iface,
+                n.address,
+                n.prefix,
+                n.gateway
+                    .map(|g| format!(", default route via {g}"))
+                    .unwrap_or_default()
+            )),
+            Err(e) => error(format_args!("network: {e}")),
+        }
+    }
+}
+
+/// Runs `edgebox serve` and reaps every child; restarts the server when it
+/// ends unasked, powers off or reboots when it asks.
+fn supervise(data: &Path) -> ! {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    let mut supervisor = Supervisor::default();
+    loop {
+        let started = Instant::now();
+        let child = Command::new(&exe)
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .arg("--init-child")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .spawn();
+        let how = match child {
+            Ok(child) => reap_until(child.id()),
+            Err(e) => {
+                error(format_args!("cannot start edgebox serve: {e}"));
+                Ended::Exited(-1)
+            }
+        };
+        match supervisor.ended(how, started.elapsed()) {
+            Next::PowerOff => shut_down(RebootCommand::PowerOff),
+            Next::Reboot => shut_down(RebootCommand::Restart),
+            Next::Restart { after } => {
+                error(format_args!(
+                    "edgebox serve {how}; starting it again in {} s",
+                    after.as_secs()
+                ));
+                std::thread::sleep(after);
+            }
+        }
+    }
+}
+
+/// Reaps children (orphans are re-parented to PID 1) until `pid` ends.
+fn reap_until(pid: u32) -> Ended {
+    loop {
+        match rustix::process::wait(WaitOptions::empty()) {
+            Ok(Some((who, status))) if who.as_raw_nonzero().get() as u32 == pid => {
+                return match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => Ended::Exited(code),
+                    (None, Some(sig)) => Ended::Signaled(sig),
+                    (None, None) => Ended::Exited(-1),
+                };
+            }
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                error(format_args!("wait: {e}"));
+                return Ended::Exited(-1);
+            }
+        }
+    }
+}
+
+/// Syncs, unmounts the data partition (read-only if it is still busy), and
+/// powers off or reboots.
+fn shut_down(how: RebootCommand) -> ! {
+    let verb = if how == RebootCommand::PowerOff {
+        "powering off"
+    } else {
+        "rebooting"
+    };
+    say(format_args!("{verb}"));
+    rustix::fs::sync();
+    if let Err(e) = rustix::mount::unmount(DATA_DIR, UnmountFlags::empty()) {
+        error(format_args!(
+            "unmount {DATA_DIR}: {e}; remounting it read-only"
+        ));
+        let _ = rustix::mount::mount_remount(DATA_DIR, MountFlags::RDONLY, "");
+    }
+    rustix::fs::sync();
+    if let Err(e) = rustix::system::reboot(how) {
+        error(format_args!("{verb}: {e}"));
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
