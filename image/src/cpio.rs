@@ -15,6 +15,13 @@ pub enum Node {
         mode: u32,
         data: Vec<u8>,
     },
+    /// A character device node, such as `dev/console` (5, 1), which the
+    /// kernel opens for `/init`'s standard streams before any mount.
+    CharDevice {
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// An archive being assembled; paths are relative (`init`, `lib/modules/x.ko`).
@@ -38,6 +45,28 @@ impl Archive {
 
     /// Adds a file, and every directory above it.
     pub fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) -> Result<(), PathError> {
+        let mode = mode & 0o7777;
+        self.add(path, Node::File { mode, data })
+    }
+
+    /// Adds an (empty) directory, and every directory above it.
+    pub fn dir(&mut self, path: &str) -> Result<(), PathError> {
+        self.add(path, Node::Dir)
+    }
+
+    /// Adds a character device node, and every directory above it.
+    pub fn char_device(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), PathError> {
+        let mode = mode & 0o7777;
+        self.add(path, Node::CharDevice { mode, major, minor })
+    }
+
+    fn add(&mut self, path: &str, node: Node) -> Result<(), PathError> {
         let path = clean(path)?;
         let mut at = String::new();
         let parts: Vec<&str> = path.split('/').collect();
@@ -47,31 +76,35 @@ impl Archive {
             }
             at.push_str(dir);
             match self.entries.get(&at) {
-                Some(Node::File { .. }) => {
+                Some(Node::Dir) => {}
+                Some(_) => {
                     return Err(PathError {
                         path: at,
                         reason: "is a file and a directory",
                     })
                 }
-                Some(Node::Dir) => {}
                 None => {
                     self.entries.insert(at.clone(), Node::Dir);
                 }
             }
         }
-        if matches!(self.entries.get(&path), Some(Node::Dir)) {
-            return Err(PathError {
-                path,
-                reason: "is a directory and a file",
-            });
+        match (self.entries.get(&path), &node) {
+            (None, _) | (Some(Node::Dir), Node::Dir) => {}
+            (Some(Node::Dir), _) => {
+                return Err(PathError {
+                    path,
+                    reason: "is a directory and a file",
+                })
+            }
+            (Some(_), Node::Dir) => {
+                return Err(PathError {
+                    path,
+                    reason: "is a file and a directory",
+                })
+            }
+            (Some(_), _) => {} // the later file wins
         }
-        self.entries.insert(
-            path,
-            Node::File {
-                mode: mode & 0o7777,
-                data,
-            },
-        );
+        self.entries.insert(path, node);
         Ok(())
     }
 
@@ -83,16 +116,19 @@ impl Archive {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for (ino, (path, node)) in (1u32..).zip(&self.entries) {
-            let (mode, data): (u32, &[u8]) = match node {
-                Node::Dir => (0o040_755, &[]),
-                Node::File { mode, data } => (0o100_000 | mode, data),
+            let (mode, data, rdev): (u32, &[u8], _) = match node {
+                Node::Dir => (0o040_755, &[], (0, 0)),
+                Node::File { mode, data } => (0o100_000 | mode, data, (0, 0)),
+                Node::CharDevice { mode, major, minor } => {
+                    (0o020_000 | mode, &[], (*major, *minor))
+                }
             };
             let nlink = if matches!(node, Node::Dir) { 2 } else { 1 };
-            header(&mut out, ino, mode, nlink, data.len(), path);
+            header(&mut out, ino, mode, nlink, data.len(), rdev, path);
             out.extend_from_slice(data);
             pad4(&mut out);
         }
-        header(&mut out, 0, 0, 1, 0, "TRAILER!!!");
+        header(&mut out, 0, 0, 1, 0, (0, 0), "TRAILER!!!");
         out
     }
 }
@@ -115,7 +151,15 @@ fn clean(path: &str) -> Result<String, PathError> {
     Ok(path.to_owned())
 }
 
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, size: usize, name: &str) {
+fn header(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    size: usize,
+    (rdev_major, rdev_minor): (u32, u32),
+    name: &str,
+) {
     let namesize = name.len() + 1;
     // magic, ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
     // rdevmajor, rdevminor, namesize, check
@@ -129,8 +173,8 @@ fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, size: usize, name:
         size as u32,
         0,
         0,
-        0,
-        0,
+        rdev_major,
+        rdev_minor,
         namesize as u32,
         0,
     ];
@@ -205,6 +249,31 @@ mod tests {
         assert_eq!(&bytes[120..126], b"070701", "the trailer follows, aligned");
         assert!(bytes.windows(10).any(|w| w == b"TRAILER!!!"));
         assert_eq!(bytes.len() % 4, 0);
+    }
+
+    #[test]
+    fn device_nodes_and_empty_directories() {
+        let mut a = Archive::new();
+        a.char_device("dev/console", 0o600, 5, 1).unwrap();
+        a.dir("proc").unwrap();
+        a.dir("dev").unwrap();
+        let kinds: Vec<(&str, &Node)> = a.entries().collect();
+        assert_eq!(kinds[0], ("dev", &Node::Dir));
+        assert_eq!(kinds[2], ("proc", &Node::Dir));
+        let bytes = a.to_bytes();
+        let console = bytes
+            .windows(12)
+            .position(|w| w == b"dev/console\0")
+            .unwrap()
+            - 110;
+        let field = |k: usize| &bytes[console + 6 + 8 * k..console + 14 + 8 * k];
+        assert_eq!(field(1), b"00002180", "character device, 0600");
+        assert_eq!(
+            (field(9), field(10)),
+            (&b"00000005"[..], &b"00000001"[..]),
+            "rdev 5:1"
+        );
+        assert!(a.file("dev/console/x", 0o644, vec![]).is_err());
     }
 
     #[test]

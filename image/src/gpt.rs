@@ -51,6 +51,21 @@ impl Guid {
     }
 }
 
+/// The textual form, upper case, as [`Guid::parse`] reads it.
+impl std::fmt::Display for Guid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = &self.0;
+        let order = [3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15];
+        for (n, i) in order.into_iter().enumerate() {
+            if matches!(n, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{:02X}", g[i])?;
+        }
+        Ok(())
+    }
+}
+
 const fn hex(c: u8) -> u8 {
     match c {
         b'0'..=b'9' => c - b'0',

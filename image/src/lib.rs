@@ -1,16 +1,21 @@
-//! Building and booting the edgebox appliance image.
+//! Building and booting the edgebox appliance image: the `edgebox-image`
+//! command.
 //!
-//! This crate will become the `edgebox-image` command: `build` fetches a Debian
-//! kernel package, assembles an initramfs whose only program is the static
-//! `edgebox` binary as `/init`, and writes a reproducible GPT disk image (EFI
-//! system partition with a unified kernel image, ext4 data partition); `boot`
-//! starts an image in QEMU under OVMF. See `DESIGN.md`, "Appliance image"; the
-//! work is tracked by the issue "Bootable appliance image".
-//!
-//! Done so far, as reproducible building blocks with their tests: the
-//! initramfs archive ([`cpio`]) and the partition tables ([`gpt`]). The
-//! command itself does not exist yet.
+//! `build` ([`build`]) fetches a Debian kernel package ([`kernel`]), packs the
+//! static `edgebox` binary as `/init` with the modules it needs into an
+//! initramfs ([`cpio`]), makes a unified kernel image ([`uki`]) on a FAT32 EFI
+//! system partition and an ext4 data partition ([`fs`]), and writes them with
+//! GPT tables ([`gpt`], [`disk`]) into one raw disk image: the same inputs give
+//! the same bytes. `boot` ([`boot`]) starts an image in QEMU under OVMF.
+//! See `docs/image.md`.
 #![forbid(unsafe_code)]
 
+pub mod boot;
+pub mod build;
 pub mod cpio;
+pub mod disk;
+pub mod fs;
 pub mod gpt;
+pub mod kernel;
+pub mod tools;
+pub mod uki;

@@ -1,0 +1,352 @@
+//! `edgebox-image boot`: an image in QEMU under UEFI firmware (OVMF), with
+//! user-mode networking that reaches nothing outside (`restrict=on`) and
+//! host forwards on loopback only.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::tools::{self, OVMF_CODE, OVMF_VARS, QEMU};
+
+/// How QEMU runs the guest's CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM if a probe VM boots with it in time, else software emulation.
+    Auto,
+    /// Software emulation (TCG).
+    Tcg,
+    Kvm,
+}
+
+/// A host port on 127.0.0.1 forwarded to a guest TCP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, guest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected HOST_PORT:GUEST_PORT, e.g. 8443:443"))?;
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| format!("{s:?}: {p:?} is not a port number"))
+        };
+        Ok(Forward {
+            host: port(host)?,
+            guest: port(guest)?,
+        })
+    }
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone)]
+pub enum Serial {
+    Stdout,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub image: PathBuf,
+    pub forwards: Vec<Forward>,
+    pub serial: Serial,
+    pub accel: Accel,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// Writes go to a temporary overlay, not the image.
+    pub snapshot: bool,
+    /// Boot these directly instead of through the firmware (faster; for
+    /// tests that do not test the firmware path): kernel, initrd, cmdline.
+    pub direct: Option<(PathBuf, PathBuf, String)>,
+    /// Scratch space (the firmware's variable store copy).
+    pub work: PathBuf,
+}
+
+/// A running VM; killed (by its PID) when dropped.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    pub started: Instant,
+    pub accel: Accel,
+}
+
+impl Vm {
+    pub fn start(opts: &BootOptions) -> Result<Vm> {
+        let files: &[(&str, &str)] = if opts.direct.is_some() {
+            &[]
+        } else {
+            &[OVMF_CODE, OVMF_VARS]
+        };
+        tools::require(&[QEMU], files)?;
+        if !opts.image.is_file() {
+            bail!(
+                "{}: no such image (build one with `edgebox-image build`)",
+                opts.image.display()
+            );
+        }
+        let accel = match opts.accel {
+            Accel::Auto => probe_kvm(&opts.work, &opts.image),
+            a => a,
+        };
+        let mut cmd = tools::command(QEMU);
+        cmd.args([
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
+        .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
+        .args(["-cpu", if accel == Accel::Kvm { "host" } else { "max" }])
+        .args([
+            "-m",
+            &opts.memory_mib.to_string(),
+            "-smp",
+            &opts.cpus.to_string(),
+        ]);
+        match &opts.direct {
+            Some((kernel, initrd, cmdline)) => {
+                cmd.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .args(["-append", cmdline]);
+            }
+            None => {
+                std::fs::create_dir_all(&opts.work)?;
+                let vars = opts
+                    .work
+                    .join(format!("OVMF_VARS.{}.fd", std::process::id()));
+                std::fs::copy(OVMF_VARS.0, &vars).context("copying the firmware variable store")?;
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                        OVMF_CODE.0
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
+            }
+        }
+        let format = if opts.image.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        cmd.arg("-drive").arg(format!(
+            "if=virtio,format={format},file={}{}",
+            opts.image.display(),
+            if opts.snapshot { ",snapshot=on" } else { "" }
+        ));
+        let mut netdev = String::from("user,id=net0,restrict=on");
+        for f in &opts.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+        }
+        cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"])
+            .args(["-device", "virtio-rng-pci"]);
+        match &opts.serial {
+            Serial::Stdout => {
+                cmd.args(["-serial", "stdio"]).stdin(Stdio::null());
+            }
+            Serial::File(path) => {
+                cmd.arg("-serial")
+                    .arg(format!("file:{}", path.display()))
+                    .stdin(Stdio::null());
+            }
+        }
+        let started = Instant::now();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", tools::show(&cmd)))?;
+        Ok(Vm {
+            child,
+            started,
+            accel,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until an HTTPS request to 127.0.0.1:`port` gets a response;
+    /// returns its status and the time since the VM started.
+    pub fn wait_https(&mut self, port: u16, deadline: Duration) -> Result<(u16, Duration)> {
+        let until = self.started + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("QEMU exited ({status}) before the appliance answered HTTPS");
+            }
+            if let Ok(code) = https_status(([127, 0, 0, 1], port).into(), "/") {
+                return Ok((code, self.started.elapsed()));
+            }
+            if Instant::now() >= until {
+                bail!("no HTTPS response on 127.0.0.1:{port} within {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits for QEMU to exit, up to `deadline` from now.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Result<ExitStatus> {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= until {
+                bail!("QEMU still running after {deadline:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for QEMU to exit, however long it runs.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
+    /// Power cut: kills QEMU (by PID) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}
+
+/// One HTTPS/1.1 GET (any certificate accepted: this only asks whether the
+/// appliance answers); the response status.
+pub fn https_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    https_request(addr, "GET", path, None)
+}
+
+/// One HTTPS/1.1 request without a body, with a bearer token if given (any
+/// certificate accepted); the response status.
+pub fn https_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<u16> {
+    let config = edgebox::ctl::client::tls_config(edgebox::ctl::client::Trust::Insecure)?;
+    let name = rustls::pki_types::ServerName::try_from("edgebox.invalid")?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    sock.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        tls,
+        "{method} {path} HTTP/1.1\r\nHost: edgebox\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    tls.flush()?;
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head)?;
+    let text = std::str::from_utf8(&head)?;
+    let code = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|c| c.trim().parse().ok())
+        .with_context(|| format!("not an HTTP response: {text:?}"))?;
+    Ok(code)
+}
+
+/// KVM only if a VM boots with it: nested KVM on some hosts hangs or aborts.
+/// The probe boots the image's kernel (the `.vmlinuz` written beside it)
+/// with no root file system and waits a few seconds for it to print.
+fn probe_kvm(work: &Path, image: &Path) -> Accel {
+    let kernel = image.with_extension("vmlinuz");
+    if !Path::new("/dev/kvm").exists() || !kernel.is_file() {
+        return Accel::Tcg;
+    }
+    let log = work.join(format!("kvm-probe.{}.log", std::process::id()));
+    let _ = std::fs::create_dir_all(work);
+    let child = tools::command(QEMU)
+        .args([
+            "-machine",
+            "q35",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+            "-nodefaults",
+        ])
+        .args(["-display", "none", "-no-reboot", "-m", "256", "-kernel"])
+        .arg(&kernel)
+        .args(["-append", "console=ttyS0 panic=-1", "-serial"])
+        .arg(format!("file:{}", log.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Accel::Tcg;
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut works = false;
+    while Instant::now() < until {
+        let printed = std::fs::read(&log).unwrap_or_default();
+        if printed.windows(13).any(|w| w == b"Linux version") {
+            works = true;
+            break;
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log);
+    if works {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse() {
+        assert_eq!(
+            "8443:443".parse(),
+            Ok(Forward {
+                host: 8443,
+                guest: 443
+            })
+        );
+        assert!("8443"
+            .parse::<Forward>()
+            .unwrap_err()
+            .contains("HOST_PORT:GUEST_PORT"));
+        assert!("8443:https"
+            .parse::<Forward>()
+            .unwrap_err()
+            .contains("\"https\" is not a port"));
+    }
+}

@@ -1,0 +1,416 @@
+//! `edgebox-image build`: kernel + static edgebox → initramfs → unified
+//! kernel image → EFI system partition, plus an ext4 data partition, in a
+//! GPT disk image. Every step is reproducible: the same inputs (binary,
+//! kernel package, options, host tools) give the same bytes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use edgebox::init::modules::Deps;
+
+use crate::cpio::Archive;
+use crate::gpt::{Guid, Layout, Spec, ESP, LINUX_DATA};
+use crate::kernel::{self, KernelSource};
+use crate::tools::{self, DEPMOD, DPKG_DEB, MCOPY, MKFS_EXT4, MKFS_FAT, MMD, OBJCOPY, QEMU_IMG};
+use crate::{fs, uki};
+
+/// The partition names the appliance looks for (GPT `PARTNAME`).
+pub const ESP_NAME: &str = "edgebox-esp";
+pub const DATA_NAME: &str = edgebox::init::DATA_PARTITION;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub kernel: KernelSource,
+    /// The static `edgebox` binary; `None`: build it with cargo.
+    pub binary: Option<PathBuf>,
+    pub output: PathBuf,
+    pub qcow2: bool,
+    pub data_bytes: u64,
+    /// `edgebox.net=` values (first-boot network), `IFACE,ADDR/PREFIX[,gw=GW]`.
+    pub net: Vec<String>,
+    /// First-boot admin token; only its hash goes into the image.
+    pub admin_token: Option<String>,
+    /// More kernel parameters.
+    pub kernel_args: Vec<String>,
+    /// Kernel cache and scratch space.
+    pub work: PathBuf,
+}
+
+/// What was built, with the figures worth printing.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub image: PathBuf,
+    pub qcow2: Option<PathBuf>,
+    /// For direct `-kernel/-initrd/-append` boots (tests, debugging).
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub kernel_version: String,
+    pub binary_bytes: u64,
+    pub initrd_bytes: u64,
+    pub uki_bytes: u64,
+    pub image_bytes: u64,
+    /// Bytes the sparse raw image takes on disk.
+    pub allocated_bytes: u64,
+    pub modules: Vec<String>,
+    pub absent_modules: Vec<String>,
+}
+
+/// Host tools the build runs.
+pub fn check_tools() -> Result<()> {
+    tools::require(
+        &[DPKG_DEB, DEPMOD, OBJCOPY, MKFS_FAT, MMD, MCOPY, MKFS_EXT4],
+        &[tools::EFI_STUB],
+    )
+}
+
+/// The kernel command line for these options (validated as the appliance
+/// will read it).
+pub fn cmdline(opts: &BuildOptions) -> Result<String> {
+    let mut words: Vec<String> = ["console=tty0", "console=ttyS0,115200", "loglevel=4"]
+        .map(str::to_owned)
+        .to_vec();
+    words.extend(opts.net.iter().map(|n| format!("edgebox.net={n}")));
+    words.extend(opts.kernel_args.iter().cloned());
+    let line = words.join(" ");
+    edgebox::init::cmdline::parse(&line).context("--net")?;
+    Ok(line)
+}
+
+pub fn build(opts: &BuildOptions) -> Result<Built> {
+    check_tools()?;
+    if opts.qcow2 {
+        tools::require(&[QEMU_IMG], &[])?;
+    }
+    let cmdline = cmdline(opts)?;
+    let binary = match &opts.binary {
+        Some(b) => b.clone(),
+        None => build_binary()?,
+    };
+    let binary_bytes =
+        std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
+    check_static(&binary_bytes).with_context(|| format!("{}", binary.display()))?;
+
+    let cache = opts.work.join("cache");
+    let kernel = kernel::fetch(&opts.kernel, &cache)?;
+    ensure_depmod(&kernel)?;
+    let deps_text = std::fs::read_to_string(kernel.modules.join("modules.dep"))?;
+    let (modules, absent_modules) =
+        kernel::select(&Deps::parse(&deps_text), kernel::REQUIRED, kernel::OPTIONAL)?;
+
+    let scratch = scratch_dir(&opts.output)?;
+    let result = assemble(opts, &scratch, &cmdline, &binary_bytes, &kernel, &modules);
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (initrd_bytes, uki_bytes, vmlinuz, initrd) = result?;
+
+    let image_bytes = std::fs::metadata(&opts.output)?.len();
+    let allocated_bytes = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&opts.output)?.blocks() * 512
+    };
+    let qcow2 = if opts.qcow2 {
+        let q = opts.output.with_extension("qcow2");
+        let _ = std::fs::remove_file(&q);
+        tools::run(
+            tools::command(QEMU_IMG)
+                .args(["convert", "-f", "raw", "-O", "qcow2"])
+                .arg(&opts.output)
+                .arg(&q),
+        )?;
+        Some(q)
+    } else {
+        None
+    };
+    Ok(Built {
+        image: opts.output.clone(),
+        qcow2,
+        vmlinuz,
+        initrd,
+        cmdline,
+        kernel_version: kernel.version,
+        binary_bytes: binary_bytes.len() as u64,
+        initrd_bytes,
+        uki_bytes,
+        image_bytes,
+        allocated_bytes,
+        modules: modules
+            .iter()
+            .map(|m| edgebox::init::modules::module_name(m))
+            .collect(),
+        absent_modules,
+    })
+}
+
+/// Writes the image and its direct-boot files; returns the initramfs and
+/// unified kernel image sizes and the direct-boot paths.
+fn assemble(
+    opts: &BuildOptions,
+    scratch: &Path,
+    cmdline: &str,
+    binary: &[u8],
+    kernel: &kernel::Kernel,
+    modules: &[String],
+) -> Result<(u64, u64, PathBuf, PathBuf)> {
+    // Modules, with depmod data for just these.
+    let mod_root = scratch.join("modules");
+    let mod_dir = mod_root.join("lib/modules").join(&kernel.version);
+    for m in modules.iter().map(String::as_str).chain([
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ]) {
+        let to = mod_dir.join(m);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(kernel.modules.join(m), &to)
+            .with_context(|| format!("copying {m} from the kernel package"))?;
+    }
+    tools::run(
+        tools::command(DEPMOD)
+            .arg("-b")
+            .arg(&mod_root)
+            .arg(&kernel.version),
+    )?;
+
+    // The initramfs: /init, the console node, mount points, the modules.
+    let mut archive = Archive::new();
+    archive.file("init", 0o755, binary.to_vec())?;
+    archive.char_device("dev/console", 0o600, 5, 1)?;
+    for dir in ["proc", "sys", "run", "data"] {
+        archive.dir(dir)?;
+    }
+    if let Some(token) = &opts.admin_token {
+        archive.file(
+            edgebox::init::FIRST_BOOT_TOKEN.trim_start_matches('/'),
+            0o600,
+            format!("{}\n", edgebox::admin::token::hash_hex(token)).into_bytes(),
+        )?;
+    }
+    let lib = format!("lib/modules/{}", kernel.version);
+    for m in modules
+        .iter()
+        .map(String::as_str)
+        .chain(["modules.dep", "modules.alias"])
+    {
+        let data = std::fs::read(mod_dir.join(m)).with_context(|| format!("reading {m}"))?;
+        archive.file(&format!("{lib}/{m}"), 0o644, data)?;
+    }
+    let initrd_bytes = compress(&archive.to_bytes())?;
+
+    let stem = opts.output.with_extension("");
+    let vmlinuz = stem.with_extension("vmlinuz");
+    let initrd = stem.with_extension("initrd");
+    std::fs::copy(&kernel.vmlinuz, &vmlinuz)?;
+    std::fs::write(&initrd, &initrd_bytes)?;
+    std::fs::write(stem.with_extension("cmdline"), format!("{cmdline}\n"))?;
+
+    // The unified kernel image on a FAT32 EFI system partition.
+    let os_release = scratch.join("os-release");
+    std::fs::write(
+        &os_release,
+        format!(
+            "ID=edgebox\nNAME=edgebox\nVERSION_ID={v}\nPRETTY_NAME=\"edgebox {v}\"\n",
+            v = env!("CARGO_PKG_VERSION")
+        ),
+    )?;
+    let cmdline_file = scratch.join("cmdline");
+    std::fs::write(&cmdline_file, cmdline)?;
+    let efi = scratch.join("BOOTX64.EFI");
+    uki::assemble(
+        Path::new(tools::EFI_STUB.0),
+        &os_release,
+        &cmdline_file,
+        &kernel.vmlinuz,
+        &initrd,
+        &efi,
+    )?;
+    let uki_bytes = std::fs::metadata(&efi)?.len();
+    let esp_bytes = (uki_bytes * 2 + (8 << 20)).div_ceil(1 << 20).max(64) << 20;
+    let esp = scratch.join("esp.img");
+    fs::fat32(
+        &esp,
+        esp_bytes,
+        "EDGEBOX",
+        &[("EFI/BOOT/BOOTX64.EFI", &efi)],
+    )?;
+
+    // The data partition, empty: PID 1 and edgebox fill it at first boot.
+    let data = scratch.join("data.img");
+    let uuid = Guid::derived(b"edgebox/data-filesystem").to_string();
+    fs::ext4(&data, opts.data_bytes, DATA_NAME, &uuid)?;
+
+    let layout = Layout::new(
+        &[
+            Spec {
+                name: ESP_NAME.into(),
+                type_guid: ESP,
+                bytes: esp_bytes,
+            },
+            Spec {
+                name: DATA_NAME.into(),
+                type_guid: LINUX_DATA,
+                bytes: opts.data_bytes,
+            },
+        ],
+        "edgebox",
+    );
+    crate::disk::assemble(&opts.output, &layout, &[&esp, &data])?;
+    Ok((initrd_bytes.len() as u64, uki_bytes, vmlinuz, initrd))
+}
+
+/// gzip: every Debian kernel unpacks it, and it is deterministic.
+fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(
+        Vec::with_capacity(bytes.len() / 2),
+        flate2::Compression::new(6),
+    );
+    gz.write_all(bytes)?;
+    Ok(gz.finish()?)
+}
+
+/// A fresh scratch directory beside the output, so builds of different
+/// outputs can run at once.
+fn scratch_dir(output: &Path) -> Result<PathBuf> {
+    let name = output.file_name().context("--output has no file name")?;
+    let dir = output.with_file_name(format!(".{}.build", name.to_string_lossy()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The unpacked package has no depmod data; make it once, in the cache.
+fn ensure_depmod(kernel: &kernel::Kernel) -> Result<()> {
+    if kernel.modules.join("modules.dep").is_file() {
+        return Ok(());
+    }
+    let root = kernel
+        .modules
+        .ancestors()
+        .nth(3)
+        .context("unexpected module directory")?;
+    tools::run(
+        tools::command(DEPMOD)
+            .arg("-b")
+            .arg(root)
+            .arg(&kernel.version),
+    )?;
+    Ok(())
+}
+
+/// The workspace this tool was built from (for `cargo build` of edgebox).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_owned)
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the static binary: the `appliance` profile, C runtime linked in.
+fn build_binary() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "--locked",
+        "--profile",
+        "appliance",
+        "-p",
+        "edgebox",
+        "--target",
+        TRIPLE,
+    ])
+    .current_dir(workspace_root())
+    .env("RUSTFLAGS", "-C target-feature=+crt-static")
+    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    eprintln!("edgebox-image: {}", tools::show(&cmd));
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building the static edgebox binary failed ({status})");
+    }
+    Ok(target_dir().join(TRIPLE).join("appliance/edgebox"))
+}
+
+/// A static executable has no program interpreter (`PT_INTERP`).
+pub fn check_static(elf: &[u8]) -> Result<()> {
+    let u16_at = |at: usize| {
+        elf.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        elf.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if elf.get(..5) != Some(b"\x7fELF\x02") {
+        bail!("not a 64-bit ELF executable");
+    }
+    let phoff = u64_at(0x20).context("truncated ELF header")? as usize;
+    let phentsize = usize::from(u16_at(0x36).context("truncated ELF header")?);
+    let phnum = usize::from(u16_at(0x38).context("truncated ELF header")?);
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let kind = elf.get(at..at + 4).context("truncated program headers")?;
+        if kind == 3u32.to_le_bytes() {
+            bail!("dynamically linked (has an interpreter); build it with RUSTFLAGS=\"-C target-feature=+crt-static\" --target {TRIPLE}");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(net: &[&str]) -> BuildOptions {
+        BuildOptions {
+            kernel: KernelSource::Cloud,
+            binary: None,
+            output: "edgebox.img".into(),
+            qcow2: false,
+            data_bytes: 1 << 30,
+            net: net.iter().map(|s| (*s).to_owned()).collect(),
+            admin_token: None,
+            kernel_args: vec![],
+            work: "w".into(),
+        }
+    }
+
+    #[test]
+    fn the_command_line_carries_the_network_and_is_checked() {
+        let line = cmdline(&opts(&["eth0,10.0.2.15/24,gw=10.0.2.2"])).unwrap();
+        assert!(
+            line.ends_with("edgebox.net=eth0,10.0.2.15/24,gw=10.0.2.2"),
+            "{line}"
+        );
+        assert!(line.contains("console=ttyS0"));
+        let err = cmdline(&opts(&["eth0,10.0.2.15"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("edgebox.net=eth0,10.0.2.15"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn static_executables_are_told_from_dynamic_ones() {
+        let own = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        // Test binaries are dynamically linked.
+        let err = check_static(&own).unwrap_err();
+        assert!(err.to_string().contains("dynamically linked"), "{err}");
+        assert!(check_static(b"#!/bin/sh").is_err());
+        // An ELF header with no program headers has no interpreter.
+        let mut elf = vec![0u8; 64];
+        elf[..5].copy_from_slice(b"\x7fELF\x02");
+        assert!(check_static(&elf).is_ok());
+    }
+}
