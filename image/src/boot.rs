@@ -234,20 +234,38 @@ impl Drop for Vm {
     }
 }
 
+/// A copy-on-write qcow2 disk over `image` (which stays unchanged), so a VM
+/// keeps its own state: its writes survive its reboots, not the test.
+pub fn overlay(image: &Path, path: &Path) -> Result<()> {
+    tools::require(&[tools::QEMU_IMG], &[])?;
+    let image = image
+        .canonicalize()
+        .with_context(|| format!("{}", image.display()))?;
+    let _ = std::fs::remove_file(path);
+    tools::run(
+        tools::command(tools::QEMU_IMG)
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&image)
+            .arg(path),
+    )?;
+    Ok(())
+}
+
 /// One HTTPS/1.1 GET (any certificate accepted: this only asks whether the
 /// appliance answers); the response status.
 pub fn https_status(addr: SocketAddr, path: &str) -> Result<u16> {
-    https_request(addr, "GET", path, None)
+    Ok(https_request(addr, "GET", path, None, None)?.0)
 }
 
-/// One HTTPS/1.1 request without a body, with a bearer token if given (any
-/// certificate accepted); the response status.
+/// One HTTPS/1.1 request, with a bearer token and a JSON body if given (any
+/// certificate accepted); the response status and body.
 pub fn https_request(
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: Option<&str>,
-) -> Result<u16> {
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>)> {
     let config = edgebox::ctl::client::tls_config(edgebox::ctl::client::Trust::Insecure)?;
     let name = rustls::pki_types::ServerName::try_from("edgebox.invalid")?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
@@ -258,19 +276,32 @@ pub fn https_request(
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let body = body.unwrap_or_default();
     write!(
         tls,
-        "{method} {path} HTTP/1.1\r\nHost: edgebox\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: edgebox\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     )?;
+    tls.write_all(body)?;
     tls.flush()?;
-    let mut head = [0u8; 12];
-    tls.read_exact(&mut head)?;
-    let text = std::str::from_utf8(&head)?;
-    let code = text
+    let mut response = Vec::new();
+    if let Err(e) = tls.read_to_end(&mut response) {
+        // A peer that closes without close_notify still sent its response.
+        if e.kind() != std::io::ErrorKind::UnexpectedEof || response.is_empty() {
+            return Err(e.into());
+        }
+    }
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no complete response head")?;
+    let status_line = String::from_utf8_lossy(&response[..head_end.min(64)]).into_owned();
+    let code = status_line
         .strip_prefix("HTTP/1.1 ")
-        .and_then(|c| c.trim().parse().ok())
-        .with_context(|| format!("not an HTTP response: {text:?}"))?;
-    Ok(code)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP response: {status_line:?}"))?;
+    Ok((code, response[head_end + 4..].to_vec()))
 }
 
 /// KVM only if a VM boots with it: nested KVM on some hosts hangs or aborts.

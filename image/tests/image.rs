@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -63,14 +63,11 @@ impl Drop for ShowSerialOnFailure {
     }
 }
 
-#[test]
-fn boots_under_uefi_serves_https_and_powers_off_when_asked() {
-    let image = image();
-    let serial = work().join("boot.serial.log");
-    let _show = ShowSerialOnFailure(serial.clone());
+fn boot(disk: &Path, serial: &Path, direct: Option<String>) -> (Vm, u16, SocketAddr) {
     let (https, admin) = (free_port(), free_port());
-    let mut vm = Vm::start(&BootOptions {
-        image: image.to_owned(),
+    let image = image();
+    let vm = Vm::start(&BootOptions {
+        image: disk.to_owned(),
         forwards: vec![
             Forward {
                 host: https,
@@ -81,30 +78,78 @@ fn boots_under_uefi_serves_https_and_powers_off_when_asked() {
                 guest: 9443,
             },
         ],
-        serial: Serial::File(serial.clone()),
+        serial: Serial::File(serial.to_owned()),
         accel: Accel::Auto,
         memory_mib: 512,
         cpus: 2,
-        snapshot: true,
-        direct: None,
+        snapshot: false,
+        direct: direct.map(|cmdline| {
+            (
+                image.with_extension("vmlinuz"),
+                image.with_extension("initrd"),
+                cmdline,
+            )
+        }),
         work: work(),
     })
     .unwrap();
-    let (status, after) = vm.wait_https(https, Duration::from_secs(300)).unwrap();
-    assert_eq!(status, 200, "the welcome page");
-    eprintln!(
-        "first HTTPS response after {:.1} s ({:?})",
-        after.as_secs_f64(),
-        vm.accel
-    );
-    let admin = ([127, 0, 0, 1], admin).into();
-    let status = boot::https_request(admin, "POST", "/v1/system/poweroff", Some(TOKEN)).unwrap();
+    (vm, https, ([127, 0, 0, 1], admin).into())
+}
+
+fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+    boot::https_request(addr, method, path, Some(TOKEN), body).unwrap()
+}
+
+fn power_off(vm: &mut Vm, addr: SocketAddr) {
+    let (status, _) = admin(addr, "POST", "/v1/system/poweroff", None);
     assert_eq!(status, 202, "power-off accepted");
     let exit = vm.wait_exit(Duration::from_secs(120)).unwrap();
     assert!(exit.success(), "QEMU: {exit}");
-    let log = std::fs::read_to_string(&serial).unwrap();
+}
+
+fn console(serial: &Path) -> String {
+    std::fs::read_to_string(serial).unwrap()
+}
+
+/// Boot 1 goes through the firmware and the unified kernel image, takes a
+/// network setting through the admin API and powers off when asked. Boot 2
+/// (same disk) has a broken `edgebox.net=` on its command line: the console
+/// says so, and the persisted setting keeps the appliance reachable.
+#[test]
+fn boots_under_uefi_serves_https_powers_off_and_survives_a_bad_command_line() {
+    let disk = work().join("boot.qcow2");
+    boot::overlay(image(), &disk).unwrap();
+
+    let serial = work().join("boot-1.serial.log");
+    let _show = ShowSerialOnFailure(serial.clone());
+    let (mut vm, https, api) = boot(&disk, &serial, None);
+    let (status, after) = vm.wait_https(https, Duration::from_secs(300)).unwrap();
+    assert_eq!(status, 200, "the welcome page");
+    eprintln!(
+        "boot 1 (UEFI): first HTTPS response after {:.1} s ({:?})",
+        after.as_secs_f64(),
+        vm.accel
+    );
+    let wrong = boot::https_request(api, "GET", "/v1/status", Some("wrong"), None).unwrap();
+    assert_eq!(wrong.0, 401, "a wrong token is refused");
+    let (status, body) = admin(api, "GET", "/v1/config", None);
+    assert_eq!(status, 200);
+    let mut config: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    config["network"] = serde_json::json!([
+        {"interface": "eth0", "address": "10.0.2.15/24", "gateway": "10.0.2.2"}
+    ]);
+    let (status, body) = admin(
+        api,
+        "PUT",
+        "/v1/config",
+        Some(config.to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    power_off(&mut vm, api);
+    let log = console(&serial);
     for line in [
         "edgebox init: data partition /dev/vda2 mounted on /data",
+        "edgebox init: admin token: the image's first-boot token",
         "edgebox init: network: eth0 is 10.0.2.15/24, default route via 10.0.2.2",
         "admin API poweroff",
         "edgebox init: powering off",
@@ -115,6 +160,25 @@ fn boots_under_uefi_serves_https_and_powers_off_when_asked() {
         !log.contains("edgebox init: error"),
         "errors on the console"
     );
+
+    let serial = work().join("boot-2.serial.log");
+    let _show = ShowSerialOnFailure(serial.clone());
+    let cmdline = "console=ttyS0 edgebox.net=eth0,10.0.2.99".to_owned();
+    let (mut vm, https, api) = boot(&disk, &serial, Some(cmdline));
+    let (status, after) = vm.wait_https(https, Duration::from_secs(300)).unwrap();
+    assert_eq!(status, 200);
+    eprintln!(
+        "boot 2 (direct kernel): first HTTPS response after {:.1} s",
+        after.as_secs_f64()
+    );
+    power_off(&mut vm, api);
+    let log = console(&serial);
+    for line in [
+        "edgebox init: error: kernel command line: edgebox.net=eth0,10.0.2.99: \"10.0.2.99\" has no /PREFIX",
+        "edgebox init: network: eth0 is 10.0.2.15/24, default route via 10.0.2.2",
+    ] {
+        assert!(log.contains(line), "serial console lacks {line:?}");
+    }
 }
 
 #[test]

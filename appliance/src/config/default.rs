@@ -55,5 +55,6 @@ fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Confi
         }],
         client: ClientSettings::default(),
         admin: AdminSettings::default(),
+        network: Vec::new(),
     }
 }

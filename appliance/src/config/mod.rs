@@ -63,6 +63,35 @@ pub struct Config {
     /// The admin API's own listener.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// On the appliance: static addresses PID 1 gives the interfaces at boot
+    /// (when the kernel command line names none). Changes apply at reboot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network: Vec<NetInterface>,
+}
+
+/// One static address of an interface, as `edgebox.net=` on the kernel
+/// command line says it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetInterface {
+    /// The kernel's name for it, e.g. `eth0`.
+    pub interface: String,
+    /// `ADDRESS/PREFIX`, e.g. `192.0.2.10/24`.
+    pub address: String,
+    /// The default route's next hop, if this interface has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::IpAddr>,
+}
+
+impl NetInterface {
+    /// The same settings as PID 1 uses them; the error says what is wrong.
+    pub fn to_net(&self) -> Result<crate::init::cmdline::NetConfig, String> {
+        let mut spec = format!("{},{}", self.interface, self.address);
+        if let Some(gw) = self.gateway {
+            spec.push_str(&format!(",gw={gw}"));
+        }
+        crate::init::cmdline::parse_net(&spec)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,6 +362,17 @@ impl Config {
         self.validate_certificates()?;
         self.validate_pools()?;
         self.validate_routes()?;
+        let mut interfaces = HashSet::new();
+        for (i, n) in self.network.iter().enumerate() {
+            n.to_net()
+                .map_err(|reason| ConfigError::new(format!("network[{i}]"), reason))?;
+            if !interfaces.insert(n.interface.as_str()) {
+                return Err(ConfigError::new(
+                    format!("network[{i}].interface"),
+                    "this interface is configured twice",
+                ));
+            }
+        }
         within(
             "tls.handshake_timeout_ms",
             self.tls.handshake_timeout_ms,

@@ -128,3 +128,40 @@ fn host_port_accepts_names_and_literals() {
         assert!(check_host_port("p", bad).is_err(), "{bad:?} was accepted");
     }
 }
+
+#[test]
+fn network_settings_are_checked_as_on_the_command_line() {
+    let with = |net: &str| MINIMAL.replacen('{', &format!("{{\"network\": {net}, "), 1);
+    let c = parse(&with(
+        r#"[{"interface": "eth0", "address": "192.0.2.10/24", "gateway": "192.0.2.1"}]"#,
+    ))
+    .unwrap();
+    let net = c.network[0].to_net().unwrap();
+    assert_eq!((net.iface.as_str(), net.prefix), ("eth0", 24));
+    assert_eq!(parse(&c.to_json_pretty()).unwrap(), c);
+    for (bad, path, needle) in [
+        (
+            r#"[{"interface": "eth0", "address": "192.0.2.10"}]"#,
+            "network[0]",
+            "no /PREFIX",
+        ),
+        (
+            r#"[{"interface": "eth0", "address": "10.0.0.1/8", "gateway": "2001:db8::1"}]"#,
+            "network[0]",
+            "different IP versions",
+        ),
+        (
+            r#"[{"interface": "eth0", "address": "10.0.0.1/8"}, {"interface": "eth0", "address": "10.0.0.2/8"}]"#,
+            "network[1].interface",
+            "twice",
+        ),
+    ] {
+        let e = parse(&with(bad)).unwrap_err();
+        assert_eq!(e.path, path, "{bad}");
+        assert!(e.reason.contains(needle), "{bad}: {e}");
+    }
+    assert_eq!(
+        err_path(&with(r#"[{"interface": "eth0", "addr": "10.0.0.1/8"}]"#)),
+        "network[0].addr"
+    );
+}

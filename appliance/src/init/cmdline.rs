@@ -91,7 +91,8 @@ pub fn parse(cmdline: &str) -> Result<BootParams, CmdlineError> {
     Ok(params)
 }
 
-fn parse_net(value: &str) -> Result<NetConfig, String> {
+/// `IFACE,ADDRESS/PREFIX[,gw=GATEWAY]`; the error says what is wrong.
+pub fn parse_net(value: &str) -> Result<NetConfig, String> {
     const FORM: &str = "expected IFACE,ADDRESS/PREFIX[,gw=GATEWAY]";
     let mut parts = value.split(',');
     let iface = parts.next().unwrap_or("");

@@ -51,7 +51,12 @@ pub fn run() -> ! {
     load_modules(&release);
     let data = mount_data();
     install_first_boot_token(&data);
-    configure_network(&params.net);
+    let nets = if params.net.is_empty() {
+        persisted_network(&data)
+    } else {
+        params.net
+    };
+    configure_network(&nets);
     say(format_args!(
         "set up in {} ms; starting edgebox serve",
         started.elapsed().as_millis()
@@ -194,6 +199,29 @@ fn mount_data() -> PathBuf {
     data
 }
 
+/// The interfaces of the persisted config (`network`), used when the kernel
+/// command line names none.
+fn persisted_network(data: &Path) -> Vec<NetConfig> {
+    let config = match crate::store::Store::new(data).load_config() {
+        Ok(Some((_, config))) => config,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            error(format_args!("network: the persisted config: {e}"));
+            return Vec::new();
+        }
+    };
+    config
+        .network
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            n.to_net()
+                .map_err(|e| error(format_args!("network: config network[{i}]: {e}")))
+                .ok()
+        })
+        .collect()
+}
+
 /// The image's first-boot token hash becomes the admin token, unless the
 /// appliance already has one (a later rotation wins over the image).
 fn install_first_boot_token(data: &Path) {
@@ -259,7 +287,7 @@ fn configure_network(nets: &[NetConfig]) {
         None => error("network: there is no loopback interface"),
     }
     if nets.is_empty() {
-        say("network: no interface configured (set edgebox.net=IFACE,ADDR/PREFIX[,gw=GW] on the kernel command line)");
+        say("network: no interface configured (edgebox.net=IFACE,ADDR/PREFIX[,gw=GW] on the kernel command line, or `network` in the config)");
     }
     for n in nets {
         let Some(index) = wait_for(Duration::from_secs(5), || ifindex(&n.iface)) else {
