@@ -76,7 +76,14 @@ pub async fn blob(
                             format!("a blob may be at most {MAX_BLOB} bytes"),
                         ));
                     }
-                    writer.write(data).map_err(store_io)?;
+                    if let Err(e) = writer.write(data) {
+                        // Read the rest before answering: closing on a client
+                        // still sending makes its kernel reset the connection,
+                        // and a reset loses the answer (507) it has not read.
+                        drop(writer);
+                        drain(&mut body).await;
+                        return Err(store_io(e));
+                    }
                 }
             }
             match writer.finish(Some(hash)) {
@@ -93,6 +100,27 @@ pub async fn blob(
         }
         ref m => Err(ApiError::method_not_allowed(m, "HEAD, PUT")),
     }
+}
+
+/// Reads and discards what is left of a request body: at most [`MAX_BLOB`]
+/// bytes, for at most 10 s.
+async fn drain<B>(body: &mut B)
+where
+    B: hyper::body::Body + Unpin,
+{
+    let read_all = async {
+        let mut left = MAX_BLOB;
+        while let Some(Ok(frame)) = body.frame().await {
+            let n = frame
+                .data_ref()
+                .map_or(0, |d| bytes::Buf::remaining(d) as u64);
+            match left.checked_sub(n) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read_all).await;
 }
 
 fn site_json(name: &str, r: &edgebox_storage::SiteRef) -> serde_json::Value {
