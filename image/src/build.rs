@@ -97,8 +97,14 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     let kernel = kernel::fetch(&opts.kernel, &cache)?;
     ensure_depmod(&kernel)?;
     let deps_text = std::fs::read_to_string(kernel.modules.join("modules.dep"))?;
-    let (modules, absent_modules) =
-        kernel::select(&Deps::parse(&deps_text), kernel::REQUIRED, kernel::OPTIONAL)?;
+    let builtin =
+        std::fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
+    let (modules, absent_modules) = kernel::select(
+        &Deps::parse(&deps_text),
+        &builtin,
+        kernel::REQUIRED,
+        kernel::OPTIONAL,
+    )?;
 
     let scratch = scratch_dir(&opts.output)?;
     let result = assemble(opts, &scratch, &cmdline, &binary_bytes, &kernel, &modules);

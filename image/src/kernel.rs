@@ -41,6 +41,10 @@ pub const REQUIRED: &[&str] = &["virtio_pci", "virtio_net", "virtio_blk", "tls"]
 /// Modules carried when the kernel has them: entropy for VMs, and the disks
 /// and NICs of common server hardware (the cloud flavour lacks most).
 pub const OPTIONAL: &[&str] = &[
+    // the data partition's file system: built in to the cloud kernel, a
+    // module (with its checksum driver) in the generic one
+    "ext4",
+    "crc32c_intel",
     "virtio_rng",
     // disks
     "nvme",
@@ -177,14 +181,23 @@ fn unpack(deb: &Path, cache: &Path) -> Result<Kernel> {
 }
 
 /// The module files to carry (paths relative to `lib/modules/<version>`,
-/// dependencies included), and the optional modules this kernel lacks.
+/// dependencies included), and the optional modules this kernel lacks (built
+/// in ones, listed in `modules.builtin`, are not lacking).
 pub fn select(
     deps: &Deps,
+    builtin: &str,
     required: &[&str],
     optional: &[&str],
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let (present, absent): (Vec<&str>, Vec<&str>) =
-        optional.iter().copied().partition(|m| deps.has(m));
+    let builtin: Vec<String> = builtin
+        .lines()
+        .map(edgebox::init::modules::module_name)
+        .collect();
+    let (present, absent): (Vec<&str>, Vec<&str>) = optional
+        .iter()
+        .copied()
+        .filter(|m| !builtin.iter().any(|b| b == m))
+        .partition(|m| deps.has(m));
     let wanted: Vec<&str> = required.iter().copied().chain(present).collect();
     let mut files = deps
         .load_order(&wanted)
@@ -215,7 +228,15 @@ mod tests {
              kernel/net/core/failover.ko:\n\
              kernel/net/tls/tls.ko:\n",
         );
-        let (files, absent) = select(&deps, &["virtio_net", "tls"], &["tls", "e1000e"]).unwrap();
+        let builtin = "kernel/fs/ext4/ext4.ko
+";
+        let (files, absent) = select(
+            &deps,
+            builtin,
+            &["virtio_net", "tls"],
+            &["tls", "e1000e", "ext4"],
+        )
+        .unwrap();
         assert_eq!(
             files,
             [
@@ -226,7 +247,7 @@ mod tests {
             ]
         );
         assert_eq!(absent, ["e1000e"]);
-        let missing = select(&deps, &["virtio_blk"], &[]).unwrap_err();
+        let missing = select(&deps, "", &["virtio_blk"], &[]).unwrap_err();
         assert!(format!("{missing:#}").contains("virtio_blk"), "{missing:#}");
     }
 

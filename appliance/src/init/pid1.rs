@@ -98,9 +98,13 @@ fn ensure_console() {
     }
 }
 
+/// Modules loaded whether or not a device asks: the checksum driver ext4
+/// needs (a soft dependency modules.dep does not list), ext4, kernel TLS.
+const ALWAYS: &[&str] = &["crc32c_intel", "ext4", "tls"];
+
 /// Loads what the devices' modaliases ask for (with dependencies), again
 /// while loading makes new devices appear (virtio_pci → virtio_net), plus
-/// `tls` for kernel TLS.
+/// [`ALWAYS`].
 fn load_modules(release: &str) {
     let dir = PathBuf::from("/lib/modules").join(release);
     let read = |name: &str| std::fs::read_to_string(dir.join(name));
@@ -120,8 +124,12 @@ fn load_modules(release: &str) {
             .filter(|m| deps.has(m))
             .map(str::to_owned)
             .collect();
-        if deps.has("tls") {
-            wanted.push("tls".to_owned());
+        // Not asked for by any device: kernel TLS, and the data partition's
+        // file system where it is a module (the generic kernel).
+        for always in ALWAYS {
+            if deps.has(always) {
+                wanted.push((*always).to_owned());
+            }
         }
         let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
         let order = match deps.load_order(&wanted) {
