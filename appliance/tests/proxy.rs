@@ -423,3 +423,38 @@ fn ambiguous_or_oversized_requests_are_refused() {
         "{echoed}"
     );
 }
+
+/// A backend that answers every connection with one HTTP/1.0 response and
+/// closes it (as Python's http.server does).
+fn http10_backend() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten().take(8) {
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 4\r\n\r\nold\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_http10_backend_is_answered_for_in_http11() {
+    let shop = Shop::start(&[http10_backend()], 1, |_| {});
+    let url = shop.url("/");
+    let out = shop.curl(&["--http1.1", "-sS", "-i", &url, &url]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("HTTP/1.0"), "{}", out.stdout);
+    assert_eq!(out.stdout.matches("old\n").count(), 2);
+}

@@ -420,6 +420,9 @@ fn backend_response(
 ) -> Response<ResBody> {
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    // The response on the client's connection is edgebox's, in edgebox's
+    // version: an HTTP/1.0 backend must not make it answer in HTTP/1.0.
+    parts.version = Version::HTTP_11;
     Response::from_parts(parts, ResBody::Backend(body))
 }
 
