@@ -55,10 +55,21 @@ pub enum Serial {
     File(PathBuf),
 }
 
+/// The VM's network card and what it is plugged into.
+#[derive(Debug, Clone)]
+pub enum Net {
+    /// QEMU's user network, reaching nothing outside (`restrict=on`), with
+    /// host ports on 127.0.0.1 forwarded in.
+    User { forwards: Vec<Forward> },
+    /// A tap device that exists already (in QEMU's network namespace), e.g.
+    /// on a test's private bridge; `mac` tells VMs on one bridge apart.
+    Tap { ifname: String, mac: String },
+}
+
 #[derive(Debug, Clone)]
 pub struct BootOptions {
     pub image: PathBuf,
-    pub forwards: Vec<Forward>,
+    pub net: Net,
     pub serial: Serial,
     pub accel: Accel,
     pub memory_mib: u32,
@@ -95,7 +106,10 @@ impl Vm {
             );
         }
         let accel = match opts.accel {
-            Accel::Auto => probe_kvm(&opts.work, &opts.image),
+            Accel::Auto => {
+                static PROBED: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
+                *PROBED.get_or_init(|| probe_kvm(&opts.work, &opts.image))
+            }
             a => a,
         };
         let mut cmd = tools::command(QEMU);
@@ -151,12 +165,23 @@ impl Vm {
             opts.image.display(),
             if opts.snapshot { ",snapshot=on" } else { "" }
         ));
-        let mut netdev = String::from("user,id=net0,restrict=on");
-        for f in &opts.forwards {
-            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
-        }
-        cmd.args(["-netdev", &netdev, "-device", "virtio-net-pci,netdev=net0"])
-            .args(["-device", "virtio-rng-pci"]);
+        let device = match &opts.net {
+            Net::User { forwards } => {
+                let mut netdev = String::from("user,id=net0,restrict=on");
+                for f in forwards {
+                    netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+                }
+                cmd.args(["-netdev", &netdev]);
+                "virtio-net-pci,netdev=net0".to_owned()
+            }
+            Net::Tap { ifname, mac } => {
+                cmd.arg("-netdev").arg(format!(
+                    "tap,id=net0,ifname={ifname},script=no,downscript=no"
+                ));
+                format!("virtio-net-pci,netdev=net0,mac={mac}")
+            }
+        };
+        cmd.args(["-device", &device, "-device", "virtio-rng-pci"]);
         match &opts.serial {
             Serial::Stdout => {
                 cmd.args(["-serial", "stdio"]).stdin(Stdio::null());
@@ -185,16 +210,26 @@ impl Vm {
     /// Waits until an HTTPS request to 127.0.0.1:`port` gets a response;
     /// returns its status and the time since the VM started.
     pub fn wait_https(&mut self, port: u16, deadline: Duration) -> Result<(u16, Duration)> {
+        self.wait_https_at(([127, 0, 0, 1], port).into(), deadline)
+    }
+
+    /// Waits until an HTTPS request to `addr` gets a response; returns its
+    /// status and the time since the VM started.
+    pub fn wait_https_at(
+        &mut self,
+        addr: SocketAddr,
+        deadline: Duration,
+    ) -> Result<(u16, Duration)> {
         let until = self.started + deadline;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!("QEMU exited ({status}) before the appliance answered HTTPS");
             }
-            if let Ok(code) = https_status(([127, 0, 0, 1], port).into(), "/") {
+            if let Ok(code) = https_status(addr, "/") {
                 return Ok((code, self.started.elapsed()));
             }
             if Instant::now() >= until {
-                bail!("no HTTPS response on 127.0.0.1:{port} within {deadline:?}");
+                bail!("no HTTPS response on {addr} within {deadline:?}");
             }
             std::thread::sleep(Duration::from_millis(250));
         }

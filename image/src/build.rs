@@ -106,10 +106,41 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
         kernel::OPTIONAL,
     )?;
 
-    let scratch = scratch_dir(&opts.output)?;
-    let result = assemble(opts, &scratch, &cmdline, &binary_bytes, &kernel, &modules);
-    let _ = std::fs::remove_dir_all(&scratch);
-    let (initrd_bytes, uki_bytes, vmlinuz, initrd) = result?;
+    // One build at a time per output; an output built from the same inputs
+    // is kept (builds are reproducible, so it is what a new build would be).
+    let lock = lock_output(&opts.output)?;
+    let inputs = inputs_digest(opts, &cmdline, &binary_bytes, &kernel)?;
+    let stamp_path = stamp_path(&opts.output);
+    let stamp = std::fs::read_to_string(&stamp_path)
+        .ok()
+        .and_then(|s| Stamp::parse(&s))
+        .filter(|s| s.inputs == inputs && opts.output.is_file());
+    let stem = opts.output.with_extension("");
+    let (initrd_bytes, uki_bytes, vmlinuz, initrd) = match stamp {
+        Some(s) => {
+            eprintln!("edgebox-image: {} is up to date", opts.output.display());
+            let (vmlinuz, initrd) = (
+                stem.with_extension("vmlinuz"),
+                stem.with_extension("initrd"),
+            );
+            (s.initrd_bytes, s.uki_bytes, vmlinuz, initrd)
+        }
+        None => {
+            let _ = std::fs::remove_file(&stamp_path);
+            let scratch = scratch_dir(&opts.output)?;
+            let result = assemble(opts, &scratch, &cmdline, &binary_bytes, &kernel, &modules);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let built = result?;
+            let stamp = Stamp {
+                inputs,
+                initrd_bytes: built.0,
+                uki_bytes: built.1,
+            };
+            std::fs::write(&stamp_path, stamp.to_text())?;
+            built
+        }
+    };
+    drop(lock);
 
     let image_bytes = std::fs::metadata(&opts.output)?.len();
     let allocated_bytes = {
@@ -267,6 +298,86 @@ fn assemble(
     Ok((initrd_bytes.len() as u64, uki_bytes, vmlinuz, initrd))
 }
 
+/// What an output was built from, kept beside it as `<output>.inputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    inputs: String,
+    initrd_bytes: u64,
+    uki_bytes: u64,
+}
+
+impl Stamp {
+    fn to_text(&self) -> String {
+        format!("{} {} {}\n", self.inputs, self.initrd_bytes, self.uki_bytes)
+    }
+
+    fn parse(text: &str) -> Option<Stamp> {
+        let mut f = text.split_whitespace();
+        Some(Stamp {
+            inputs: f.next()?.to_owned(),
+            initrd_bytes: f.next()?.parse().ok()?,
+            uki_bytes: f.next()?.parse().ok()?,
+        })
+    }
+}
+
+fn stamp_path(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".inputs");
+    PathBuf::from(name)
+}
+
+/// The code that decides the image's bytes.
+const BUILDER_SOURCES: &[&str] = &[
+    include_str!("build.rs"),
+    include_str!("cpio.rs"),
+    include_str!("disk.rs"),
+    include_str!("fs.rs"),
+    include_str!("gpt.rs"),
+    include_str!("kernel.rs"),
+    include_str!("uki.rs"),
+];
+
+/// Everything the image is made of: this builder, the binary, the kernel
+/// package, the EFI stub, and the options that change bytes.
+fn inputs_digest(
+    opts: &BuildOptions,
+    cmdline: &str,
+    binary: &[u8],
+    kernel: &kernel::Kernel,
+) -> Result<String> {
+    let mut h = blake3::Hasher::new();
+    let mut part = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    // The builder's own code, whichever program it is linked into.
+    for source in BUILDER_SOURCES {
+        part(source.as_bytes());
+    }
+    part(binary);
+    part(&std::fs::read(&kernel.deb)?);
+    part(&std::fs::read(tools::EFI_STUB.0)?);
+    part(cmdline.as_bytes());
+    part(&opts.data_bytes.to_le_bytes());
+    part(opts.admin_token.as_deref().unwrap_or("").as_bytes());
+    part(&[u8::from(opts.admin_token.is_some()), u8::from(opts.qcow2)]);
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// Holds `<output>.lock` exclusively until dropped.
+fn lock_output(output: &Path) -> Result<std::fs::File> {
+    let mut name = output.as_os_str().to_owned();
+    name.push(".lock");
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = std::fs::File::create(PathBuf::from(&name))
+        .with_context(|| format!("{}", PathBuf::from(&name).display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+    Ok(file)
+}
+
 /// gzip: every Debian kernel unpacks it, and it is deterministic.
 fn compress(bytes: &[u8]) -> Result<Vec<u8>> {
     let mut gz = flate2::GzBuilder::new().mtime(0).write(
@@ -337,8 +448,28 @@ fn build_binary() -> Result<PathBuf> {
         TRIPLE,
     ])
     .current_dir(workspace_root())
-    .env("RUSTFLAGS", "-C target-feature=+crt-static")
-    .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    // Only the environment a shell gives it: run from a test, the test's
+    // CARGO_PKG_*, CARGO_MANIFEST_DIR and the like differ between test
+    // programs, and some build scripts rebuild when they change.
+    .env_clear()
+    .envs(std::env::vars_os().filter(|(k, _)| {
+        k.to_str().is_some_and(|k| {
+            matches!(
+                k,
+                "PATH"
+                    | "HOME"
+                    | "USER"
+                    | "LANG"
+                    | "TMPDIR"
+                    | "TERM"
+                    | "CARGO_HOME"
+                    | "CARGO_TARGET_DIR"
+                    | "RUSTUP_HOME"
+                    | "RUSTUP_TOOLCHAIN"
+            )
+        })
+    }))
+    .env("RUSTFLAGS", "-C target-feature=+crt-static");
     eprintln!("edgebox-image: {}", tools::show(&cmd));
     let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {

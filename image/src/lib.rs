@@ -17,5 +17,6 @@ pub mod disk;
 pub mod fs;
 pub mod gpt;
 pub mod kernel;
+pub mod testing;
 pub mod tools;
 pub mod uki;

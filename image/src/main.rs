@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edgebox_image::boot::{Accel, BootOptions, Forward, Serial, Vm};
+use edgebox_image::boot::{Accel, BootOptions, Forward, Net, Serial, Vm};
 use edgebox_image::build::{self, BuildOptions};
 use edgebox_image::kernel::KernelSource;
 
@@ -184,7 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let https = forward.iter().find(|f| f.guest == 443).map(|f| f.host);
             let mut vm = Vm::start(&BootOptions {
                 image,
-                forwards: forward,
+                net: Net::User { forwards: forward },
                 serial: serial.map_or(Serial::Stdout, Serial::File),
                 accel,
                 memory_mib: memory,

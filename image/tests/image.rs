@@ -7,37 +7,19 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use edgebox_image::boot::{self, Accel, BootOptions, Forward, Serial, Vm};
+use edgebox_image::boot::{self, Accel, BootOptions, Forward, Net, Serial, Vm};
 
-const TOKEN: &str = "image-test-token";
+const TOKEN: &str = edgebox_image::testing::TOKEN;
 
 fn work() -> PathBuf {
     edgebox_image::build::target_dir().join("edgebox-image/test")
 }
 
-/// Builds an image with the test's first-boot settings into `output`.
-fn build(output: &Path) {
-    let status = Command::new(env!("CARGO_BIN_EXE_edgebox-image"))
-        .args(["build", "--data-size", "64M", "--admin-token", TOKEN])
-        .args(["--net", "eth0,10.0.2.15/24,gw=10.0.2.2", "--output"])
-        .arg(output)
-        .status()
-        .unwrap();
-    assert!(status.success(), "edgebox-image build: {status}");
-}
-
-/// One image per test run, shared by the tests here.
+/// The shared test image (built once per test run).
 fn image() -> &'static Path {
-    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let out = work().join("a/edgebox.img");
-        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-        build(&out);
-        out
-    })
+    &edgebox_image::testing::shared_image().unwrap().image
 }
 
 fn free_port() -> u16 {
@@ -68,16 +50,18 @@ fn boot(disk: &Path, serial: &Path, direct: Option<String>) -> (Vm, u16, SocketA
     let image = image();
     let vm = Vm::start(&BootOptions {
         image: disk.to_owned(),
-        forwards: vec![
-            Forward {
-                host: https,
-                guest: 443,
-            },
-            Forward {
-                host: admin,
-                guest: 9443,
-            },
-        ],
+        net: Net::User {
+            forwards: vec![
+                Forward {
+                    host: https,
+                    guest: 443,
+                },
+                Forward {
+                    host: admin,
+                    guest: 9443,
+                },
+            ],
+        },
         serial: Serial::File(serial.to_owned()),
         accel: Accel::Auto,
         memory_mib: 512,
@@ -184,9 +168,17 @@ fn boots_under_uefi_serves_https_powers_off_and_survives_a_bad_command_line() {
 #[test]
 fn the_same_inputs_build_the_same_bytes() {
     let first = image();
-    let second = work().join("b/edgebox.img");
-    std::fs::create_dir_all(second.parent().unwrap()).unwrap();
-    build(&second);
+    // A second, real build: a fresh directory has nothing up to date.
+    let dir = work().join("again");
+    let _ = std::fs::remove_dir_all(&dir);
+    let second = dir.join("edgebox.img");
+    let status = Command::new(env!("CARGO_BIN_EXE_edgebox-image"))
+        .args(["build", "--data-size", "256M", "--admin-token", TOKEN])
+        .args(["--net", "eth0,10.0.2.15/24,gw=10.0.2.2", "--output"])
+        .arg(&second)
+        .status()
+        .unwrap();
+    assert!(status.success(), "edgebox-image build: {status}");
     for ext in ["img", "initrd", "vmlinuz", "cmdline"] {
         let a = std::fs::read(first.with_extension(ext)).unwrap();
         let b = std::fs::read(second.with_extension(ext)).unwrap();

@@ -1,0 +1,48 @@
+//! The image the test suites boot: built once per test run (the first test
+//! to ask builds it; the others, in this process or a later test binary, find
+//! it up to date) with fixed first-boot settings.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use anyhow::Result;
+
+use crate::build::{self, BuildOptions, Built};
+use crate::kernel::KernelSource;
+
+/// The test image's first-boot admin token.
+pub const TOKEN: &str = "edgebox-test-token";
+/// The test image's address on `eth0` and its gateway: QEMU's user network
+/// (10.0.2.0/24, gateway 10.0.2.2), which the qemu-tests' private network
+/// copies.
+pub const ADDRESS: [u8; 4] = [10, 0, 2, 15];
+pub const GATEWAY: [u8; 4] = [10, 0, 2, 2];
+pub const PREFIX: u8 = 24;
+
+/// The options of the shared test image, written to `output`.
+pub fn options(output: PathBuf) -> BuildOptions {
+    let [a, b, c, d] = ADDRESS;
+    let [g, h, i, j] = GATEWAY;
+    BuildOptions {
+        kernel: KernelSource::Cloud,
+        binary: None,
+        output,
+        qcow2: false,
+        data_bytes: 256 << 20,
+        net: vec![format!("eth0,{a}.{b}.{c}.{d}/{PREFIX},gw={g}.{h}.{i}.{j}")],
+        admin_token: Some(TOKEN.to_owned()),
+        kernel_args: Vec::new(),
+        work: build::target_dir().join("edgebox-image"),
+    }
+}
+
+/// Builds (or finds up to date) the shared test image.
+pub fn shared_image() -> Result<&'static Built> {
+    static IMAGE: OnceLock<Built> = OnceLock::new();
+    if let Some(built) = IMAGE.get() {
+        return Ok(built);
+    }
+    let output = build::target_dir().join("edgebox-image/test/edgebox.img");
+    let built = build::build(&options(output))?;
+    Ok(IMAGE.get_or_init(|| built))
+}
