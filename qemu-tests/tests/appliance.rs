@@ -1,0 +1,198 @@
+//! The appliance booted in QEMU on a private network, driven from that
+//! network as its users would: HTTPS clients, backends, the admin API,
+//! `edgebox publish`, the power switch.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use qemu_tests::{cmdline, run, Appliance, Backend, Boot};
+use serde_json::json;
+
+#[test]
+fn boots_via_uefi_serves_https_on_its_address_and_refuses_a_wrong_token() {
+    run("uefi", |h| {
+        let disk = h.disk("vm");
+        let mut vm = Appliance::boot(h, "vm", &disk, Boot::Uefi);
+        let ready = vm.wait_ready();
+        eprintln!(
+            "UEFI boot to the first HTTPS response on {}: {:.1} s",
+            vm.addr,
+            ready.as_secs_f64()
+        );
+        let (status, body) = vm.get("/");
+        assert_eq!(status, 200);
+        assert!(
+            String::from_utf8_lossy(&body).contains("edgebox"),
+            "the welcome page"
+        );
+        let (status, reply) = vm.api_as("not-the-token", "GET", "/v1/status", None);
+        assert_eq!(status, 401, "{reply}");
+        let (status, _) = vm.api("GET", "/v1/status", None);
+        assert_eq!(status, 200);
+    });
+}
+
+fn proxy_to(vm: &Appliance, backends: &[&Backend]) {
+    let list: Vec<_> = backends
+        .iter()
+        .map(|b| json!({ "address": b.addr.to_string() }))
+        .collect();
+    vm.change_config(|c| {
+        c["pools"] = json!([{ "name": "app", "backends": list }]);
+        c["routes"] = json!([{ "path_prefix": "/", "action": { "proxy": { "pool": "app" } } }]);
+    });
+}
+
+fn body(vm: &Appliance, path: &str) -> String {
+    let (status, body) = vm.get(path);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 200, "{path}: {text}");
+    text
+}
+
+#[test]
+fn proxies_round_robin_to_two_backends_and_skips_a_stopped_one() {
+    run("proxy", |h| {
+        let a = Backend::start(h, "a").unwrap();
+        let mut b = Backend::start(h, "b").unwrap();
+        let disk = h.disk("vm");
+        let mut vm = Appliance::boot(h, "vm", &disk, Boot::Direct(cmdline("")));
+        vm.wait_ready();
+        proxy_to(&vm, &[&a, &b]);
+        let seen: Vec<String> = (0..6).map(|_| body(&vm, "/")).collect();
+        assert_eq!(
+            seen,
+            ["a\n", "b\n", "a\n", "b\n", "a\n", "b\n"],
+            "round robin"
+        );
+        b.stop();
+        let seen: Vec<String> = (0..6).map(|_| body(&vm, "/")).collect();
+        assert!(
+            seen.iter().all(|s| s == "a\n"),
+            "all to the backend left: {seen:?}"
+        );
+    });
+}
+
+#[test]
+fn a_config_changed_through_the_api_survives_a_reboot_asked_through_the_api() {
+    run("reboot", |h| {
+        let disk = h.disk("vm");
+        let mut vm = Appliance::boot(h, "vm", &disk, Boot::Direct(cmdline("")));
+        vm.wait_ready();
+        vm.change_config(|c| {
+            c["routes"] = json!([{ "path_prefix": "/", "action": { "respond": { "status": 200, "body": "changed before the reboot\n" } } }]);
+        });
+        assert_eq!(body(&vm, "/"), "changed before the reboot\n");
+        let (status, _) = vm.api("POST", "/v1/system/reboot", None);
+        assert_eq!(status, 202);
+        vm.wait_console("reboot: Restarting system", Duration::from_secs(60))
+            .unwrap();
+        // The same VM comes back (QEMU restarts the kernel) and serves the
+        // persisted config.
+        let until = Instant::now() + qemu_tests::BOOT_DEADLINE;
+        while vm.console().matches("is PID 1").count() < 2 {
+            assert!(Instant::now() < until, "no second boot");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        vm.wait_ready();
+        assert_eq!(body(&vm, "/"), "changed before the reboot\n");
+    });
+}
+
+/// Pseudo-random bytes that do not compress.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn publish(vm: &Appliance, dir: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qt-publish"))
+        .arg(dir)
+        .args([
+            "--site",
+            "www",
+            "--insecure",
+            "--token",
+            edgebox_image::testing::TOKEN,
+        ])
+        .arg("--admin")
+        .arg(format!("https://{}:9443", vm.addr))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_power_cut_in_the_middle_of_a_publish_leaves_the_site_whole() {
+    run("power-cut", |h| {
+        let disk = h.disk("vm");
+        let mut vm = Appliance::boot(h, "vm-1", &disk, Boot::Direct(cmdline("")));
+        vm.wait_ready();
+        vm.change_config(|c| {
+            c["routes"] =
+                json!([{ "path_prefix": "/", "action": { "static": { "site": "www" } } }]);
+        });
+        let site = h.dir.join("site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("index.html"), "version 1\n").unwrap();
+        let status = publish(&vm, &site).wait().unwrap();
+        assert!(status.success(), "first publish: {status}");
+        assert_eq!(body(&vm, "/"), "version 1\n");
+
+        let big = noise(7, 48 << 20);
+        std::fs::write(site.join("index.html"), "version 2\n").unwrap();
+        std::fs::write(site.join("big.bin"), &big).unwrap();
+        let mut second = publish(&vm, &site);
+        std::thread::sleep(Duration::from_millis(1500));
+        vm.kill();
+        let finished = second.try_wait().unwrap();
+        assert!(
+            finished.is_none() || !finished.unwrap().success(),
+            "the publish finished before the power cut; make it bigger"
+        );
+        let _ = second.kill();
+        let _ = second.wait();
+        drop(vm);
+
+        let mut vm = Appliance::boot(h, "vm-2", &disk, Boot::Direct(cmdline("")));
+        vm.wait_ready();
+        let index = body(&vm, "/");
+        let (status, got) = vm.get("/big.bin");
+        match index.as_str() {
+            "version 1\n" => assert_eq!(status, 404, "generation 1 has no big.bin"),
+            "version 2\n" => assert!(status == 200 && got == big, "generation 2 is whole"),
+            other => panic!("neither generation: {other:?}"),
+        }
+        let (status, scrub) = vm.api("POST", "/v1/store/scrub", None);
+        assert_eq!(status, 200);
+        assert_eq!(scrub["corrupt"], json!([]), "{scrub}");
+        assert_eq!(scrub["lost"], json!([]), "{scrub}");
+        eprintln!("after the power cut: {}, scrub {scrub}", index.trim());
+    });
+}
+
+#[test]
+fn a_bad_network_setting_on_the_command_line_is_explained_on_the_console() {
+    run("bad-net", |h| {
+        let disk = h.disk("vm");
+        let line = "console=ttyS0,115200 edgebox.net=eth0,10.0.2.300/24";
+        let mut vm = Appliance::boot(h, "vm", &disk, Boot::Direct(line.to_owned()));
+        vm.wait_console(
+            "edgebox init: error: kernel command line: edgebox.net=eth0,10.0.2.300/24: \"10.0.2.300\" is not an IP address",
+            qemu_tests::BOOT_DEADLINE,
+        )
+        .unwrap();
+        // It goes on: the server starts, without a network to serve on.
+        vm.wait_console("network: no interface configured", Duration::from_secs(60))
+            .unwrap();
+    });
+}
