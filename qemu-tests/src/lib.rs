@@ -30,6 +30,13 @@ use edgebox_image::testing;
 
 pub use net::TestNet;
 
+/// With `EDGEBOX_QT_KEEP` set, a test pauses before stopping each VM, with
+/// the VM, the backends and the network still up, until Enter is pressed
+/// (see docs/testing.md).
+pub fn keep() -> bool {
+    std::env::var_os("EDGEBOX_QT_KEEP").is_some_and(|v| !v.is_empty())
+}
+
 /// How long a boot may take to answer HTTPS (software emulation is slow).
 pub const BOOT_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -87,6 +94,7 @@ pub struct Appliance {
     vm: Vm,
     pub addr: Ipv4Addr,
     pub serial: PathBuf,
+    netns: String,
 }
 
 impl Harness {
@@ -130,6 +138,7 @@ impl Appliance {
             vm,
             addr: testing::ADDRESS.into(),
             serial,
+            netns: h.net.name().to_owned(),
         }
     }
 
@@ -225,6 +234,18 @@ impl Appliance {
 
 impl Drop for Appliance {
     fn drop(&mut self) {
+        if keep() {
+            eprintln!(
+                "paused: the VM (QEMU pid {pid}) runs at {addr} in network namespace {n}: \
+                 try `ip netns exec {n} curl -k https://{addr}/`; serial console {serial}. \
+                 Press Enter to stop it.",
+                pid = self.vm.pid(),
+                addr = self.addr,
+                serial = self.serial.display(),
+                n = self.netns,
+            );
+            let _ = std::io::stdin().read_line(&mut String::new());
+        }
         self.vm.kill();
         if std::thread::panicking() {
             eprintln!(

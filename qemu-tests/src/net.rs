@@ -65,6 +65,11 @@ impl TestNet {
         Ok(net)
     }
 
+    /// The namespace's name (`ip netns exec NAME …`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// A new address on the bridge, for a backend or a client.
     pub fn host(&mut self) -> Result<std::net::Ipv4Addr> {
         let n = self.next_host;
