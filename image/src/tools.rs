@@ -137,3 +137,44 @@ pub fn show(cmd: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_missing_is_named_with_its_package() {
+        let gone = Tool {
+            program: "edgebox-no-such-program",
+            package: "pkg-a",
+        };
+        let err = require(&[gone, gone], &[("/nonexistent/stub.efi", "pkg-b")]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(
+                "edgebox-no-such-program, edgebox-no-such-program, /nonexistent/stub.efi"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("apt-get install -y pkg-a pkg-b"), "{text}");
+        assert!(require(
+            &[Tool {
+                program: "sh",
+                package: "dash"
+            }],
+            &[]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn a_failing_command_shows_itself_and_its_stderr() {
+        let err = run(Command::new("sh").args(["-c", "echo broken >&2; exit 3"])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("sh -c echo broken >&2; exit 3 failed"),
+            "{text}"
+        );
+        assert!(text.contains("broken"), "{text}");
+    }
+}

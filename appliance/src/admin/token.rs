@@ -170,4 +170,17 @@ mod tests {
             Err(TokenError::Corrupt(_))
         ));
     }
+
+    #[test]
+    fn a_hash_made_elsewhere_is_the_token() {
+        // The image builder stores hash_hex(token) for the first boot.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(HASH_FILE);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, format!("{}\n", hash_hex("first-boot"))).unwrap();
+        let (store, shown) = TokenStore::open(dir.path(), None).unwrap();
+        assert!(shown.is_none(), "an existing token is not shown");
+        assert!(store.verify("first-boot"));
+        assert!(!store.verify("first-boot "));
+    }
 }
