@@ -95,7 +95,6 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
 
     let cache = opts.work.join("cache");
     let kernel = kernel::fetch(&opts.kernel, &cache)?;
-    ensure_depmod(&kernel)?;
     let deps_text = std::fs::read_to_string(kernel.modules.join("modules.dep"))?;
     let builtin =
         std::fs::read_to_string(kernel.modules.join("modules.builtin")).unwrap_or_default();
@@ -396,25 +395,6 @@ fn scratch_dir(output: &Path) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
-}
-
-/// The unpacked package has no depmod data; make it once, in the cache.
-fn ensure_depmod(kernel: &kernel::Kernel) -> Result<()> {
-    if kernel.modules.join("modules.dep").is_file() {
-        return Ok(());
-    }
-    let root = kernel
-        .modules
-        .ancestors()
-        .nth(3)
-        .context("unexpected module directory")?;
-    tools::run(
-        tools::command(DEPMOD)
-            .arg("-b")
-            .arg(root)
-            .arg(&kernel.version),
-    )?;
-    Ok(())
 }
 
 /// The workspace this tool was built from (for `cargo build` of edgebox).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use edgebox::init::modules::Deps;
 
-use crate::tools::{self, APT_CACHE, APT_GET, DPKG_DEB};
+use crate::tools::{self, APT_CACHE, APT_GET, DEPMOD, DPKG_DEB};
 
 /// Which kernel to put in the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +79,12 @@ pub struct Kernel {
 }
 
 /// The package the source names, downloaded into `cache` when not there yet,
-/// and unpacked (once) beside it.
+/// and unpacked (once) beside it. Builds running at once take turns (a lock
+/// file in the cache), so none sees another's half-unpacked tree.
 pub fn fetch(source: &KernelSource, cache: &Path) -> Result<Kernel> {
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let lock = std::fs::File::create(cache.join(".lock"))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)?;
     let deb = match source {
         KernelSource::Deb(path) => path
             .canonicalize()
@@ -153,21 +157,13 @@ fn unpack(deb: &Path, cache: &Path) -> Result<Kernel> {
         let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(&partial)?;
         tools::run(tools::command(DPKG_DEB).arg("-x").arg(deb).arg(&partial))?;
+        // The package has no depmod data; make it before the tree is used.
+        let version = only_version(&partial.join("lib/modules"), deb)?;
+        tools::run(tools::command(DEPMOD).arg("-b").arg(&partial).arg(&version))?;
         std::fs::rename(&partial, &root)?;
     }
     let lib = root.join("lib/modules");
-    let mut versions: Vec<String> = std::fs::read_dir(&lib)
-        .with_context(|| format!("{}: not a kernel package (no lib/modules)", deb.display()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let version = match versions.len() {
-        1 => versions.remove(0),
-        n => bail!(
-            "{}: expected one kernel in lib/modules, found {n}",
-            deb.display()
-        ),
-    };
+    let version = only_version(&lib, deb)?;
     let vmlinuz = root.join(format!("boot/vmlinuz-{version}"));
     if !vmlinuz.is_file() {
         bail!("{}: has no boot/vmlinuz-{version}", deb.display());
@@ -178,6 +174,22 @@ fn unpack(deb: &Path, cache: &Path) -> Result<Kernel> {
         vmlinuz,
         deb: deb.to_owned(),
     })
+}
+
+/// The one kernel version under an unpacked `lib/modules`.
+fn only_version(lib: &Path, deb: &Path) -> Result<String> {
+    let mut versions: Vec<String> = std::fs::read_dir(lib)
+        .with_context(|| format!("{}: not a kernel package (no lib/modules)", deb.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match versions.len() {
+        1 => Ok(versions.remove(0)),
+        n => bail!(
+            "{}: expected one kernel in lib/modules, found {n}",
+            deb.display()
+        ),
+    }
 }
 
 /// The module files to carry (paths relative to `lib/modules/<version>`,

@@ -3,7 +3,7 @@
 //! it up to date) with fixed first-boot settings.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::Result;
 
@@ -36,9 +36,12 @@ pub fn options(output: PathBuf) -> BuildOptions {
     }
 }
 
-/// Builds (or finds up to date) the shared test image.
+/// Builds (or finds up to date) the shared test image. Tests asking at
+/// once wait for the first one's build.
 pub fn shared_image() -> Result<&'static Built> {
     static IMAGE: OnceLock<Built> = OnceLock::new();
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _turn = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(built) = IMAGE.get() {
         return Ok(built);
     }
