@@ -108,7 +108,7 @@ impl Vm {
         let accel = match opts.accel {
             Accel::Auto => {
                 static PROBED: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
-                *PROBED.get_or_init(|| probe_kvm(&opts.work, &opts.image))
+                *PROBED.get_or_init(|| probe_kvm(&opts.work))
             }
             a => a,
         };
@@ -339,29 +339,24 @@ pub fn https_request(
     Ok((code, response[head_end + 4..].to_vec()))
 }
 
-/// KVM only if a VM boots with it: nested KVM on some hosts hangs or aborts.
-/// The probe boots the image's kernel (the `.vmlinuz` written beside it)
-/// with no root file system and waits a few seconds for it to print.
-fn probe_kvm(work: &Path, image: &Path) -> Accel {
-    let kernel = image.with_extension("vmlinuz");
-    if !Path::new("/dev/kvm").exists() || !kernel.is_file() {
+/// KVM only if a VM runs with it: nested KVM on some hosts hangs or aborts.
+/// The probe starts the UEFI firmware alone under KVM and waits up to 5 s
+/// for its boot manager (`BdsDxe`) to print on the serial port.
+fn probe_kvm(work: &Path) -> Accel {
+    if !Path::new("/dev/kvm").exists() || !Path::new(OVMF_CODE.0).is_file() {
         return Accel::Tcg;
     }
     let log = work.join(format!("kvm-probe.{}.log", std::process::id()));
     let _ = std::fs::create_dir_all(work);
+    let _ = std::fs::remove_file(&log);
     let child = tools::command(QEMU)
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "kvm",
-            "-cpu",
-            "host",
-            "-nodefaults",
-        ])
-        .args(["-display", "none", "-no-reboot", "-m", "256", "-kernel"])
-        .arg(&kernel)
-        .args(["-append", "console=ttyS0 panic=-1", "-serial"])
+        .args(["-machine", "q35", "-accel", "kvm", "-nodefaults"])
+        .args(["-display", "none", "-m", "128", "-drive"])
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            OVMF_CODE.0
+        ))
+        .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -374,7 +369,7 @@ fn probe_kvm(work: &Path, image: &Path) -> Accel {
     let mut works = false;
     while Instant::now() < until {
         let printed = std::fs::read(&log).unwrap_or_default();
-        if printed.windows(13).any(|w| w == b"Linux version") {
+        if printed.windows(6).any(|w| w == b"BdsDxe") {
             works = true;
             break;
         }

@@ -47,7 +47,7 @@ impl Drop for ShowSerialOnFailure {
 
 fn boot(disk: &Path, serial: &Path, direct: Option<String>) -> (Vm, u16, SocketAddr) {
     let (https, admin) = (free_port(), free_port());
-    let image = image();
+    let built = edgebox_image::testing::shared_image().unwrap();
     let vm = Vm::start(&BootOptions {
         image: disk.to_owned(),
         net: Net::User {
@@ -67,13 +67,7 @@ fn boot(disk: &Path, serial: &Path, direct: Option<String>) -> (Vm, u16, SocketA
         memory_mib: 512,
         cpus: 2,
         snapshot: false,
-        direct: direct.map(|cmdline| {
-            (
-                image.with_extension("vmlinuz"),
-                image.with_extension("initrd"),
-                cmdline,
-            )
-        }),
+        direct: direct.map(|cmdline| (built.vmlinuz.clone(), built.initrd.clone(), cmdline)),
         work: work(),
     })
     .unwrap();

@@ -112,7 +112,7 @@ impl Appliance {
     /// Starts QEMU on `disk`, plugged into the test's bridge; the serial
     /// console goes to `<test dir>/<name>.serial.log`.
     pub fn boot(h: &mut Harness, name: &str, disk: &Path, how: Boot) -> Appliance {
-        let image = &testing::shared_image().expect("the test image").image;
+        let built = testing::shared_image().expect("the test image");
         let (ifname, mac) = h.net.tap().expect("a tap device");
         let serial = h.dir.join(format!("{name}.serial.log"));
         let vm = Vm::start(&BootOptions {
@@ -125,11 +125,9 @@ impl Appliance {
             snapshot: false,
             direct: match how {
                 Boot::Uefi => None,
-                Boot::Direct(cmdline) => Some((
-                    image.with_extension("vmlinuz"),
-                    image.with_extension("initrd"),
-                    cmdline,
-                )),
+                Boot::Direct(cmdline) => {
+                    Some((built.vmlinuz.clone(), built.initrd.clone(), cmdline))
+                }
             },
             work: h.dir.clone(),
         })
