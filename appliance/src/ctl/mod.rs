@@ -129,9 +129,9 @@ enum CtlCommand {
     },
     /// Stop serving (requests in flight finish first).
     Shutdown,
-    /// Reboot the appliance (`serve` on a host exits).
+    /// Reboot the appliance (refused with 409 where edgebox is not PID 1).
     Reboot,
-    /// Power the appliance off (`serve` on a host exits).
+    /// Power the appliance off (refused with 409 where edgebox is not PID 1).
     Poweroff,
 }
 
