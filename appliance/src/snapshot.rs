@@ -112,8 +112,11 @@ impl Snapshot {
         config.validate()?;
         let tls = match crate::tls::load_certificates(&config.certificates, base)? {
             Some(certs) => Some(
-                crate::tls::server_config(Arc::new(certs), Arc::clone(tickets))
-                    .map_err(|e| ConfigError::new("certificates", e))?,
+                crate::tls::server_config(
+                    Arc::new(certs),
+                    config.tls.session_tickets.then(|| Arc::clone(tickets)),
+                )
+                .map_err(|e| ConfigError::new("certificates", e))?,
             ),
             None => None,
         };

@@ -57,34 +57,25 @@ fn certificate_is_chosen_by_sni() {
     }
 }
 
-/// Sessions resume on whichever core the next connection lands on: the
-/// ticket keys are shared. The access log says which core served each
-/// connection, so the test can tell that both cores resumed tickets.
-#[test]
-fn sessions_resume_across_cores() {
-    let pki = Pki::new();
-    let leaf = pki.leaf("shop", &["shop.test"]);
-    let cfg = config(
-        &[&leaf],
-        json!([]),
-        json!([{"action": {"respond": {"body": "hi\n"}}}]),
+/// Makes 16 connections with one client config (which keeps and offers the
+/// tickets it gets), each with one request; returns each handshake's kind.
+fn handshake_kinds(
+    pki: &Pki,
+    addr: std::net::SocketAddr,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Vec<HandshakeKind> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
     );
-    let eb = Edgebox::start(&cfg, 2);
-    let addr = eb.addr("https");
-    for versions in [&[&rustls::version::TLS13], &[&rustls::version::TLS12]] {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca_der.clone()).unwrap();
-        let config = Arc::new(
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_protocol_versions(versions)
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        );
-        let before = eb.access_log().len();
-        let mut kinds = Vec::new();
-        for _ in 0..16 {
+    (0..16)
+        .map(|_| {
             let mut conn =
                 rustls::ClientConnection::new(Arc::clone(&config), server_name("shop.test"))
                     .unwrap();
@@ -99,8 +90,31 @@ fn sessions_resume_across_cores() {
                 "{}",
                 String::from_utf8_lossy(&reply)
             );
-            kinds.push(conn.handshake_kind().unwrap());
-        }
+            conn.handshake_kind().unwrap()
+        })
+        .collect()
+}
+
+const VERSIONS: [&[&rustls::SupportedProtocolVersion]; 2] =
+    [&[&rustls::version::TLS13], &[&rustls::version::TLS12]];
+
+/// Sessions resume on whichever core the next connection lands on: the
+/// ticket keys are shared. The access log says which core served each
+/// connection, so the test can tell that both cores resumed tickets.
+#[test]
+fn sessions_resume_across_cores() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let cfg = config(
+        &[&leaf],
+        json!([]),
+        json!([{"action": {"respond": {"body": "hi\n"}}}]),
+    );
+    let eb = Edgebox::start(&cfg, 2);
+    let addr = eb.addr("https");
+    for versions in VERSIONS {
+        let before = eb.access_log().len();
+        let kinds = handshake_kinds(&pki, addr, versions);
         assert_eq!(kinds[0], HandshakeKind::Full);
         assert!(
             kinds[1..].iter().all(|k| *k == HandshakeKind::Resumed),
@@ -118,6 +132,28 @@ fn sessions_resume_across_cores() {
             cores.len(),
             2,
             "resumed connections all landed on one core: {cores:?}"
+        );
+    }
+}
+
+/// `tls.session_tickets: false`: the same client, which would resume, gets a
+/// full handshake every time.
+#[test]
+fn without_session_tickets_every_handshake_is_full() {
+    let pki = Pki::new();
+    let leaf = pki.leaf("shop", &["shop.test"]);
+    let mut cfg = config(
+        &[&leaf],
+        json!([]),
+        json!([{"action": {"respond": {"body": "hi\n"}}}]),
+    );
+    cfg["tls"] = json!({"session_tickets": false});
+    let eb = Edgebox::start(&cfg, 1);
+    for versions in VERSIONS {
+        let kinds = handshake_kinds(&pki, eb.addr("https"), versions);
+        assert!(
+            kinds.iter().all(|k| *k == HandshakeKind::Full),
+            "{versions:?}: {kinds:?}"
         );
     }
 }

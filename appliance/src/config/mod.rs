@@ -166,6 +166,9 @@ pub struct TlsSettings {
     /// Session-ticket keys are replaced this often; a ticket stays valid for
     /// two periods.
     pub ticket_rotation_s: u64,
+    /// Issue TLS session tickets, so clients can resume. Off: every handshake
+    /// is full (the benchmarks' handshake scenario turns it off everywhere).
+    pub session_tickets: bool,
 }
 
 impl Default for TlsSettings {
@@ -173,6 +176,7 @@ impl Default for TlsSettings {
         Self {
             handshake_timeout_ms: 10_000,
             ticket_rotation_s: 3_600,
+            session_tickets: true,
         }
     }
 }

@@ -74,7 +74,7 @@ pub struct Prepared {
 #[derive(Debug)]
 enum PreparedKind {
     Config {
-        config: Config,
+        config: Box<Config>,
         sockets: Vec<(ListenerKey, Vec<std::os::fd::OwnedFd>)>,
         admin: Option<std::net::TcpListener>,
     },
@@ -112,7 +112,7 @@ impl Control {
         Ok(Prepared {
             snapshot,
             kind: PreparedKind::Config {
-                config: new,
+                config: Box::new(new),
                 sockets,
                 admin,
             },
@@ -190,7 +190,7 @@ impl Control {
                     }
                 }
                 self.shared.snapshot.store(Arc::new(prepared.snapshot));
-                self.config = config;
+                self.config = *config;
                 if let Some(listener) = admin {
                     let _ = self.admin_rebind.send(listener);
                 }

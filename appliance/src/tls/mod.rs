@@ -212,17 +212,21 @@ pub fn admin_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>,
     Ok(Arc::new(config))
 }
 
-/// The rustls configuration every HTTPS listener uses.
+/// The rustls configuration every HTTPS listener uses; without `tickets`,
+/// no session tickets are issued and every handshake is full.
 pub fn server_config(
     certs: Arc<CertResolver>,
-    tickets: Arc<TicketKeys>,
+    tickets: Option<Arc<TicketKeys>>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    config.ticketer = tickets;
+    match tickets {
+        Some(tickets) => config.ticketer = tickets,
+        None => config.send_tls13_tickets = 0,
+    }
     config.session_storage = Arc::new(NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
