@@ -31,7 +31,7 @@ pub async fn dispatch(
     req: Request<Incoming>,
 ) -> Result<Response<Body>> {
     let path = req.uri().path().to_owned();
-    let segments: Vec<String> = path
+    let segments: Vec<std::borrow::Cow<'_, str>> = path
         .trim_start_matches('/')
         .split('/')
         .map(crate::router::percent_decode)
@@ -39,7 +39,7 @@ pub async fn dispatch(
         .ok_or_else(|| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad percent-encoding in the path")
         })?;
-    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let segs: Vec<&str> = segments.iter().map(|s| &**s).collect();
     let m = req.method().clone();
     match (segs.as_slice(), &m) {
         (["metrics"], &Method::GET) => Ok(metrics(control)),

@@ -114,7 +114,7 @@ pub async fn open(
         })?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
     let activity = Activity::new();
-    let io = HyperIo(TrackedIo::new(stream, activity.clone()));
+    let io = HyperIo::new(TrackedIo::new(stream, activity.clone()));
     let handshaken = hyper::client::conn::http1::Builder::new()
         .handshake(io)
         .await?;

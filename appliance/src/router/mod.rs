@@ -209,7 +209,10 @@ impl<T> Router<T> {
 }
 
 /// Decodes `%XX` escapes; `None` for a bad escape or a non-UTF-8 result.
-pub fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -223,7 +226,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 /// RFC 3986 section 5.2.4, with `%2e`/`%2E` treated as `.`. Borrows when the

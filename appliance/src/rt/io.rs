@@ -13,13 +13,33 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 
 /// A futures-io stream seen as hyper IO.
 #[derive(Debug)]
-pub struct HyperIo<T>(pub T);
+pub struct HyperIo<T> {
+    inner: T,
+    /// How much the next read offers the stream below (see [`MIN_READ`]).
+    read_size: usize,
+}
+
+impl<T> HyperIo<T> {
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            read_size: MIN_READ,
+        }
+    }
+}
 
 /// The most one read hands hyper. hyper checks its header-size limits only
 /// between reads, and offers its buffer's whole spare capacity, so without a
-/// cap one read could take in a whole oversized request head (and every read
-/// would zero that much memory first). 16 KiB is a TLS record.
+/// cap one read could take in a whole oversized request head. 16 KiB is a
+/// TLS record.
 const MAX_READ: usize = 16 << 10;
+
+/// The least one read offers. The memory offered must be zeroed first (the
+/// streams below take initialised buffers), so the offer follows what reads
+/// bring: it doubles after a read that filled it and halves after one that
+/// brought less than half. A keep-alive connection of small requests zeroes
+/// 2 KiB a read instead of 16.
+const MIN_READ: usize = 2 << 10;
 
 impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
     fn poll_read(
@@ -30,9 +50,14 @@ impl<T: AsyncRead + Unpin> hyper::rt::Read for HyperIo<T> {
         // SAFETY: we only write initialised bytes into the cursor's memory
         // (zeroes, then what the reader puts there) and never de-initialise it.
         let unfilled = unsafe { buf.as_mut() };
-        let len = unfilled.len().min(MAX_READ);
+        let len = unfilled.len().min(self.read_size);
         let slice = init_zeroed(&mut unfilled[..len]);
-        let n = ready!(Pin::new(&mut self.0).poll_read(cx, slice))?;
+        let n = ready!(Pin::new(&mut self.inner).poll_read(cx, slice))?;
+        if n == len {
+            self.read_size = (self.read_size * 2).min(MAX_READ);
+        } else if n < len / 2 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
         // SAFETY: the reader initialised (and filled) the first `n` bytes.
         unsafe { buf.advance(n) };
         Poll::Ready(Ok(()))
@@ -54,7 +79,7 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -62,15 +87,15 @@ impl<T: AsyncWrite + Unpin> hyper::rt::Write for HyperIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_close(cx)
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -158,5 +183,285 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// What one flush hands the TLS stream at most: a TLS record's payload.
+const COALESCE: usize = 16 << 10;
+
+/// Gathers hyper's small writes and hands them to the stream below on flush.
+///
+/// futures-rustls seals and sends every write at once, so an HTTP/1.1
+/// response head and body, or a batch of HTTP/2 frames, would leave as a TLS
+/// record and a `send` each. Gathered, they leave as one record and one
+/// `send`. A write of a record's worth or more passes straight through when
+/// nothing is waiting, so large bodies are not copied once more.
+///
+/// With `defer_flush` (for HTTP/2), a flush first lets the core run the other
+/// tasks that are ready: the connection's streams answer in tasks of their
+/// own, each waking the connection as it queues a frame, and would otherwise
+/// get a flush (a record and a `send`) each. The second flush sends.
+#[derive(Debug)]
+pub struct WriteBuffer<T> {
+    inner: T,
+    buf: Vec<u8>,
+    /// How much of `buf` the stream below has taken.
+    sent: usize,
+    defer_flush: bool,
+    deferred: bool,
+}
+
+impl<T> WriteBuffer<T> {
+    pub fn new(inner: T, defer_flush: bool) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            sent: 0,
+            defer_flush,
+            deferred: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: AsyncWrite + Unpin> WriteBuffer<T> {
+    /// Hands everything gathered to the stream below.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        // An idle connection keeps no buffer (one allocation per flush is
+        // cheap next to the `send`).
+        self.buf = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteBuffer<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.len() + total > COALESCE {
+            ready!(this.poll_drain(cx))?;
+            if total >= COALESCE {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                return Pin::new(&mut this.inner).poll_write(cx, first);
+            }
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.defer_flush && !self.deferred && self.sent < self.buf.len() {
+            self.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.deferred = false;
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures_lite::future::block_on;
+    use futures_lite::io::AsyncWriteExt;
+
+    /// Records each write it is given.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Gives each read as many bytes as it asks for, up to `per_read`.
+    struct Source {
+        per_read: usize,
+        offered: Vec<usize>,
+    }
+
+    impl AsyncRead for Source {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            assert!(buf.iter().all(|b| *b == 0), "offered memory is zeroed");
+            self.offered.push(buf.len());
+            let n = buf.len().min(self.per_read);
+            buf[..n].fill(1);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn the_read_offer_follows_what_reads_bring() {
+        let mut io = HyperIo::new(Source {
+            per_read: usize::MAX,
+            offered: Vec::new(),
+        });
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut read = |io: &mut HyperIo<Source>| {
+            let mut mem = vec![MaybeUninit::<u8>::uninit(); 64 << 10];
+            let mut rb = hyper::rt::ReadBuf::uninit(&mut mem);
+            assert!(hyper::rt::Read::poll_read(Pin::new(io), &mut cx, rb.unfilled()).is_ready());
+        };
+        for _ in 0..5 {
+            read(&mut io);
+        }
+        // Full reads: 2, 4, 8, 16 KiB, then the cap.
+        assert_eq!(
+            io.inner.offered,
+            [2 << 10, 4 << 10, 8 << 10, 16 << 10, 16 << 10]
+        );
+        io.inner.per_read = 100;
+        io.inner.offered.clear();
+        for _ in 0..5 {
+            read(&mut io);
+        }
+        assert_eq!(
+            io.inner.offered,
+            [16 << 10, 8 << 10, 4 << 10, 2 << 10, 2 << 10]
+        );
+    }
+
+    #[test]
+    fn small_writes_leave_together_on_flush() {
+        let mut w = WriteBuffer::new(Writes::default(), false);
+        block_on(async {
+            w.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            w.write_all(b"body").await.unwrap();
+            assert!(w.inner.0.is_empty(), "nothing leaves before the flush");
+            w.flush().await.unwrap();
+        });
+        assert_eq!(w.inner.0, vec![b"HTTP/1.1 200 OK\r\n\r\nbody".to_vec()]);
+    }
+
+    #[test]
+    fn a_deferred_flush_yields_once_then_sends() {
+        let mut w = WriteBuffer::new(Writes::default(), true);
+        let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let waker = std::task::Waker::from(std::sync::Arc::new(Counter(woken.clone())));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut w).poll_write(&mut cx, b"frame 1").is_ready());
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_pending());
+        assert_eq!(
+            woken.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "it asks to be polled again"
+        );
+        assert!(Pin::new(&mut w)
+            .poll_write(&mut cx, b", frame 2")
+            .is_ready());
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
+        assert_eq!(w.inner.0, vec![b"frame 1, frame 2".to_vec()]);
+        // Nothing waiting: nothing to defer.
+        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
+    }
+
+    struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn large_writes_pass_through_after_what_waits() {
+        let mut w = WriteBuffer::new(Writes::default(), false);
+        let big = vec![7u8; COALESCE * 2];
+        block_on(async {
+            w.write_all(b"head").await.unwrap();
+            w.write_all(&big).await.unwrap();
+            w.write_all(b"tail").await.unwrap();
+            w.close().await.unwrap();
+        });
+        let writes = &w.inner.0;
+        assert_eq!(writes[0], b"head");
+        assert_eq!(
+            writes[1], big,
+            "the large write was not copied into the buffer"
+        );
+        assert_eq!(writes[2], b"tail");
+        assert_eq!(writes.len(), 3);
+    }
+
+    #[test]
+    fn gathered_bytes_never_exceed_a_record() {
+        let mut w = WriteBuffer::new(Writes::default(), false);
+        let chunk = vec![1u8; 5000];
+        block_on(async {
+            for _ in 0..10 {
+                w.write_all(&chunk).await.unwrap();
+            }
+            w.flush().await.unwrap();
+        });
+        let writes = &w.inner.0;
+        assert!(
+            writes.iter().all(|b| b.len() <= COALESCE),
+            "{:?}",
+            writes.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert_eq!(writes.iter().map(Vec::len).sum::<usize>(), 50_000);
     }
 }

@@ -11,7 +11,7 @@
 
 mod io;
 
-pub use io::{Activity, HyperIo, TrackedIo};
+pub use io::{Activity, HyperIo, TrackedIo, WriteBuffer};
 
 use std::future::Future;
 use std::net::SocketAddr;

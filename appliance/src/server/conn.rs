@@ -12,7 +12,9 @@ use super::core::Core;
 use crate::config::Protocol;
 use crate::proxy::tunnel::{self, Prefixed};
 use crate::proxy::{self, ConnInfo};
-use crate::rt::{self, Activity, CoreTimer, Either, HyperIo, LocalExec, TcpStream, TrackedIo};
+use crate::rt::{
+    self, Activity, CoreTimer, Either, HyperIo, LocalExec, TcpStream, TrackedIo, WriteBuffer,
+};
 
 /// Serves `stream`, accepted on listener `listener`, until it closes, goes idle,
 /// or the core stops (then in-flight requests finish first).
@@ -58,7 +60,7 @@ pub async fn serve(
         Protocol::Http => {
             let info = Rc::new(info);
             let conn = http1_builder(limits.header_timeout)
-                .serve_connection(HyperIo(io), service(core.clone(), Rc::clone(&info)));
+                .serve_connection(HyperIo::new(io), service(core.clone(), Rc::clone(&info)));
             serve_http1(conn, &info, watch, limits.idle_timeout).await;
         }
         Protocol::Https => {
@@ -91,16 +93,18 @@ pub async fn serve(
                 .handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
             info.scheme = "https";
             let h2 = session.alpn_protocol() == Some(b"h2");
+            let tls = WriteBuffer::new(tls, h2);
             let info = Rc::new(info);
             let svc = service(core.clone(), Rc::clone(&info));
             if h2 {
                 let conn = http2::Builder::new(LocalExec)
                     .timer(CoreTimer)
                     .max_header_list_size(MAX_HEAD as u32)
-                    .serve_connection(HyperIo(tls), svc);
+                    .serve_connection(HyperIo::new(tls), svc);
                 watch.drive(std::pin::pin!(conn)).await;
             } else {
-                let conn = http1_builder(limits.header_timeout).serve_connection(HyperIo(tls), svc);
+                let conn =
+                    http1_builder(limits.header_timeout).serve_connection(HyperIo::new(tls), svc);
                 serve_http1(conn, &info, watch, limits.idle_timeout).await;
             }
         }
