@@ -187,8 +187,11 @@ async fn respond(
                 "404 Not Found: no route for this host and path\n",
             )
         }
+        // Boxed: a proxied request's state is large, and would otherwise
+        // make every request's future (which hyper keeps allocated for each
+        // open connection) as large.
         Some(Chosen::HostMap(pool)) => {
-            return proxy_to(core, snap, pool, conn, &authority, req, record).await
+            return Box::pin(proxy_to(core, snap, pool, conn, &authority, req, record)).await
         }
         Some(Chosen::Action(action)) => action,
     };
@@ -196,7 +199,7 @@ async fn respond(
     // 4. act
     match action {
         RouteAction::Proxy(index) => {
-            proxy_to(core, snap, *index, conn, &authority, req, record).await
+            Box::pin(proxy_to(core, snap, *index, conn, &authority, req, record)).await
         }
         RouteAction::Redirect { to, status } => {
             let mut r = Response::new(ResBody::empty());

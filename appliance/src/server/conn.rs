@@ -61,14 +61,18 @@ pub async fn serve(
             let info = Rc::new(info);
             let conn = http1_builder(limits.header_timeout)
                 .serve_connection(HyperIo::new(io), service(core.clone(), Rc::clone(&info)));
-            serve_http1(conn, &info, watch, limits.idle_timeout).await;
+            serve_http1(Box::new(conn), &info, watch, limits.idle_timeout).await;
         }
         Protocol::Https => {
             let Some(tls) = snap.snap.tls.clone() else {
                 return;
             };
             drop(snap);
-            let handshake = futures_rustls::TlsAcceptor::from(tls).accept(io);
+            // The handshake and the connection live in allocations of their
+            // own, each only while it is needed, instead of in this future,
+            // which would be as large as all of them together for the
+            // connection's whole life (see docs/benchmarks.md, idle memory).
+            let handshake = Box::pin(futures_rustls::TlsAcceptor::from(tls).accept(io));
             let tls = match rt::race(
                 rt::timeout(limits.handshake_timeout, handshake),
                 watch.stop.recv(),
@@ -97,15 +101,17 @@ pub async fn serve(
             let info = Rc::new(info);
             let svc = service(core.clone(), Rc::clone(&info));
             if h2 {
-                let conn = http2::Builder::new(LocalExec)
-                    .timer(CoreTimer)
-                    .max_header_list_size(MAX_HEAD as u32)
-                    .serve_connection(HyperIo::new(tls), svc);
-                watch.drive(std::pin::pin!(conn)).await;
+                let mut conn = Box::pin(
+                    http2::Builder::new(LocalExec)
+                        .timer(CoreTimer)
+                        .max_header_list_size(MAX_HEAD as u32)
+                        .serve_connection(HyperIo::new(tls), svc),
+                );
+                watch.drive(conn.as_mut()).await;
             } else {
                 let conn =
                     http1_builder(limits.header_timeout).serve_connection(HyperIo::new(tls), svc);
-                serve_http1(conn, &info, watch, limits.idle_timeout).await;
+                serve_http1(Box::new(conn), &info, watch, limits.idle_timeout).await;
             }
         }
     }
@@ -114,7 +120,7 @@ pub async fn serve(
 /// Serves HTTP/1.1 until the connection ends; if a request was granted an
 /// upgrade, joins the client socket to the parked backend socket.
 async fn serve_http1<I, S>(
-    mut conn: http1::Connection<I, S>,
+    mut conn: Box<http1::Connection<I, S>>,
     info: &ConnInfo,
     watch: Watch,
     idle: Duration,
@@ -124,7 +130,7 @@ async fn serve_http1<I, S>(
     S::ResBody: 'static,
     <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if !watch.drive(Pin::new(&mut conn)).await {
+    if !watch.drive(Pin::new(&mut *conn)).await {
         return;
     }
     let Some(backend) = info.tunnel.borrow_mut().take() else {
@@ -132,7 +138,7 @@ async fn serve_http1<I, S>(
     };
     let parts = conn.into_parts();
     let client = Prefixed::new(parts.read_buf, parts.io);
-    if let Err(e) = tunnel::run(client, backend, idle).await {
+    if let Err(e) = Box::pin(tunnel::run(client, backend, idle)).await {
         tracing::debug!(client = %info.client, "tunnel ended: {e}");
     }
 }
