@@ -186,6 +186,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 }
 
+/// How many times a connection's future has been polled (see
+/// [`WriteBuffer`]); [`CountPolls`] counts.
+#[derive(Debug, Clone, Default)]
+pub struct Polls(Rc<Cell<u64>>);
+
+/// A future that counts its polls in a [`Polls`].
+#[derive(Debug)]
+pub struct CountPolls<F> {
+    pub inner: F,
+    polls: Polls,
+}
+
+impl<F> CountPolls<F> {
+    pub fn new(inner: F, polls: Polls) -> Self {
+        Self { inner, polls }
+    }
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for CountPolls<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls.0.set(self.polls.0.get() + 1);
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
 /// What one flush hands the TLS stream at most: a TLS record's payload.
 const COALESCE: usize = 16 << 10;
 
@@ -197,28 +224,33 @@ const COALESCE: usize = 16 << 10;
 /// `send`. A write of a record's worth or more passes straight through when
 /// nothing is waiting, so large bodies are not copied once more.
 ///
-/// With `defer_flush` (for HTTP/2), a flush first lets the core run the other
-/// tasks that are ready: the connection's streams answer in tasks of their
-/// own, each waking the connection as it queues a frame, and would otherwise
-/// get a flush (a record and a `send`) each. The second flush sends.
+/// With a [`Polls`] count (for HTTP/2), flushes wait for the connection's next
+/// poll. The h2 codec flushes after every frame with a body over 256 bytes, and
+/// the connection's streams answer in tasks of their own, so flushing at once
+/// would send a record per response. Instead, the first flush of a poll only
+/// asks for another poll and reports success; every frame of this poll, and
+/// of the stream tasks that run before the next, is gathered; the first
+/// flush of the next poll sends them together (h2 flushes at the end of every
+/// poll). Closing sends whatever waits.
 #[derive(Debug)]
 pub struct WriteBuffer<T> {
     inner: T,
     buf: Vec<u8>,
     /// How much of `buf` the stream below has taken.
     sent: usize,
-    defer_flush: bool,
-    deferred: bool,
+    defer: Option<Polls>,
+    /// The poll in which a flush was put off.
+    put_off_in: Option<u64>,
 }
 
 impl<T> WriteBuffer<T> {
-    pub fn new(inner: T, defer_flush: bool) -> Self {
+    pub fn new(inner: T, defer: Option<Polls>) -> Self {
         Self {
             inner,
             buf: Vec::new(),
             sent: 0,
-            defer_flush,
-            deferred: false,
+            defer,
+            put_off_in: None,
         }
     }
 
@@ -288,12 +320,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteBuffer<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.defer_flush && !self.deferred && self.sent < self.buf.len() {
-            self.deferred = true;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if let Some(polls) = &self.defer {
+            let now = polls.0.get();
+            if self.sent < self.buf.len() && self.put_off_in.is_none_or(|p| p == now) {
+                if self.put_off_in.is_none() {
+                    self.put_off_in = Some(now);
+                    cx.waker().wake_by_ref();
+                }
+                return Poll::Ready(Ok(()));
+            }
         }
-        self.deferred = false;
+        self.put_off_in = None;
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
@@ -386,7 +423,7 @@ mod tests {
 
     #[test]
     fn small_writes_leave_together_on_flush() {
-        let mut w = WriteBuffer::new(Writes::default(), false);
+        let mut w = WriteBuffer::new(Writes::default(), None);
         block_on(async {
             w.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
             w.write_all(b"body").await.unwrap();
@@ -397,25 +434,36 @@ mod tests {
     }
 
     #[test]
-    fn a_deferred_flush_yields_once_then_sends() {
-        let mut w = WriteBuffer::new(Writes::default(), true);
+    fn flushes_wait_for_the_next_poll() {
+        let polls = Polls::default();
+        let mut w = WriteBuffer::new(Writes::default(), Some(polls.clone()));
         let woken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let waker = std::task::Waker::from(std::sync::Arc::new(Counter(woken.clone())));
         let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut w).poll_write(&mut cx, b"frame 1").is_ready());
-        assert!(Pin::new(&mut w).poll_flush(&mut cx).is_pending());
+        let mut write = |w: &mut WriteBuffer<Writes>, b: &[u8]| {
+            assert!(Pin::new(&mut *w).poll_write(&mut cx, b).is_ready());
+            assert!(Pin::new(&mut *w).poll_flush(&mut cx).is_ready());
+        };
+        polls.0.set(1);
+        write(&mut w, b"frame 1");
+        write(&mut w, b", frame 2");
+        assert!(w.inner.0.is_empty(), "nothing leaves within the poll");
         assert_eq!(
             woken.load(std::sync::atomic::Ordering::Relaxed),
             1,
-            "it asks to be polled again"
+            "one more poll is asked for"
         );
-        assert!(Pin::new(&mut w)
-            .poll_write(&mut cx, b", frame 2")
-            .is_ready());
+        polls.0.set(2);
+        write(&mut w, b", frame 3");
+        assert_eq!(w.inner.0, vec![b"frame 1, frame 2, frame 3".to_vec()]);
+        // Nothing waiting: nothing to put off.
         assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
-        assert_eq!(w.inner.0, vec![b"frame 1, frame 2".to_vec()]);
-        // Nothing waiting: nothing to defer.
+        assert_eq!(woken.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Closing sends what waits.
+        assert!(Pin::new(&mut w).poll_write(&mut cx, b"goaway").is_ready());
         assert!(Pin::new(&mut w).poll_flush(&mut cx).is_ready());
+        assert!(Pin::new(&mut w).poll_close(&mut cx).is_ready());
+        assert_eq!(w.inner.0.last().unwrap(), b"goaway");
     }
 
     struct Counter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
@@ -428,7 +476,7 @@ mod tests {
 
     #[test]
     fn large_writes_pass_through_after_what_waits() {
-        let mut w = WriteBuffer::new(Writes::default(), false);
+        let mut w = WriteBuffer::new(Writes::default(), None);
         let big = vec![7u8; COALESCE * 2];
         block_on(async {
             w.write_all(b"head").await.unwrap();
@@ -448,7 +496,7 @@ mod tests {
 
     #[test]
     fn gathered_bytes_never_exceed_a_record() {
-        let mut w = WriteBuffer::new(Writes::default(), false);
+        let mut w = WriteBuffer::new(Writes::default(), None);
         let chunk = vec![1u8; 5000];
         block_on(async {
             for _ in 0..10 {

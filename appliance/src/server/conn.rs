@@ -13,7 +13,8 @@ use crate::config::Protocol;
 use crate::proxy::tunnel::{self, Prefixed};
 use crate::proxy::{self, ConnInfo};
 use crate::rt::{
-    self, Activity, CoreTimer, Either, HyperIo, LocalExec, TcpStream, TrackedIo, WriteBuffer,
+    self, Activity, CoreTimer, CountPolls, Either, HyperIo, LocalExec, TcpStream, TrackedIo,
+    WriteBuffer,
 };
 
 /// Serves `stream`, accepted on listener `listener`, until it closes, goes idle,
@@ -97,17 +98,19 @@ pub async fn serve(
                 .handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
             info.scheme = "https";
             let h2 = session.alpn_protocol() == Some(b"h2");
-            let tls = WriteBuffer::new(tls, h2);
+            let polls = rt::Polls::default();
+            let tls = WriteBuffer::new(tls, h2.then(|| polls.clone()));
             let info = Rc::new(info);
             let svc = service(core.clone(), Rc::clone(&info));
             if h2 {
-                let mut conn = Box::pin(
+                let conn = Box::pin(
                     http2::Builder::new(LocalExec)
                         .timer(CoreTimer)
                         .max_header_list_size(MAX_HEAD as u32)
                         .serve_connection(HyperIo::new(tls), svc),
                 );
-                watch.drive(conn.as_mut()).await;
+                let mut conn = CountPolls::new(conn, polls);
+                watch.drive(Pin::new(&mut conn)).await;
             } else {
                 let conn =
                     http1_builder(limits.header_timeout).serve_connection(HyperIo::new(tls), svc);
@@ -210,6 +213,12 @@ where
 {
     fn start_graceful_shutdown(self: Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+impl<C: Graceful + ?Sized> Graceful for CountPolls<Pin<Box<C>>> {
+    fn start_graceful_shutdown(mut self: Pin<&mut Self>) {
+        self.inner.as_mut().start_graceful_shutdown();
     }
 }
 
