@@ -307,15 +307,26 @@ pub(super) async fn read_json<T: DeserializeOwned>(
     }
 }
 
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit as u64)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("cannot read the body: {e}"),
-        )),
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes> {
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        if let Some(data) = frame.data_ref() {
+            if read.len() + data.len() > limit {
+                // Read the rest first: a client still sending to a closed
+                // connection gets a reset, which loses the 413.
+                super::content::drain(&mut body).await;
+                return Err(too_large(limit as u64));
+            }
+            read.extend_from_slice(data);
+        }
     }
+    Ok(read.freeze())
 }
 
 fn too_large(limit: u64) -> ApiError {

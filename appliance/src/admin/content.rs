@@ -104,7 +104,7 @@ pub async fn blob(
 
 /// Reads and discards what is left of a request body: at most [`MAX_BLOB`]
 /// bytes, for at most 10 s.
-async fn drain<B>(body: &mut B)
+pub(super) async fn drain<B>(body: &mut B)
 where
     B: hyper::body::Body + Unpin,
 {
