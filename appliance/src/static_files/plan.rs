@@ -54,7 +54,10 @@ pub fn plan(m: &Manifest, method: &Method, path: &str, req: &HeaderMap) -> Plan 
         Some(v) => (v.hash, v.size),
         None => (file.hash, file.size),
     };
-    let etag = format!("\"{blob}\"");
+    let mut etag = String::with_capacity(66);
+    etag.push('"');
+    etag.push_str(std::str::from_utf8(&blob.to_hex()).unwrap_or_default());
+    etag.push('"');
     let mut headers = vec![
         (header::CONTENT_TYPE, file.content_type.clone()),
         (header::ETAG, etag.clone()),
