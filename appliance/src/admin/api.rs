@@ -310,12 +310,7 @@ pub(super) async fn read_json<T: DeserializeOwned>(
 async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes> {
     let mut read = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(unreadable_body)?;
         if let Some(data) = frame.data_ref() {
             if read.len() + data.len() > limit {
                 // Read the rest first: a client still sending to a closed
@@ -327,6 +322,13 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes> {
         }
     }
     Ok(read.freeze())
+}
+
+fn unreadable_body(e: hyper::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        format!("cannot read the body: {e}"),
+    )
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -716,12 +718,7 @@ async fn import_hostmap(
     let mut importer = Importer::new();
     let mut size = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the body: {e}"),
-            )
-        })?;
+        let frame = frame.map_err(unreadable_body)?;
         if let Some(data) = frame.data_ref() {
             size += data.len() as u64;
             if size > MAX_HOSTMAP {
