@@ -52,6 +52,14 @@ fn ratio(scenario: Scenario, ours: f64, theirs: f64) -> f64 {
     }
 }
 
+/// The best median of the servers other than edgebox in `scenario`.
+fn best_peer(rows: &[Row], scenario: Scenario) -> Option<f64> {
+    rows.iter()
+        .filter(|r| r.scenario == scenario && r.server != Server::Edgebox)
+        .map(|r| r.median)
+        .max_by(|a, b| ratio(scenario, *a, *b).total_cmp(&1.0))
+}
+
 pub fn summarize(samples: &[Sample]) -> Vec<Row> {
     let mut rows = Vec::new();
     for scenario in SCENARIOS {
@@ -96,12 +104,8 @@ pub fn summarize(samples: &[Sample]) -> Vec<Row> {
             continue;
         }
         let scenario = rows[i].scenario;
-        let best_peer = rows
-            .iter()
-            .filter(|r| r.scenario == scenario && r.server != Server::Edgebox)
-            .map(|r| r.median)
-            .max_by(|a, b| ratio(scenario, *a, *b).total_cmp(&1.0));
-        rows[i].vs_best_peer = best_peer.map(|p| ratio(scenario, rows[i].median, p));
+        rows[i].vs_best_peer =
+            best_peer(&rows, scenario).map(|p| ratio(scenario, rows[i].median, p));
     }
     rows
 }
@@ -205,11 +209,9 @@ pub fn chart(rows: &[Row], path: &Path, title: &str) -> Result<()> {
         .into_iter()
         .filter(|s| rows.iter().any(|r| r.scenario == *s))
         .collect();
+    // Without a peer in the scenario (`--server edgebox`), edgebox is 1.0.
     let best_peer = |s: Scenario| {
-        rows.iter()
-            .filter(|r| r.scenario == s && r.server != Server::Edgebox)
-            .map(|r| r.median)
-            .max_by(|a, b| ratio(s, *a, *b).total_cmp(&1.0))
+        best_peer(rows, s)
             .or_else(|| rows.iter().find(|r| r.scenario == s).map(|r| r.median))
             .unwrap_or(1.0)
     };

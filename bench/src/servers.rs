@@ -276,19 +276,29 @@ fn start(
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
     let mut running = Running { name, child };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while port_free(port) {
+    wait_listening(port, name, || {
         if let Some(status) = running.child.try_wait()? {
             let log =
                 std::fs::read_to_string(work.path(&format!("{name}.log"))).unwrap_or_default();
             bail!("{name} exited ({status}) before it listened:\n{log}");
         }
+        Ok(())
+    })?;
+    Ok(running)
+}
+
+/// Waits up to 30 s for 127.0.0.1:`port` to accept connections, asking
+/// `alive` between tries (an error from it ends the wait).
+fn wait_listening(port: u16, what: &str, mut alive: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while port_free(port) {
+        alive()?;
         if Instant::now() > deadline {
-            bail!("{name} did not listen on port {port} within 30 s");
+            bail!("{what} did not listen on port {port} within 30 s");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(running)
+    Ok(())
 }
 
 /// The shared backend, on the load core.
@@ -368,13 +378,7 @@ pub fn start_server(work: &Workdir, server: Server, core: usize) -> Result<Runni
 
 /// `edgebox publish www --site bench` (only the first start uploads).
 fn publish(work: &Workdir, data: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while port_free(EDGEBOX_ADMIN_PORT) {
-        if Instant::now() > deadline {
-            bail!("edgebox's admin API did not listen within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(EDGEBOX_ADMIN_PORT, "edgebox's admin API", || Ok(()))?;
     let out = Command::new(&work.edgebox)
         .arg("publish")
         .arg(work.path("www"))
