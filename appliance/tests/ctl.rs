@@ -80,6 +80,8 @@ fn ctl_manages_pools_backends_host_map_and_config() {
             .eq(["app", &b.addr.to_string(), "2", "enabled"])),
         "{table}"
     );
+    // The resource alone lists, as `list` does.
+    assert_eq!(ok(ctl(eb, &["pools"])), table);
     assert_eq!(shop.status(&[&shop.url("/")]), "200");
 
     // --json gives the API's JSON.

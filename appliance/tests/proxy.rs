@@ -362,6 +362,47 @@ fn idle_client_connections_are_closed() {
     );
 }
 
+/// A keep-alive connection waiting for its next request is governed by
+/// `client.idle_timeout_ms`, not by `client.header_timeout_ms`; the header
+/// timeout starts with the next request's first byte.
+#[test]
+fn keep_alive_waits_the_idle_timeout_not_the_header_timeout() {
+    use std::io::{Read, Write};
+    let header_timeout = Duration::from_millis(300);
+    let shop = Shop::start(&[], 1, |cfg| {
+        cfg["client"] = json!({"header_timeout_ms": 300, "idle_timeout_ms": 20_000});
+        cfg["routes"] = json!([{"action": {"respond": {"body": "ok\n"}}}]);
+    });
+    let mut tcp = std::net::TcpStream::connect(shop.eb.addr("http")).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let get = b"GET / HTTP/1.1\r\nHost: shop.test\r\n\r\n";
+    tcp.write_all(get).unwrap();
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Between requests for four header timeouts: still open.
+    std::thread::sleep(header_timeout * 4);
+    tcp.write_all(get).unwrap();
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the keep-alive connection was closed after the header timeout: {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // A request begun but not finished is still cut off by the header
+    // timeout (counted from its first byte), long before the idle timeout.
+    std::thread::sleep(header_timeout * 2);
+    let start = Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: sh").unwrap();
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    let waited = start.elapsed();
+    assert!(
+        waited >= header_timeout - Duration::from_millis(50) && waited < Duration::from_secs(5),
+        "a partial head was cut off after {waited:?}"
+    );
+}
+
 /// Requests that could be framed two ways cannot smuggle a second request,
 /// and unsupported codings and oversized heads are refused.
 #[test]

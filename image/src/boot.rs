@@ -81,14 +81,55 @@ pub struct BootOptions {
     pub direct: Option<(PathBuf, PathBuf, String)>,
     /// Scratch space (the firmware's variable store copy).
     pub work: PathBuf,
+    /// QEMU gets SIGTERM from the kernel when the thread that started it
+    /// ends, however it ends (`edgebox-image boot`: even on SIGKILL). Only
+    /// for a thread that lives as long as the VM should.
+    pub die_with_parent: bool,
 }
 
 /// A running VM; killed (by its PID) when dropped.
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
+    /// Refers to this QEMU process and no other, even once it is reaped.
+    pidfd: Arc<std::os::fd::OwnedFd>,
     pub started: Instant,
     pub accel: Accel,
+}
+
+/// Stops a VM's QEMU from another thread (a signal handler's): SIGTERM,
+/// then SIGKILL if it is still there after a grace period. It signals
+/// through a pidfd, so it never reaches another process that was given the
+/// same PID after QEMU was reaped.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    pidfd: Arc<std::os::fd::OwnedFd>,
+}
+
+impl Stopper {
+    /// Asks QEMU to exit (it shuts the VM down as on a power cut, leaving
+    /// its disk files consistent); kills it if it has not after `grace`.
+    pub fn stop(&self, grace: Duration) {
+        use rustix::process::{pidfd_send_signal, Signal};
+        if pidfd_send_signal(&*self.pidfd, Signal::TERM).is_err() {
+            return;
+        }
+        let until = Instant::now() + grace;
+        while Instant::now() < until {
+            if !self.running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = pidfd_send_signal(&*self.pidfd, Signal::KILL);
+    }
+
+    /// Whether QEMU has not exited yet (a pidfd reads ready once it has).
+    fn running(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(&*self.pidfd, PollFlags::IN)];
+        matches!(poll(&mut fds, None), Ok(0))
+    }
 }
 
 impl Vm {
@@ -192,12 +233,31 @@ impl Vm {
                     .stdin(Stdio::null());
             }
         }
+        if opts.die_with_parent {
+            die_with_parent(&mut cmd);
+        }
         let started = Instant::now();
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", tools::show(&cmd)))?;
+        // Not reaped yet, so the PID is still this child's.
+        let pidfd = rustix::process::Pid::from_raw(child.id() as i32)
+            .context("QEMU's PID")
+            .and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                    .context("pidfd_open for QEMU")
+            });
+        let pidfd = match pidfd {
+            Ok(fd) => Arc::new(fd),
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         Ok(Vm {
             child,
+            pidfd,
             started,
             accel,
         })
@@ -205,6 +265,13 @@ impl Vm {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops this VM from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            pidfd: Arc::clone(&self.pidfd),
+        }
     }
 
     /// Waits until an HTTPS request to 127.0.0.1:`port` gets a response;
@@ -266,6 +333,28 @@ impl Drop for Vm {
         if matches!(self.child.try_wait(), Ok(None)) {
             self.kill();
         }
+    }
+}
+
+/// Makes the kernel send QEMU SIGTERM when the thread that starts it ends.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // two system calls (prctl, getppid), which are async-signal-safe; it
+    // allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
+            // The parent may have died before the prctl: then nobody sends it.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::Error::other(
+                    "edgebox-image exited during the start",
+                ));
+            }
+            Ok(())
+        });
     }
 }
 

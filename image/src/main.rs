@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -192,16 +194,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 snapshot,
                 direct: None,
                 work: work.unwrap_or_else(default_work),
+                // Even if this process is killed, QEMU (and its forwarded
+                // ports) go with it.
+                die_with_parent: true,
             })?;
+            let signalled = stop_on_signals(&vm)?;
             eprintln!("edgebox-image: QEMU pid {} ({:?})", vm.pid(), vm.accel);
+            let stopped_by = || match signalled.load(Ordering::Acquire) {
+                0 => None,
+                sig => Some(sig),
+            };
             if let Some(port) = https {
-                let (status, after) = vm.wait_https(port, Duration::from_secs(timeout))?;
-                eprintln!(
-                    "edgebox-image: first HTTPS response ({status}) on 127.0.0.1:{port} after {:.1} s",
-                    after.as_secs_f64()
-                );
+                match vm.wait_https(port, Duration::from_secs(timeout)) {
+                    Ok((status, after)) => eprintln!(
+                        "edgebox-image: first HTTPS response ({status}) on 127.0.0.1:{port} after {:.1} s",
+                        after.as_secs_f64()
+                    ),
+                    Err(e) if stopped_by().is_none() => return Err(e),
+                    Err(_) => {}
+                }
             }
             let status = vm.wait()?;
+            if let Some(sig) = stopped_by() {
+                eprintln!("edgebox-image: stopped by signal {sig}; QEMU stopped too ({status})");
+                return Ok(ExitCode::from(128u8.saturating_add(sig as u8)));
+            }
             eprintln!("edgebox-image: QEMU exited ({status})");
             Ok(if status.success() {
                 ExitCode::SUCCESS
@@ -210,4 +227,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// On SIGTERM, SIGINT or SIGHUP, stops QEMU (it exits, and its forwarded
+/// ports are free, before this process does); the value is the signal, or 0.
+fn stop_on_signals(vm: &Vm) -> anyhow::Result<Arc<AtomicI32>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let signalled = Arc::new(AtomicI32::new(0));
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let stopper = vm.stopper();
+    let flag = Arc::clone(&signalled);
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            flag.store(sig, Ordering::Release);
+            stopper.stop(Duration::from_secs(10));
+        }
+    });
+    Ok(signalled)
 }

@@ -49,3 +49,10 @@ pub fn shared_image() -> Result<&'static Built> {
     let built = build::build(&options(output))?;
     Ok(IMAGE.get_or_init(|| built))
 }
+
+/// A loopback port that was free a moment ago, for QEMU to forward from.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

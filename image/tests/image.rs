@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -23,11 +23,7 @@ fn image() -> &'static Path {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    edgebox_image::testing::free_port().unwrap()
 }
 
 /// Prints the serial console if the test fails.
@@ -69,6 +65,7 @@ fn boot(disk: &Path, serial: &Path, direct: Option<String>) -> (Vm, u16, SocketA
         snapshot: false,
         direct: direct.map(|cmdline| (built.vmlinuz.clone(), built.initrd.clone(), cmdline)),
         work: work(),
+        die_with_parent: false,
     })
     .unwrap();
     (vm, https, ([127, 0, 0, 1], admin).into())

@@ -130,6 +130,7 @@ impl Appliance {
                 }
             },
             work: h.dir.clone(),
+            die_with_parent: false,
         })
         .expect("starting QEMU");
         Appliance {

@@ -70,45 +70,45 @@ pub struct CtlArgs {
 enum CtlCommand {
     /// Version, uptime, generations, per-core load.
     Status,
-    /// The whole config document.
+    /// The whole config document (default: print it).
     Config {
         #[command(subcommand)]
-        action: DocAction,
+        action: Option<DocAction>,
     },
-    /// The listeners (a JSON array).
+    /// The listeners, a JSON array (default: print them).
     Listeners {
         #[command(subcommand)]
-        action: DocAction,
+        action: Option<DocAction>,
     },
-    /// The routes (a JSON array).
+    /// The routes, a JSON array (default: print them).
     Routes {
         #[command(subcommand)]
-        action: DocAction,
+        action: Option<DocAction>,
     },
-    /// Pools of backends.
+    /// Pools of backends (default: list them).
     Pools {
         #[command(subcommand)]
-        action: PoolAction,
+        action: Option<PoolAction>,
     },
     /// One backend of a pool.
     Backend {
         #[command(subcommand)]
         action: BackendAction,
     },
-    /// TLS certificates (private keys are never shown).
+    /// TLS certificates; private keys are never shown (default: list them).
     Certs {
         #[command(subcommand)]
-        action: CertAction,
+        action: Option<CertAction>,
     },
     /// The host → pool map.
     Hostmap {
         #[command(subcommand)]
         action: HostmapAction,
     },
-    /// Published static sites.
+    /// Published static sites (default: list them).
     Sites {
         #[command(subcommand)]
-        action: SiteAction,
+        action: Option<SiteAction>,
     },
     /// The content store: garbage collection and scrubbing.
     Store {
@@ -122,7 +122,7 @@ enum CtlCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Replace the admin token; prints the new one.
+    /// The admin token.
     Token {
         #[command(subcommand)]
         action: TokenAction,
@@ -150,42 +150,32 @@ enum DocAction {
 
 #[derive(Debug, Subcommand)]
 enum PoolAction {
+    /// Every pool with its backends, weights and states.
     List,
-    Get {
-        name: String,
-    },
+    /// One pool as JSON.
+    Get { name: String },
     /// Create or replace a pool from a JSON file.
-    Put {
-        name: String,
-        file: PathBuf,
-    },
-    Delete {
-        name: String,
-    },
+    Put { name: String, file: PathBuf },
+    /// Remove a pool (refused while a route or the host map uses it).
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum BackendAction {
+    /// Add a backend (HOST:PORT) to a pool.
     Add {
         pool: String,
         address: String,
         #[arg(long, default_value_t = 1)]
         weight: u32,
     },
-    Remove {
-        pool: String,
-        address: String,
-    },
+    /// Remove a backend from a pool at once (drain it first for no errors).
+    Remove { pool: String, address: String },
     /// No new requests; those in flight finish.
-    Drain {
-        pool: String,
-        address: String,
-    },
+    Drain { pool: String, address: String },
     /// Back into rotation.
-    Enable {
-        pool: String,
-        address: String,
-    },
+    Enable { pool: String, address: String },
+    /// Set a backend's share of new requests (0 sends none).
     Weight {
         pool: String,
         address: String,
@@ -195,6 +185,7 @@ enum BackendAction {
 
 #[derive(Debug, Subcommand)]
 enum CertAction {
+    /// Every certificate with the names it serves.
     List,
     /// Upload (or replace) a certificate and its key.
     Put {
@@ -210,46 +201,34 @@ enum CertAction {
         #[arg(long)]
         default: bool,
     },
-    Delete {
-        name: String,
-    },
+    /// Remove a certificate and its key.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum HostmapAction {
     /// Replace the whole map with an NDJSON file (`{"host":…,"pool":…}` a line).
-    Import {
-        file: PathBuf,
-    },
+    Import { file: PathBuf },
     /// Print the whole map as NDJSON.
     Export,
-    Get {
-        host: String,
-    },
-    Set {
-        host: String,
-        pool: String,
-    },
-    Delete {
-        host: String,
-    },
+    /// The pool one host is mapped to.
+    Get { host: String },
+    /// Map one host to a pool.
+    Set { host: String, pool: String },
+    /// Remove one host from the map.
+    Delete { host: String },
 }
 
 #[derive(Debug, Subcommand)]
 enum SiteAction {
+    /// Every site with its generation and kept generations.
     List,
-    Get {
-        site: String,
-    },
+    /// One site as JSON: its generation, manifest and history.
+    Get { site: String },
     /// Serve a kept earlier generation again.
-    Rollback {
-        site: String,
-        generation: u64,
-    },
+    Rollback { site: String, generation: u64 },
     /// Stop serving a site.
-    Delete {
-        site: String,
-    },
+    Delete { site: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +244,7 @@ enum StoreAction {
 
 #[derive(Debug, Subcommand)]
 enum TokenAction {
+    /// Replace the token; prints the new one (the old one stops working).
     Rotate,
 }
 
@@ -288,7 +268,7 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
         CtlCommand::Config { action } => doc(&client, "/v1/config", action, json_out)?,
         CtlCommand::Listeners { action } => doc(&client, "/v1/listeners", action, json_out)?,
         CtlCommand::Routes { action } => doc(&client, "/v1/routes", action, json_out)?,
-        CtlCommand::Pools { action } => match action {
+        CtlCommand::Pools { action } => match action.unwrap_or(PoolAction::List) {
             PoolAction::List => show(get("/v1/pools")?, json_out, render_pools)?,
             PoolAction::Get { name } => pretty(get(&format!("/v1/pools/{}", seg(&name)))?)?,
             PoolAction::Put { name, file } => {
@@ -305,7 +285,7 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
             }
         },
         CtlCommand::Backend { action } => backend(&send, &empty, action, json_out)?,
-        CtlCommand::Certs { action } => match action {
+        CtlCommand::Certs { action } => match action.unwrap_or(CertAction::List) {
             CertAction::List => show(get("/v1/certificates")?, json_out, render_certs)?,
             CertAction::Put {
                 name,
@@ -359,7 +339,7 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
                 format!("deleted {host}\n")
             }
         },
-        CtlCommand::Sites { action } => match action {
+        CtlCommand::Sites { action } => match action.unwrap_or(SiteAction::List) {
             SiteAction::List => show(get("/v1/sites")?, json_out, render_sites)?,
             SiteAction::Get { site } => pretty(get(&format!("/v1/sites/{}", seg(&site)))?)?,
             SiteAction::Rollback { site, generation } => {
@@ -485,8 +465,13 @@ fn backend(
     })
 }
 
-fn doc(client: &Client, path: &str, action: DocAction, json_out: bool) -> Result<String, CtlError> {
-    match action {
+fn doc(
+    client: &Client,
+    path: &str,
+    action: Option<DocAction>,
+    json_out: bool,
+) -> Result<String, CtlError> {
+    match action.unwrap_or(DocAction::Get) {
         DocAction::Get if json_out => {
             Ok(
                 String::from_utf8_lossy(&client.send(Method::GET, path, ReqBody::Empty, &[])?)
@@ -715,6 +700,61 @@ mod tests {
         assert_eq!(seg("[::1]:8080"), "%5B::1%5D:8080");
         assert_eq!(seg("shop.example.com"), "shop.example.com");
         assert_eq!(seg("a/b c"), "a%2Fb%20c");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Ctl {
+        #[command(flatten)]
+        args: CtlArgs,
+    }
+
+    /// Every command and subcommand says in one line what it does.
+    #[test]
+    fn every_command_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(
+            &<Ctl as clap::CommandFactory>::command(),
+            "ctl",
+            &mut missing,
+        );
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    /// A resource named alone does what its list (or print) does.
+    #[test]
+    fn a_resource_alone_lists() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let mut all = vec!["ctl", "--token", "t"];
+            all.extend_from_slice(args);
+            Ctl::try_parse_from(all).map(|c| c.args.command)
+        };
+        assert!(matches!(
+            parse(&["pools"]),
+            Ok(CtlCommand::Pools { action: None })
+        ));
+        assert!(matches!(
+            parse(&["certs"]),
+            Ok(CtlCommand::Certs { action: None })
+        ));
+        assert!(matches!(
+            parse(&["sites"]),
+            Ok(CtlCommand::Sites { action: None })
+        ));
+        assert!(matches!(
+            parse(&["config"]),
+            Ok(CtlCommand::Config { action: None })
+        ));
+        assert!(parse(&["pools", "list"]).is_ok());
     }
 
     #[test]

@@ -66,6 +66,8 @@ where
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
                 #[cfg(feature = "server")]
+                h1_read_a_head: false,
+                #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
                 timer: Time::Empty,
@@ -213,6 +215,29 @@ where
         read_buf.len() >= 24 && read_buf[..24] == *H2_PREFACE
     }
 
+    // edgebox: starts the header-read timeout unless it runs already.
+    #[cfg(feature = "server")]
+    fn start_h1_header_read_timeout(&mut self) {
+        if self.state.h1_header_read_timeout_running {
+            return;
+        }
+        if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
+            let deadline = self.state.timer.now() + h1_header_read_timeout;
+            self.state.h1_header_read_timeout_running = true;
+            match &mut self.state.h1_header_read_timeout_fut {
+                Some(h1_header_read_timeout_fut) => {
+                    trace!("resetting h1 header read timeout timer");
+                    self.state.timer.reset(h1_header_read_timeout_fut, deadline);
+                }
+                None => {
+                    trace!("setting h1 header read timeout timer");
+                    self.state.h1_header_read_timeout_fut =
+                        Some(self.state.timer.sleep_until(deadline));
+                }
+            }
+        }
+    }
+
     pub(super) fn poll_read_head(
         &mut self,
         cx: &mut Context<'_>,
@@ -220,23 +245,12 @@ where
         debug_assert!(self.can_read_head());
         trace!("Conn::read_head");
 
+        // edgebox: the first request's timeout runs from the start, a
+        // keep-alive request's from its first byte (the wait between
+        // requests is the idle timeout's business), as in NGINX.
         #[cfg(feature = "server")]
-        if !self.state.h1_header_read_timeout_running {
-            if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
-                let deadline = self.state.timer.now() + h1_header_read_timeout;
-                self.state.h1_header_read_timeout_running = true;
-                match &mut self.state.h1_header_read_timeout_fut {
-                    Some(h1_header_read_timeout_fut) => {
-                        trace!("resetting h1 header read timeout timer");
-                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
-                    }
-                    None => {
-                        trace!("setting h1 header read timeout timer");
-                        self.state.h1_header_read_timeout_fut =
-                            Some(self.state.timer.sleep_until(deadline));
-                    }
-                }
-            }
+        if !self.state.h1_read_a_head || !self.io.read_buf().is_empty() {
+            self.start_h1_header_read_timeout();
         }
 
         let msg = match self.io.parse::<T>(
@@ -259,6 +273,10 @@ where
             Poll::Ready(Err(e)) => return self.on_read_head_error(e),
             Poll::Pending => {
                 #[cfg(feature = "server")]
+                if !self.io.read_buf().is_empty() {
+                    self.start_h1_header_read_timeout();
+                }
+                #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
                     if let Some(h1_header_read_timeout_fut) =
                         &mut self.state.h1_header_read_timeout_fut
@@ -280,6 +298,7 @@ where
         {
             self.state.h1_header_read_timeout_running = false;
             self.state.h1_header_read_timeout_fut = None;
+            self.state.h1_read_a_head = true;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -959,6 +978,11 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    // edgebox: a request head was read on this connection, so the next one
+    // is a keep-alive request, whose header-read timeout starts with its
+    // first byte.
+    #[cfg(feature = "server")]
+    h1_read_a_head: bool,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]
