@@ -19,9 +19,11 @@
 
 pub mod admin;
 pub mod balance;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod discovery;
 pub mod fsutil;
 pub mod hostmap;
 pub mod init;
@@ -37,3 +39,4 @@ pub mod snapshot;
 pub mod static_files;
 pub mod store;
 pub mod tls;
+pub mod upstream;

@@ -151,6 +151,7 @@ fn check_config(path: PathBuf) -> Result<(), server::ServeError> {
         &edgebox::snapshot::Sites::new(),
         &tickets,
         edgebox::snapshot::Generations::default(),
+        &mut edgebox::snapshot::Upstreams::default(),
     )?;
     println!(
         "{}: ok ({} listeners, {} pools, {} routes)",

@@ -6,7 +6,7 @@
 //! is wrong; cores only ever see finished snapshots, through [`Shared`].
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -18,6 +18,8 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use crate::balance::health::Health;
+use crate::balance::{outlier, BackendShared, Maglev};
 use crate::config::{self, Action, Config, ConfigError};
 use crate::hostmap::HostMap;
 use crate::static_files::ServedSite;
@@ -49,23 +51,152 @@ pub enum RouteAction {
     },
 }
 
+/// One backend: an address a pool sends requests to.
 #[derive(Debug, Clone)]
 pub struct Backend {
-    /// As written in the config, for logs.
+    /// Its address as text (`10.0.1.5:8080`): its name in logs and metrics.
     pub name: Arc<str>,
+    /// The config entry it comes from (`app.internal:8080` for each address
+    /// that name resolved to): what the admin API drains and weighs.
+    pub config_address: Arc<str>,
     pub addr: SocketAddr,
+    /// Its weight as configured (0: no new requests).
+    pub weight: u32,
+    pub draining: bool,
+    /// What every core knows of it; the same object for as long as the
+    /// backend stays in its pool, whatever the config changes.
+    pub shared: Arc<BackendShared>,
+}
+
+/// How a pool picks backends.
+#[derive(Debug, Clone)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+    PeakEwma,
+    /// Consistent hashing on `key`, with the pool's Maglev table.
+    Hash {
+        key: config::HashOn,
+        table: Arc<Maglev>,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct Pool {
     pub name: Arc<str>,
     pub backends: Vec<Backend>,
-    /// Each backend's share of new requests: its weight, or 0 while draining.
-    pub weights: Vec<u32>,
+    pub balance: Balance,
     pub connect_timeout: Duration,
     pub response_header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle_per_backend: usize,
+    pub outlier: outlier::Policy,
+    pub count_5xx: bool,
+    pub slow_start_ms: u64,
+    pub panic_threshold_percent: u32,
+    pub retries: config::Retries,
+    pub limits: config::Limits,
+    pub drain_timeout_ms: u64,
+    pub proxy_protocol: bool,
+    pub health_check: Option<config::HealthCheck>,
+}
+
+/// The upstreams a snapshot is built from, with names a pending change
+/// resolved on top.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolving<'a> {
+    pub upstreams: &'a Upstreams,
+    pub extra: &'a HashMap<String, Vec<SocketAddr>>,
+}
+
+impl Resolving<'_> {
+    fn addresses(&self, address: &str) -> Option<Vec<SocketAddr>> {
+        match self.extra.get(address) {
+            Some(a) => Some(a.clone()),
+            None => self.upstreams.addresses(address),
+        }
+    }
+}
+
+/// What one snapshot hands the next about backends: their shared state, by
+/// pool and address, and what their names resolved to. The control plane
+/// keeps it; building a snapshot only reads it, and [`Upstreams::commit`]
+/// takes in what a published snapshot has.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    states: HashMap<(Arc<str>, SocketAddr), Arc<BackendShared>>,
+    /// Backend addresses that are names (`host:port`, SRV) → what they
+    /// resolved to last.
+    pub resolved: HashMap<String, Vec<SocketAddr>>,
+    /// A snapshot has been published: backends new from here on join in
+    /// slow start, and wait for a first passed health check.
+    running: bool,
+}
+
+impl Upstreams {
+    /// The shared state of backend `addr` in pool `pool`, if it has one.
+    pub fn state(&self, pool: &str, addr: SocketAddr) -> Option<&Arc<BackendShared>> {
+        self.states.get(&(Arc::from(pool), addr))
+    }
+
+    /// Every backend with its shared state.
+    pub fn states(&self) -> impl Iterator<Item = (&str, SocketAddr, &Arc<BackendShared>)> {
+        self.states.iter().map(|((p, a), s)| (&**p, *a, s))
+    }
+
+    /// The addresses a config backend stands for: itself, or what its name
+    /// resolved to (`None`: not resolved yet).
+    pub fn addresses(&self, address: &str) -> Option<Vec<SocketAddr>> {
+        match address.parse::<SocketAddr>() {
+            Ok(a) => Some(vec![a]),
+            Err(_) => self.resolved.get(address).cloned(),
+        }
+    }
+
+    /// Takes in the backends of the snapshot just published: new ones are
+    /// kept from now on, drains are stamped, and backends that left are
+    /// marked as draining (for their tunnels' deadline) and forgotten.
+    pub fn commit(&mut self, snap: &Snapshot, now_ms: u64) {
+        let mut states = HashMap::with_capacity(self.states.len());
+        for p in &snap.pools {
+            for b in &p.backends {
+                b.shared.set_draining(b.draining, now_ms);
+                states.insert((Arc::clone(&p.name), b.addr), Arc::clone(&b.shared));
+            }
+        }
+        for (key, gone) in &self.states {
+            if !states.contains_key(key) {
+                gone.set_draining(true, now_ms);
+            }
+        }
+        self.states = states;
+        self.running = true;
+    }
+
+    /// The shared state for a backend of a snapshot being built: the one it
+    /// has, or a new one (not kept unless the snapshot is published).
+    fn state_for(
+        &self,
+        pool: &str,
+        addr: SocketAddr,
+        checked: bool,
+        now_ms: u64,
+    ) -> Arc<BackendShared> {
+        if let Some(s) = self.state(pool, addr) {
+            return Arc::clone(s);
+        }
+        let s = if self.running {
+            BackendShared::joining(now_ms)
+        } else {
+            BackendShared::default()
+        };
+        s.health.set(match (checked, self.running) {
+            (false, _) => Health::Unchecked,
+            (true, false) => Health::Up,
+            (true, true) => Health::Down,
+        });
+        Arc::new(s)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -108,7 +239,9 @@ impl Snapshot {
         base: &Path,
         tickets: &Arc<TicketKeys>,
         generations: Generations,
+        upstreams: &Resolving<'_>,
     ) -> Result<Self, ConfigError> {
+        let now_ms = crate::clock::now_ms();
         config.validate()?;
         let tls = match crate::tls::load_certificates(&config.certificates, base)? {
             Some(certs) => Some(
@@ -124,7 +257,7 @@ impl Snapshot {
             .pools
             .iter()
             .enumerate()
-            .map(|(i, p)| build_pool(i, p))
+            .map(|(i, p)| build_pool(i, p, upstreams, now_ms))
             .collect::<Result<Vec<_>, _>>()?;
         let mut router = Router::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -169,41 +302,80 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-fn build_pool(i: usize, p: &config::Pool) -> Result<Pool, ConfigError> {
-    let backends = p
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(j, b)| {
-            let path = || format!("pools[{i}].backends[{j}].address");
-            let addr = b
-                .address
-                .to_socket_addrs()
-                .map_err(|e| ConfigError::new(path(), format!("cannot resolve: {e}")))?
-                .next()
-                .ok_or_else(|| ConfigError::new(path(), "resolves to no address"))?;
-            Ok(Backend {
-                name: Arc::from(b.address.as_str()),
+fn build_pool(
+    i: usize,
+    p: &config::Pool,
+    upstreams: &Resolving<'_>,
+    now_ms: u64,
+) -> Result<Pool, ConfigError> {
+    let name: Arc<str> = Arc::from(p.name.as_str());
+    let checked = p.health_check.is_some();
+    let mut backends = Vec::with_capacity(p.backends.len());
+    // Weights as configured, draining or not (for the hash table).
+    let mut configured = Vec::with_capacity(p.backends.len());
+    for (j, b) in p.backends.iter().enumerate() {
+        let addrs = upstreams.addresses(&b.address).ok_or_else(|| {
+            ConfigError::new(
+                format!("pools[{i}].backends[{j}].address"),
+                "not resolved yet",
+            )
+        })?;
+        let config_address: Arc<str> = Arc::from(b.address.as_str());
+        let draining = b.state == config::BackendState::Draining;
+        for addr in addrs {
+            // A name may resolve to an address another entry lists too: the
+            // first entry keeps it.
+            if backends.iter().any(|x: &Backend| x.addr == addr) {
+                continue;
+            }
+            configured.push(b.weight);
+            backends.push(Backend {
+                name: Arc::from(addr.to_string()),
+                config_address: Arc::clone(&config_address),
                 addr,
-            })
-        })
-        .collect::<Result<Vec<_>, ConfigError>>()?;
-    let weights = p
-        .backends
-        .iter()
-        .map(|b| match b.state {
-            config::BackendState::Enabled => b.weight,
-            config::BackendState::Draining => 0,
-        })
-        .collect();
+                weight: if draining { 0 } else { b.weight },
+                draining,
+                shared: upstreams.upstreams.state_for(&name, addr, checked, now_ms),
+            });
+        }
+    }
+    let balance = match &p.balance {
+        config::Balance::RoundRobin => Balance::RoundRobin,
+        config::Balance::LeastRequest => Balance::LeastRequest,
+        config::Balance::PeakEwma => Balance::PeakEwma,
+        config::Balance::ConsistentHash(key) => {
+            let names: Vec<&str> = backends.iter().map(|b| &*b.name).collect();
+            // The table weighs backends as configured, draining or not, so
+            // that a drain moves no other backend's keys.
+            Balance::Hash {
+                key: key.clone(),
+                table: Arc::new(Maglev::new(&names, &configured)),
+            }
+        }
+    };
+    let o = &p.outlier_detection;
     Ok(Pool {
-        name: Arc::from(p.name.as_str()),
+        name,
         backends,
-        weights,
+        balance,
         connect_timeout: ms(p.timeouts.connect_ms),
         response_header_timeout: ms(p.timeouts.response_header_ms),
         idle_timeout: ms(p.timeouts.idle_ms),
         max_idle_per_backend: p.max_idle_per_backend,
+        outlier: outlier::Policy {
+            consecutive: o.consecutive_failures,
+            base_ms: o.ejection_ms,
+            max_ms: o.max_ejection_ms,
+            max_percent: o.max_ejected_percent,
+        },
+        count_5xx: o.count_5xx,
+        slow_start_ms: p.slow_start_ms,
+        panic_threshold_percent: p.panic_threshold_percent,
+        retries: p.retries.clone(),
+        limits: p.limits.clone(),
+        drain_timeout_ms: p.drain_timeout_ms,
+        proxy_protocol: p.proxy_protocol.is_some(),
+        health_check: p.health_check.clone(),
     })
 }
 

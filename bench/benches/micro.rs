@@ -47,6 +47,10 @@ fn snapshot_with_hostmap() -> Snapshot {
         Path::new("/"),
         &tickets,
         Generations::default(),
+        &edgebox::snapshot::Resolving {
+            upstreams: &Default::default(),
+            extra: &Default::default(),
+        },
     )
     .unwrap()
 }

@@ -9,8 +9,10 @@
 #![forbid(unsafe_code)]
 
 mod default;
+mod pool;
 
 pub use default::{appliance_default, embedded_default};
+pub use pool::*;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -202,95 +204,6 @@ impl Default for ClientSettings {
     }
 }
 
-/// A pool of interchangeable backends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pool {
-    /// A unique name that routes refer to.
-    pub name: String,
-    /// The backends; an empty pool answers 503.
-    pub backends: Vec<Backend>,
-    /// How a backend is chosen for each request.
-    #[serde(default)]
-    pub balance: Balance,
-    /// Timeouts towards this pool's backends.
-    #[serde(default)]
-    pub timeouts: PoolTimeouts,
-    /// Idle keep-alive connections kept per backend on each core.
-    #[serde(default = "default_max_idle")]
-    pub max_idle_per_backend: usize,
-}
-
-fn default_max_idle() -> usize {
-    64
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Backend {
-    /// `host:port` or `ip:port`; a host name is resolved when the config is
-    /// applied.
-    pub address: String,
-    /// Share of new requests relative to the pool's other backends; 0 sends
-    /// none.
-    #[serde(default = "default_weight")]
-    pub weight: u32,
-    /// `draining`: no new requests (those in flight finish, open connections
-    /// stay); `enabled`: in rotation.
-    #[serde(default, skip_serializing_if = "BackendState::is_enabled")]
-    pub state: BackendState,
-}
-
-/// The largest backend weight.
-pub const MAX_WEIGHT: u32 = 10_000;
-
-fn default_weight() -> u32 {
-    1
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendState {
-    #[default]
-    Enabled,
-    Draining,
-}
-
-impl BackendState {
-    fn is_enabled(&self) -> bool {
-        *self == Self::Enabled
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Balance {
-    #[default]
-    RoundRobin,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PoolTimeouts {
-    /// Opening a TCP connection to a backend.
-    pub connect_ms: u64,
-    /// From sending a request until the backend's response headers arrive.
-    pub response_header_ms: u64,
-    /// A backend connection that moves no byte for this long is closed, and an
-    /// idle pooled connection is not reused after this long.
-    pub idle_ms: u64,
-}
-
-impl Default for PoolTimeouts {
-    fn default() -> Self {
-        Self {
-            connect_ms: 3_000,
-            response_header_ms: 30_000,
-            idle_ms: 60_000,
-        }
-    }
-}
-
 /// A routing rule: requests whose Host and path match get `action`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -364,7 +277,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_listeners()?;
         self.validate_certificates()?;
-        self.validate_pools()?;
+        pool::validate_pools(&self.pools)?;
         self.validate_routes()?;
         let mut interfaces = HashSet::new();
         for (i, n) in self.network.iter().enumerate() {
@@ -484,41 +397,6 @@ impl Config {
         Ok(())
     }
 
-    fn validate_pools(&self) -> Result<(), ConfigError> {
-        let mut names = HashSet::new();
-        for (i, p) in self.pools.iter().enumerate() {
-            let at = |field: &str| format!("pools[{i}].{field}");
-            check_name(&at("name"), &p.name)?;
-            if !names.insert(&p.name) {
-                return Err(ConfigError::new(at("name"), "duplicate pool name"));
-            }
-            let mut seen = HashSet::new();
-            for (j, b) in p.backends.iter().enumerate() {
-                let path = format!("pools[{i}].backends[{j}].address");
-                check_host_port(&path, &b.address)?;
-                if !seen.insert(&b.address) {
-                    return Err(ConfigError::new(path, "backend listed twice in this pool"));
-                }
-                if b.weight > MAX_WEIGHT {
-                    return Err(ConfigError::new(
-                        format!("pools[{i}].backends[{j}].weight"),
-                        format_args!("must be from 0 to {MAX_WEIGHT}"),
-                    ));
-                }
-            }
-            let t = &p.timeouts;
-            within(&at("timeouts.connect_ms"), t.connect_ms, 1, MAX_TIMEOUT_MS)?;
-            within(
-                &at("timeouts.response_header_ms"),
-                t.response_header_ms,
-                1,
-                MAX_TIMEOUT_MS,
-            )?;
-            within(&at("timeouts.idle_ms"), t.idle_ms, 1, MAX_TIMEOUT_MS)?;
-        }
-        Ok(())
-    }
-
     fn validate_routes(&self) -> Result<(), ConfigError> {
         let mut seen = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -612,7 +490,7 @@ pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// The longest session-ticket key rotation period: one week.
 pub const MAX_TICKET_ROTATION_S: u64 = 604_800;
 
-fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+pub(crate) fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if value < min || value > max {
         return Err(ConfigError::new(
             path,
@@ -622,7 +500,7 @@ fn within(path: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError>
     Ok(())
 }
 
-fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -636,37 +514,6 @@ fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
             "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
         ))
     }
-}
-
-/// `host:port` where host is an IP literal (IPv6 in brackets) or a DNS name.
-fn check_host_port(path: &str, value: &str) -> Result<(), ConfigError> {
-    if let Ok(addr) = value.parse::<SocketAddr>() {
-        if addr.port() == 0 {
-            return Err(ConfigError::new(path, "port must be from 1 to 65535"));
-        }
-        return Ok(());
-    }
-    let Some((host, port)) = value.rsplit_once(':') else {
-        return Err(ConfigError::new(path, "expected host:port"));
-    };
-    match port.parse::<u16>() {
-        Ok(p) if p != 0 => {}
-        _ => return Err(ConfigError::new(path, "port must be from 1 to 65535")),
-    }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
-        return Err(ConfigError::new(
-            path,
-            "host must be an IP address or a DNS name",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError};
 use crate::hostmap::HostMap;
 use crate::logging::LogRing;
 use crate::server::listeners;
-use crate::snapshot::{Generations, ListenerKey, Shared, Sites, Snapshot};
+use crate::snapshot::{Generations, ListenerKey, Shared, Sites, Snapshot, Upstreams};
 use crate::static_files::ServedSite;
 use crate::store::Store;
 
@@ -53,6 +53,11 @@ pub struct Control {
     pub logs: Arc<LogRing>,
     /// Where a newly bound admin listener goes when `admin.address` changes.
     pub admin_rebind: tokio::sync::mpsc::UnboundedSender<std::net::TcpListener>,
+    /// Backends' shared state and resolved names, handed from snapshot to
+    /// snapshot.
+    pub upstreams: Upstreams,
+    /// Told after every published snapshot (health checks follow it).
+    pub published: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Control {
@@ -77,6 +82,8 @@ enum PreparedKind {
         config: Box<Config>,
         sockets: Vec<(ListenerKey, Vec<std::os::fd::OwnedFd>)>,
         admin: Option<std::net::TcpListener>,
+        /// Names this change resolved, kept once it is published.
+        resolved: std::collections::HashMap<String, Vec<SocketAddr>>,
     },
     HostMap(HostMap),
 }
@@ -108,13 +115,15 @@ impl Control {
             config: self.gens.config + 1,
             ..self.gens
         };
-        let snapshot = self.build(new.clone(), &self.hostmap, &self.sites, gens)?;
+        let resolved = crate::discovery::resolve_new(&new, &self.upstreams)?;
+        let snapshot = self.build_with(new.clone(), &self.hostmap, &self.sites, gens, &resolved)?;
         Ok(Prepared {
             snapshot,
             kind: PreparedKind::Config {
                 config: Box::new(new),
                 sockets,
                 admin,
+                resolved,
             },
         })
     }
@@ -158,7 +167,7 @@ impl Control {
             ..self.gens
         };
         let snapshot = self.build(self.config.clone(), &self.hostmap, &sites, gens)?;
-        self.shared.snapshot.store(Arc::new(snapshot));
+        self.publish(snapshot);
         self.sites = sites;
         self.gens = gens;
         Ok(())
@@ -173,6 +182,7 @@ impl Control {
                 config,
                 sockets,
                 admin,
+                resolved,
             } => {
                 self.store
                     .save_config(gens.config, &config)
@@ -189,7 +199,8 @@ impl Control {
                         }
                     }
                 }
-                self.shared.snapshot.store(Arc::new(prepared.snapshot));
+                self.upstreams.resolved.extend(resolved);
+                self.publish(prepared.snapshot);
                 self.config = *config;
                 if let Some(listener) = admin {
                     let _ = self.admin_rebind.send(listener);
@@ -200,7 +211,7 @@ impl Control {
                 self.store
                     .save_hostmap(gens.hostmap, &map)
                     .map_err(ApplyError::Persist)?;
-                self.shared.snapshot.store(Arc::new(prepared.snapshot));
+                self.publish(prepared.snapshot);
                 self.hostmap = Arc::new(map);
                 tracing::info!(
                     generation = gens.hostmap,
@@ -213,6 +224,13 @@ impl Control {
         Ok(())
     }
 
+    /// Publishes `snapshot` to the cores, after taking in its backends.
+    pub fn publish(&mut self, snapshot: Snapshot) {
+        self.upstreams.commit(&snapshot, crate::clock::now_ms());
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.published.send_modify(|n| *n += 1);
+    }
+
     /// A snapshot of `config`, `hostmap` and `sites` as generation `gens`.
     fn build(
         &self,
@@ -221,6 +239,19 @@ impl Control {
         sites: &Sites,
         gens: Generations,
     ) -> Result<Snapshot, ConfigError> {
+        self.build_with(config, hostmap, sites, gens, &Default::default())
+    }
+
+    /// As [`Control::build`], with names resolved for this change that the
+    /// upstreams do not have yet.
+    fn build_with(
+        &self,
+        config: Config,
+        hostmap: &HostMap,
+        sites: &Sites,
+        gens: Generations,
+        resolved: &std::collections::HashMap<String, Vec<SocketAddr>>,
+    ) -> Result<Snapshot, ConfigError> {
         Snapshot::build(
             config,
             hostmap,
@@ -228,6 +259,10 @@ impl Control {
             &self.data,
             &self.shared.tickets,
             gens,
+            &crate::snapshot::Resolving {
+                upstreams: &self.upstreams,
+                extra: resolved,
+            },
         )
     }
 

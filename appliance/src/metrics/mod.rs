@@ -84,7 +84,7 @@ pub struct CounterValues {
 }
 
 impl CounterValues {
-    fn add(&mut self, o: &CounterValues) {
+    pub fn add(&mut self, o: &CounterValues) {
         self.requests += o.requests;
         self.response_bytes += o.response_bytes;
         self.latency_sum_us += o.latency_sum_us;
@@ -94,6 +94,131 @@ impl CounterValues {
         for (a, b) in self.latency.iter_mut().zip(o.latency) {
             *a += b;
         }
+    }
+}
+
+/// One backend's counters on one core: its traffic, and gauges the
+/// balancer keeps (written by the core, read on scrape).
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    pub traffic: Counters,
+    /// Requests in flight.
+    active: AtomicU64,
+    /// Requests waiting for a slot under `limits.backend_max_connections`.
+    queued: AtomicU64,
+    /// Tunnels (WebSocket) open.
+    tunnels: AtomicU64,
+    /// Tries that failed: connect refused or timed out, reset or timed out
+    /// before the response, and 5xx where they count.
+    failures: AtomicU64,
+    /// Tries that were retries (second and later tries of a request).
+    retries: AtomicU64,
+}
+
+impl BackendCounters {
+    pub fn set_load(&self, active: u32, queued: u32) {
+        self.active.store(active.into(), Ordering::Relaxed);
+        self.queued.store(queued.into(), Ordering::Relaxed);
+    }
+
+    pub fn tunnel_opened(&self) {
+        bump(&self.tunnels, 1);
+    }
+
+    pub fn tunnel_closed(&self) {
+        let c = &self.tunnels;
+        c.store(read(c).saturating_sub(1), Ordering::Relaxed);
+    }
+
+    pub fn failed(&self) {
+        bump(&self.failures, 1);
+    }
+
+    pub fn retried(&self) {
+        bump(&self.retries, 1);
+    }
+
+    pub fn snapshot(&self) -> BackendValues {
+        BackendValues {
+            traffic: self.traffic.snapshot(),
+            active: read(&self.active),
+            queued: read(&self.queued),
+            tunnels: read(&self.tunnels),
+            failures: read(&self.failures),
+            retries: read(&self.retries),
+        }
+    }
+}
+
+/// A point-in-time copy of [`BackendCounters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendValues {
+    pub traffic: CounterValues,
+    pub active: u64,
+    pub queued: u64,
+    pub tunnels: u64,
+    pub failures: u64,
+    pub retries: u64,
+}
+
+impl BackendValues {
+    pub fn add(&mut self, o: &BackendValues) {
+        self.traffic.add(&o.traffic);
+        self.active += o.active;
+        self.queued += o.queued;
+        self.tunnels += o.tunnels;
+        self.failures += o.failures;
+        self.retries += o.retries;
+    }
+}
+
+/// One pool's counters on one core.
+#[derive(Debug, Default)]
+pub struct PoolCounters {
+    /// Retries not made because the retry budget was spent.
+    budget_exhausted: AtomicU64,
+    /// Requests answered 503 by a limit: the pool's, or a full or timed-out
+    /// queue.
+    rejected: AtomicU64,
+    /// Requests in flight to the pool.
+    active: AtomicU64,
+}
+
+impl PoolCounters {
+    pub fn budget_exhausted(&self) {
+        bump(&self.budget_exhausted, 1);
+    }
+
+    pub fn rejected(&self) {
+        bump(&self.rejected, 1);
+    }
+
+    pub fn set_active(&self, active: u32) {
+        self.active.store(active.into(), Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> PoolValues {
+        PoolValues {
+            budget_exhausted: read(&self.budget_exhausted),
+            rejected: read(&self.rejected),
+            active: read(&self.active),
+        }
+    }
+}
+
+/// A point-in-time copy of [`PoolCounters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolValues {
+    pub budget_exhausted: u64,
+    pub rejected: u64,
+    pub active: u64,
+}
+
+impl PoolValues {
+    pub fn add(&mut self, o: &PoolValues) {
+        self.budget_exhausted += o.budget_exhausted;
+        self.rejected += o.rejected;
+        self.active += o.active;
     }
 }
 
@@ -114,7 +239,8 @@ pub struct CoreStats {
     handshakes_full: AtomicU64,
     handshakes_resumed: AtomicU64,
     handshake_failures: AtomicU64,
-    backends: Mutex<Vec<(BackendKey, Arc<Counters>)>>,
+    backends: Mutex<Vec<(BackendKey, Arc<BackendCounters>)>>,
+    pools: Mutex<Vec<(Arc<str>, Arc<PoolCounters>)>>,
 }
 
 impl CoreStats {
@@ -143,20 +269,45 @@ impl CoreStats {
         bump(&self.handshake_failures, 1);
     }
 
-    /// Registers the counters of a (pool, backend) pair; the core caches the
-    /// result, so this runs once per pair per core.
-    pub fn register_backend(&self, key: BackendKey) -> Arc<Counters> {
+    /// Registers the counters of a (pool, backend) pair; the core keeps the
+    /// result for as long as the backend is in its pool, so this runs once
+    /// per pair per core.
+    pub fn register_backend(&self, key: BackendKey) -> Arc<BackendCounters> {
         let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, c)) = backends.iter().find(|(k, _)| *k == key) {
             return Arc::clone(c);
         }
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(BackendCounters::default());
         backends.push((key, Arc::clone(&c)));
         c
     }
 
+    /// Forgets a backend that left its pool (its series leave the metrics).
+    pub fn unregister_backend(&self, counters: &Arc<BackendCounters>) {
+        let mut backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        backends.retain(|(_, c)| !Arc::ptr_eq(c, counters));
+    }
+
+    /// Registers a pool's counters, once per pool per core.
+    pub fn register_pool(&self, name: Arc<str>) -> Arc<PoolCounters> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, c)) = pools.iter().find(|(k, _)| *k == name) {
+            return Arc::clone(c);
+        }
+        let c = Arc::new(PoolCounters::default());
+        pools.push((name, Arc::clone(&c)));
+        c
+    }
+
+    /// Forgets a pool that left the config.
+    pub fn unregister_pool(&self, counters: &Arc<PoolCounters>) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|(_, c)| !Arc::ptr_eq(c, counters));
+    }
+
     pub fn snapshot(&self) -> CoreValues {
         let backends = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         CoreValues {
             all: self.all.snapshot(),
             connections_active: read(&self.connections_active),
@@ -167,6 +318,10 @@ impl CoreStats {
             backends: backends
                 .iter()
                 .map(|(k, c)| (k.clone(), c.snapshot()))
+                .collect(),
+            pools: pools
+                .iter()
+                .map(|(k, c)| (Arc::clone(k), c.snapshot()))
                 .collect(),
         }
     }
@@ -181,7 +336,8 @@ pub struct CoreValues {
     pub handshakes_full: u64,
     pub handshakes_resumed: u64,
     pub handshake_failures: u64,
-    pub backends: Vec<(BackendKey, CounterValues)>,
+    pub backends: Vec<(BackendKey, BackendValues)>,
+    pub pools: Vec<(Arc<str>, PoolValues)>,
 }
 
 /// Every core's stats, indexed by core.
@@ -218,8 +374,13 @@ mod tests {
         let a = s.register_backend(key.clone());
         let b = s.register_backend(key);
         assert!(Arc::ptr_eq(&a, &b));
-        a.record(200, 1, Duration::ZERO);
-        assert_eq!(s.snapshot().backends[0].1.requests, 1);
+        a.traffic.record(200, 1, Duration::ZERO);
+        a.set_load(3, 1);
+        let v = s.snapshot();
+        assert_eq!(v.backends[0].1.traffic.requests, 1);
+        assert_eq!((v.backends[0].1.active, v.backends[0].1.queued), (3, 1));
+        s.unregister_backend(&a);
+        assert!(s.snapshot().backends.is_empty());
     }
 
     #[test]

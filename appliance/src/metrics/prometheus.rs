@@ -102,7 +102,7 @@ pub fn render_prometheus(cores: &[CoreValues], config_generation: u64, uptime_s:
     let mut backends: BTreeMap<&BackendKey, CounterValues> = BTreeMap::new();
     for c in cores {
         for (k, v) in &c.backends {
-            backends.entry(k).or_default().add(v);
+            backends.entry(k).or_default().add(&v.traffic);
         }
     }
     family(
@@ -243,9 +243,11 @@ mod tests {
         };
         cores[0]
             .register_backend(key.clone())
+            .traffic
             .record(200, 100, Duration::from_millis(2));
         cores[1]
             .register_backend(key)
+            .traffic
             .record(200, 1, Duration::from_millis(2));
         let values: Vec<_> = cores.iter().map(CoreStats::snapshot).collect();
         let text = render_prometheus(&values, 7, 1.5);

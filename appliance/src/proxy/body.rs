@@ -9,8 +9,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::ConnInfo;
-use crate::server::core::{Core, CoreSnapshot};
+use super::{ConnInfo, Services};
+use crate::upstream::{CoreBackend, CoreView, PoolSlot, Slot};
 
 /// A body edgebox made itself, or a backend's body streamed through.
 #[derive(Debug)]
@@ -66,40 +66,48 @@ impl Body for ResBody {
     }
 }
 
-/// One request, as the access log and the metrics record it.
+/// One request, as the access log and the metrics record it. It also holds
+/// the request's places under its pool's and backend's limits, given back
+/// when it is dropped (after the log line is written).
 #[derive(Debug)]
 pub struct AccessRecord {
     pub start: Instant,
-    pub core: Rc<Core>,
-    /// The snapshot the request was served from (names of pools, backends).
-    pub snap: Rc<CoreSnapshot>,
+    pub svc: Rc<Services>,
+    /// The view the request was served from (names of pools, backends).
+    pub view: Rc<CoreView>,
     pub conn: Rc<ConnInfo>,
     pub version: http::Version,
     pub method: http::Method,
     pub host: String,
     pub uri: String,
     pub status: u16,
-    /// The pool, and the backend if one was reached, by index into `snap`.
-    pub target: Option<(usize, Option<usize>)>,
+    /// The pool, by index into `view`, if the request was routed to one.
+    pub pool: Option<usize>,
+    /// The backend last tried, if one was reached.
+    pub backend: Option<Rc<CoreBackend>>,
     pub bytes: u64,
+    pub slot: Option<Slot>,
+    pub pool_slot: Option<PoolSlot>,
 }
 
 impl AccessRecord {
     fn finish(&self) {
         let took = self.start.elapsed();
-        self.core.stats.all.record(self.status, self.bytes, took);
+        self.svc.stats.all.record(self.status, self.bytes, took);
         let mut backend_name = "-";
-        if let Some((pool, backend)) = self.target {
-            self.snap
-                .backend_counters(&self.core, pool, backend)
-                .record(self.status, self.bytes, took);
-            if let Some(b) = backend {
-                backend_name = &self.snap.snap.pools[pool].backends[b].name;
-            }
+        if let Some(pool) = self.pool {
+            let counters = match &self.backend {
+                Some(b) => {
+                    backend_name = &b.name;
+                    &b.stats
+                }
+                None => &self.view.pools[pool].state.unreached,
+            };
+            counters.traffic.record(self.status, self.bytes, took);
         }
         tracing::info!(
             target: "access",
-            core = self.core.id,
+            core = self.svc.core,
             listener = &*self.conn.listener,
             client = %self.conn.client,
             version = ?self.version,

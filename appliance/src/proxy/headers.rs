@@ -128,6 +128,34 @@ fn quoted_if_needed(value: &str) -> String {
     }
 }
 
+/// The key a consistent-hash pool hashes for this request: the routed
+/// host, a header's value, or a cookie's; `None` when the request has none
+/// (it is then balanced round robin).
+pub fn hash_key(on: &crate::config::HashOn, host: &str, headers: &HeaderMap) -> Option<u64> {
+    use crate::config::HashKey;
+    let name = on.name.as_deref().unwrap_or_default();
+    match on.on {
+        HashKey::Host => Some(crate::balance::hash_key(host.as_bytes())),
+        HashKey::Header => headers
+            .get(name)
+            .map(|v| crate::balance::hash_key(v.as_bytes())),
+        HashKey::Cookie => cookie(headers, name).map(|v| crate::balance::hash_key(v.as_bytes())),
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

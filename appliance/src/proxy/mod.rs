@@ -4,24 +4,30 @@
 //! 1. **identify**: the Host, normalised; a missing or malformed one is a 400.
 //! 2. **listener policy**: a redirecting `http` listener answers 308 here.
 //! 3. **route**: Host and path select a route; none is a 404.
-//! 4. **act**: a fixed response, a redirect, the welcome page, or for a pool:
-//!    *prepare* the backend request (headers, URI), *connect* (pick a backend,
-//!    reuse a pooled connection or open one, trying the next backend when a
-//!    connect fails), *forward* (send, wait for the response headers under the
-//!    pool's timeout), *respond* (strip hop-by-hop headers, start a tunnel for
-//!    an accepted upgrade).
+//! 4. **act**: a fixed response, a redirect, the welcome page, static files,
+//!    or for a pool: *admit* (the pool's concurrency limit), *prepare* the
+//!    backend request (headers, URI), *forward* ([`forward`]: pick a
+//!    backend, take a slot under its limit, send, retry elsewhere where that
+//!    is safe), *respond* (strip hop-by-hop headers, start a tunnel for an
+//!    accepted upgrade).
 //! 5. **log**: the access-log line, written when the response body is done.
 //!
-//! Failures carry who caused them ([`Blame`]) and map to 502, 503 or 504.
+//! Everything a request needs from its core comes in as [`Services`] and the
+//! core's current [`CoreView`]; this module never reaches back into the
+//! server that calls it. Failures carry who caused them ([`Blame`]) and map
+//! to 502, 503 or 504.
 
 mod body;
+pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod reqbody;
 pub mod tunnel;
+mod upgrade;
 
 pub use body::{AccessRecord, Logged, ResBody};
 
-use std::future::Future;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -31,9 +37,26 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
+use crate::balance::Rng;
+use crate::metrics::CoreStats;
 use crate::router::normalize_host;
-use crate::server::core::{Core, CoreSnapshot};
 use crate::snapshot::{self, RouteAction};
+use crate::static_files::cache::BlobCache;
+use crate::upstream::CoreView;
+
+/// What a request needs from the core serving it; the server makes one per
+/// core and hands it to every request.
+#[derive(Debug)]
+pub struct Services {
+    pub core: usize,
+    pub stats: Arc<CoreStats>,
+    /// This core's keep-alive connections to backends.
+    pub conns: Rc<pool::ConnPool>,
+    /// This core's mapped, verified blobs.
+    pub cache: BlobCache,
+    /// This core's random numbers (balancing).
+    pub rng: RefCell<Rng>,
+}
 
 /// How a client connection reached us.
 #[derive(Debug)]
@@ -57,11 +80,18 @@ pub enum Blame {
 /// Why a proxied request got no response from a backend.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The pool has no usable backend.
+    /// The pool has no backend in rotation.
     #[error(
         "pool {0} has no backend to send to (none configured, or all draining or of weight 0)"
     )]
     NoBackend(Arc<str>),
+    /// Every backend in rotation is taken out by its health check or by
+    /// ejection.
+    #[error("pool {0}: every backend is down")]
+    AllDown(Arc<str>),
+    /// A concurrency limit is reached.
+    #[error("pool {pool} is overloaded: {why}")]
+    Overloaded { pool: Arc<str>, why: &'static str },
     /// No backend could be connected to (the last error is kept).
     #[error("backend {backend}: {source}")]
     Connect {
@@ -75,14 +105,16 @@ pub enum ProxyError {
     #[error("backend {backend}: {source}")]
     Backend {
         backend: Arc<str>,
-        source: hyper::Error,
+        source: forward::BoxError,
     },
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NoBackend(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackend(_) | Self::AllDown(_) | Self::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Connect {
                 source: pool::ConnectError::Timeout,
                 ..
@@ -94,7 +126,7 @@ impl ProxyError {
 
     pub fn blame(&self) -> Blame {
         match self {
-            Self::NoBackend(_) => Blame::Edgebox,
+            Self::NoBackend(_) | Self::Overloaded { .. } => Blame::Edgebox,
             _ => Blame::Backend,
         }
     }
@@ -104,16 +136,16 @@ const WELCOME: &str = include_str!("welcome.html");
 
 /// Serves one request through all phases.
 pub async fn handle(
-    core: Rc<Core>,
+    svc: Rc<Services>,
+    view: Rc<CoreView>,
     conn: Rc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Response<Logged<ResBody>> {
     let start = Instant::now();
-    let snap = core.current();
     let mut record = AccessRecord {
         start,
-        core: Rc::clone(&core),
-        snap: Rc::clone(&snap),
+        svc: Rc::clone(&svc),
+        view: Rc::clone(&view),
         conn: Rc::clone(&conn),
         version: req.version(),
         method: req.method().clone(),
@@ -123,10 +155,13 @@ pub async fn handle(
             .path_and_query()
             .map_or_else(|| req.uri().to_string(), |p| p.as_str().to_owned()),
         status: 0,
-        target: None,
+        pool: None,
+        backend: None,
         bytes: 0,
+        slot: None,
+        pool_slot: None,
     };
-    let response = respond(&core, &snap, &conn, req, &mut record).await;
+    let response = respond(&svc, &view, &conn, req, &mut record).await;
     record.status = response.status().as_u16();
     response.map(|body| Logged::new(body, record))
 }
@@ -138,8 +173,8 @@ enum Chosen<'a> {
 }
 
 async fn respond(
-    core: &Rc<Core>,
-    snap: &CoreSnapshot,
+    svc: &Services,
+    view: &CoreView,
     conn: &ConnInfo,
     req: Request<Incoming>,
     record: &mut AccessRecord,
@@ -171,11 +206,11 @@ async fn respond(
 
     // 3. route: exact-host routes, then the host map, then wildcard and
     // catch-all routes.
-    let router = &snap.snap.router;
+    let router = &view.snap.router;
     let path = req.uri().path();
     let chosen = match router.route_exact(&host, path) {
         Some(found) => found.map(Chosen::Action),
-        None => match snap.snap.hostmap.get(&*host) {
+        None => match view.snap.hostmap.get(&*host) {
             Some(&pool) => Some(Chosen::HostMap(pool as usize)),
             None => router.route_inexact(&host, path).map(Chosen::Action),
         },
@@ -191,7 +226,10 @@ async fn respond(
         // make every request's future (which hyper keeps allocated for each
         // open connection) as large.
         Some(Chosen::HostMap(pool)) => {
-            return Box::pin(proxy_to(core, snap, pool, conn, &authority, req, record)).await
+            return Box::pin(proxy_to(
+                svc, view, pool, conn, &authority, &host, req, record,
+            ))
+            .await
         }
         Some(Chosen::Action(action)) => action,
     };
@@ -199,7 +237,10 @@ async fn respond(
     // 4. act
     match action {
         RouteAction::Proxy(index) => {
-            Box::pin(proxy_to(core, snap, *index, conn, &authority, req, record)).await
+            Box::pin(proxy_to(
+                svc, view, *index, conn, &authority, &host, req, record,
+            ))
+            .await
         }
         RouteAction::Redirect { to, status } => {
             let mut r = Response::new(ResBody::empty());
@@ -219,7 +260,7 @@ async fn respond(
             r
         }
         RouteAction::Static { served, .. } => crate::static_files::respond(
-            &core.cache,
+            &svc.cache,
             served.as_deref(),
             req.method(),
             req.uri().path(),
@@ -237,18 +278,20 @@ async fn respond(
 }
 
 /// Proxies to pool `index`, turning a failure into its error response.
+#[allow(clippy::too_many_arguments)]
 async fn proxy_to(
-    core: &Rc<Core>,
-    snap: &CoreSnapshot,
+    svc: &Services,
+    view: &CoreView,
     index: usize,
     conn: &ConnInfo,
     authority: &str,
+    host: &str,
     req: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Response<ResBody> {
-    record.target = Some((index, None));
-    let pool = &snap.snap.pools[index];
-    match proxy(core, snap, index, pool, conn, authority, req, record).await {
+    record.pool = Some(index);
+    let pool = &view.snap.pools[index];
+    match proxy(svc, view, index, conn, authority, host, req, record).await {
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(pool = &*pool.name, blame = ?e.blame(), "{e}");
@@ -257,7 +300,13 @@ async fn proxy_to(
                 StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
                 _ => "502 Bad Gateway\n",
             };
-            plain(e.status(), body)
+            let mut r = plain(e.status(), body);
+            if let ProxyError::Overloaded { .. } = e {
+                // As HAProxy and Envoy: come back in a moment.
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            r
         }
     }
 }
@@ -329,21 +378,36 @@ fn redirect_to_https(host: &str, port: u16, uri: &Uri) -> Response<ResBody> {
 
 #[allow(clippy::too_many_arguments)]
 async fn proxy(
-    core: &Rc<Core>,
-    snap: &CoreSnapshot,
+    svc: &Services,
+    view: &CoreView,
     pool_index: usize,
-    pool: &snapshot::Pool,
     conn: &ConnInfo,
     authority: &str,
+    host: &str,
     req: Request<Incoming>,
     record: &mut AccessRecord,
 ) -> Result<Response<ResBody>, ProxyError> {
+    let pool = &view.snap.pools[pool_index];
+    let core_pool = &view.pools[pool_index];
     if pool.backends.is_empty() {
         return Err(ProxyError::NoBackend(Arc::clone(&pool.name)));
     }
+    // admit
+    let Some(pool_slot) = core_pool.state.enter() else {
+        core_pool.state.stats.rejected();
+        return Err(ProxyError::Overloaded {
+            pool: Arc::clone(&pool.name),
+            why: "limits.pool_max_requests reached",
+        });
+    };
+    record.pool_slot = Some(pool_slot);
 
     // prepare
     let (mut parts, body) = req.into_parts();
+    let key = match &pool.balance {
+        snapshot::Balance::Hash { key, .. } => headers::hash_key(key, host, &parts.headers),
+        _ => None,
+    };
     let upgrade = match parts.version {
         Version::HTTP_11 => headers::requested_upgrade(&parts.headers),
         _ => None,
@@ -367,52 +431,22 @@ async fn proxy(
         None => Uri::from_static("/"),
     };
     parts.version = Version::HTTP_11;
-    let req = Request::from_parts(parts, body);
+    let req = Request::from_parts(parts, reqbody::ReqBody::new(body));
+    let target = forward::Target {
+        pool,
+        core: core_pool,
+        key,
+        rng: &svc.rng,
+    };
     if upgrade.is_some() {
-        return forward_upgrade(snap, pool_index, pool, conn, req, record).await;
+        return upgrade::forward(&target, conn, req, record).await;
     }
-    forward(core, snap, pool_index, pool, req, record).await
-}
 
-/// Sends `req` on a pooled or new connection and returns the backend's
-/// response, retrying once on a fresh connection when a pooled one turned out
-/// to be closed before the request was written.
-async fn forward(
-    core: &Rc<Core>,
-    snap: &CoreSnapshot,
-    pool_index: usize,
-    pool: &snapshot::Pool,
-    mut req: Request<Incoming>,
-    record: &mut AccessRecord,
-) -> Result<Response<ResBody>, ProxyError> {
-    let mut fresh_only = false;
-    loop {
-        let (index, mut sender, reused) =
-            connect(core, snap, pool_index, pool, fresh_only, record).await?;
-        let backend = &pool.backends[index];
-        let sent =
-            crate::rt::timeout(pool.response_header_timeout, sender.try_send_request(req)).await;
-        let response = match sent {
-            None => return Err(ProxyError::ResponseTimeout(Arc::clone(&backend.name))),
-            Some(Ok(response)) => response,
-            Some(Err(mut e)) => match e.take_message() {
-                Some(unsent) if reused => {
-                    req = unsent;
-                    fresh_only = true;
-                    continue;
-                }
-                _ => {
-                    return Err(ProxyError::Backend {
-                        backend: Arc::clone(&backend.name),
-                        source: e.into_error(),
-                    })
-                }
-            },
-        };
-        core.pool
-            .checkin_when_ready(backend.addr, sender, pool.max_idle_per_backend);
-        return Ok(backend_response(response, None));
-    }
+    // forward
+    let transport = forward::Http { conns: &svc.conns };
+    let forwarded = forward::forward(&transport, &target, req, &mut record.backend).await?;
+    record.slot = Some(forwarded.slot);
+    Ok(backend_response(forwarded.response, None))
 }
 
 /// The response as the client gets it: hop-by-hop headers removed, except the
@@ -427,141 +461,4 @@ fn backend_response(
     // version: an HTTP/1.0 backend must not make it answer in HTTP/1.0.
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, ResBody::Backend(body))
-}
-
-/// An upgrade request (WebSocket) goes on a connection of its own, driven here
-/// until the response; a 101 parks the backend side in the client connection's
-/// tunnel slot, anything else is an ordinary response.
-async fn forward_upgrade(
-    snap: &CoreSnapshot,
-    pool_index: usize,
-    pool: &snapshot::Pool,
-    conn: &ConnInfo,
-    req: Request<Incoming>,
-    record: &mut AccessRecord,
-) -> Result<Response<ResBody>, ProxyError> {
-    let mut last_error = None;
-    let mut tried = Tried::default();
-    while let Some(i) = snap.pick(pool_index, &tried) {
-        tried.add(i);
-        let backend = &pool.backends[i];
-        record.target = Some((pool_index, Some(i)));
-        let ((mut sender, mut backend_conn), activity) =
-            match pool::open(backend.addr, pool.connect_timeout).await {
-                Ok(opened) => opened,
-                Err(source) => {
-                    last_error = Some(ProxyError::Connect {
-                        backend: Arc::clone(&backend.name),
-                        source,
-                    });
-                    continue;
-                }
-            };
-        let exchange = async {
-            let mut send = std::pin::pin!(sender.send_request(req));
-            // Drive the connection while waiting for the response; if it ends
-            // first, the response future reports why.
-            let mut conn_done = false;
-            let response = std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(r) = send.as_mut().poll(cx) {
-                    return std::task::Poll::Ready(r);
-                }
-                if !conn_done {
-                    conn_done = backend_conn.poll_without_shutdown(cx).is_ready();
-                }
-                std::task::Poll::Pending
-            })
-            .await?;
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                std::future::poll_fn(|cx| backend_conn.poll_without_shutdown(cx)).await?;
-                let parts = backend_conn.into_parts();
-                *conn.tunnel.borrow_mut() = Some(tunnel::Prefixed::new(parts.read_buf, parts.io));
-                let upgrade = response.headers().get(header::UPGRADE).cloned();
-                Ok(backend_response(response, upgrade))
-            } else {
-                let idle = pool.idle_timeout;
-                crate::rt::spawn(async move {
-                    crate::rt::race(backend_conn, activity.idle_for(idle)).await;
-                });
-                Ok(backend_response(response, None))
-            }
-        };
-        return match crate::rt::timeout(pool.response_header_timeout, exchange).await {
-            None => Err(ProxyError::ResponseTimeout(Arc::clone(&backend.name))),
-            Some(Ok(response)) => Ok(response),
-            Some(Err(source)) => Err(ProxyError::Backend {
-                backend: Arc::clone(&backend.name),
-                source,
-            }),
-        };
-    }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend(Arc::clone(&pool.name))))
-}
-
-/// Backends already tried for one request; at most [`MAX_ATTEMPTS`].
-#[derive(Debug, Default)]
-pub struct Tried {
-    list: [usize; MAX_ATTEMPTS],
-    len: usize,
-}
-
-/// The most backends one request tries to connect to.
-pub const MAX_ATTEMPTS: usize = 8;
-
-impl Tried {
-    fn add(&mut self, i: usize) {
-        if self.len < MAX_ATTEMPTS {
-            self.list[self.len] = i;
-            self.len += 1;
-        }
-    }
-
-    pub fn contains(&self, i: usize) -> bool {
-        self.list[..self.len].contains(&i)
-    }
-
-    /// No more attempts allowed.
-    pub fn exhausted(&self) -> bool {
-        self.len == MAX_ATTEMPTS
-    }
-}
-
-/// Picks a backend and a connection to it: a pooled one unless `fresh_only`,
-/// otherwise a new one. A failed connect moves on to another backend, each
-/// backend at most once, [`MAX_ATTEMPTS`] in all.
-async fn connect(
-    core: &Rc<Core>,
-    snap: &CoreSnapshot,
-    pool_index: usize,
-    pool: &snapshot::Pool,
-    fresh_only: bool,
-    record: &mut AccessRecord,
-) -> Result<(usize, pool::Sender, bool), ProxyError> {
-    let mut last_error = None;
-    let mut tried = Tried::default();
-    while let Some(i) = snap.pick(pool_index, &tried) {
-        tried.add(i);
-        record.target = Some((pool_index, Some(i)));
-        let backend = &pool.backends[i];
-        if !fresh_only {
-            if let Some(sender) = core.pool.checkout(backend.addr, pool.idle_timeout) {
-                return Ok((i, sender, true));
-            }
-        }
-        match pool::connect(backend.addr, pool.connect_timeout, pool.idle_timeout).await {
-            Ok(sender) => return Ok((i, sender, false)),
-            Err(source) => {
-                tracing::warn!(
-                    pool = &*pool.name,
-                    backend = &*backend.name,
-                    "{source}; trying the next backend"
-                );
-                last_error = Some(ProxyError::Connect {
-                    backend: Arc::clone(&backend.name),
-                    source,
-                });
-            }
-        }
-    }
-    Err(last_error.unwrap_or_else(|| ProxyError::NoBackend(Arc::clone(&pool.name))))
 }

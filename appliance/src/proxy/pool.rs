@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
+use super::reqbody::ReqBody;
 use crate::rt::{self, Activity, HyperIo, TrackedIo};
 
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<ReqBody>;
 
 /// Why no connection to a backend could be opened.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,9 @@ pub enum ConnectError {
     /// The HTTP/1.1 handshake on the new connection failed.
     #[error("handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    /// The new connection closed before the request could be written.
+    #[error("the connection closed before the request was sent")]
+    Closed,
 }
 
 struct Idle {
@@ -96,7 +99,7 @@ pub type BackendIo = HyperIo<TrackedIo<rt::TcpStream>>;
 /// A new connection's request half and its not yet running connection half.
 pub type Handshaken = (
     Sender,
-    hyper::client::conn::http1::Connection<BackendIo, Incoming>,
+    hyper::client::conn::http1::Connection<BackendIo, ReqBody>,
 );
 
 /// Opens a new HTTP/1.1 connection to a backend, leaving the caller to drive

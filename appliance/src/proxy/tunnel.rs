@@ -21,7 +21,58 @@ use super::pool::BackendIo;
 const BUF: usize = 16 * 1024;
 
 /// The backend half of an accepted upgrade, waiting for the client half.
-pub type TunnelSlot = std::cell::RefCell<Option<Prefixed<BackendIo>>>;
+pub type TunnelSlot = std::cell::RefCell<Option<Parked>>;
+
+/// An upgraded backend connection, with the slot it holds under its
+/// backend's limit for as long as the tunnel is open.
+#[derive(Debug)]
+pub struct Parked {
+    pub io: Prefixed<BackendIo>,
+    pub slot: crate::upstream::Slot,
+    /// The pool's `drain_timeout_ms`: once its backend has been draining (or
+    /// gone from the config) this long, the tunnel is closed.
+    pub drain_timeout_ms: u64,
+}
+
+/// How often an open tunnel looks at whether its backend's drain deadline
+/// has passed.
+const DRAIN_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs the tunnel between `client` and a parked backend connection until
+/// both sides close, `idle` passes without traffic, or the backend's drain
+/// deadline passes.
+pub async fn run_parked<A>(client: A, parked: Parked, idle: Duration) -> io::Result<()>
+where
+    A: Read + Write + Unpin,
+{
+    let backend = std::rc::Rc::clone(parked.slot.backend());
+    backend.stats.tunnel_opened();
+    let deadline = parked.drain_timeout_ms;
+    let expired = async {
+        loop {
+            crate::rt::sleep(DRAIN_CHECK).await;
+            if backend
+                .shared
+                .drain_expired(crate::clock::now_ms(), deadline)
+            {
+                return;
+            }
+        }
+    };
+    let result = match crate::rt::race(run(client, parked.io, idle), expired).await {
+        crate::rt::Either::Left(result) => result,
+        crate::rt::Either::Right(()) => {
+            tracing::info!(
+                backend = &*backend.name,
+                "closing a tunnel: its backend has been draining for {deadline} ms"
+            );
+            Ok(())
+        }
+    };
+    backend.stats.tunnel_closed();
+    drop(parked.slot);
+    result
+}
 
 /// IO with bytes that were already read from it (by hyper, past the 101
 /// exchange) put back in front.

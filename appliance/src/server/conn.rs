@@ -141,7 +141,7 @@ async fn serve_http1<I, S>(
     };
     let parts = conn.into_parts();
     let client = Prefixed::new(parts.read_buf, parts.io);
-    if let Err(e) = Box::pin(tunnel::run(client, backend, idle)).await {
+    if let Err(e) = Box::pin(tunnel::run_parked(client, backend, idle)).await {
         tracing::debug!(client = %info.client, "tunnel ended: {e}");
     }
 }
@@ -178,9 +178,10 @@ fn service(
     Future = impl Future<Output = Result<http::Response<proxy::Logged<proxy::ResBody>>, Infallible>>,
 > {
     hyper::service::service_fn(move |req| {
-        let core = Rc::clone(&core);
+        let services = Rc::clone(&core.services);
+        let view = core.current();
         let info = Rc::clone(&info);
-        async move { Ok::<_, Infallible>(proxy::handle(core, info, req).await) }
+        async move { Ok::<_, Infallible>(proxy::handle(services, view, info, req).await) }
     })
 }
 

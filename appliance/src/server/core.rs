@@ -9,110 +9,61 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::balance::{Balancer, WeightedRoundRobin};
-use crate::metrics::{BackendKey, CoreStats, Counters};
-use crate::proxy::pool::ConnPool;
-use crate::proxy::Tried;
+use crate::metrics::CoreStats;
+use crate::proxy::Services;
 use crate::rt::{self, Either};
 use crate::snapshot::{ListenerKey, Shared, Snapshot};
+use crate::upstream::{CoreView, Registry};
 
 /// How often a core looks at the shared state (shutdown flag, listener set).
 /// Cores are never woken from another thread (see `docs/architecture.md`), so
 /// they poll.
 const POLL_SHARED: Duration = Duration::from_millis(50);
 
-/// A pool and, if one was reached, a backend, by index.
-type Target = (usize, Option<usize>);
-
-/// A snapshot as one core uses it, with the core's own balancer state and
-/// metric handles.
-#[derive(Debug)]
-pub struct CoreSnapshot {
-    pub snap: Arc<Snapshot>,
-    /// One balancer per pool, indexed like `snap.pools`.
-    balancers: RefCell<Vec<WeightedRoundRobin>>,
-    /// Counters per (pool, backend) index pair, registered on first use.
-    backend_stats: RefCell<HashMap<Target, Arc<Counters>>>,
-}
-
-impl CoreSnapshot {
-    fn new(snap: Arc<Snapshot>, core: usize) -> Self {
-        let balancers = snap
-            .pools
-            .iter()
-            .map(|p| WeightedRoundRobin::new(p.backends.len(), core))
-            .collect();
-        Self {
-            snap,
-            balancers: RefCell::new(balancers),
-            backend_stats: RefCell::default(),
-        }
-    }
-
-    /// The next backend of pool `pool` that is not in `tried`.
-    pub fn pick(&self, pool: usize, tried: &Tried) -> Option<usize> {
-        if tried.exhausted() {
-            return None;
-        }
-        let weights = &self.snap.pools[pool].weights;
-        self.balancers.borrow_mut()[pool].pick(weights, &|i| !tried.contains(i))
-    }
-
-    /// This core's counters for a pool and backend (`None`: none reached).
-    pub fn backend_counters(
-        &self,
-        core: &Core,
-        pool: usize,
-        backend: Option<usize>,
-    ) -> Arc<Counters> {
-        let mut cache = self.backend_stats.borrow_mut();
-        let counters = cache.entry((pool, backend)).or_insert_with(|| {
-            let p = &self.snap.pools[pool];
-            core.stats.register_backend(BackendKey {
-                pool: Arc::clone(&p.name),
-                backend: backend
-                    .map_or_else(|| Arc::from("-"), |b| Arc::clone(&p.backends[b].name)),
-            })
-        });
-        Arc::clone(counters)
-    }
-}
-
 #[derive(Debug)]
 pub struct Core {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub stats: Arc<CoreStats>,
-    current: RefCell<Rc<CoreSnapshot>>,
-    pub pool: Rc<ConnPool>,
-    /// This core's mapped, verified blobs.
-    pub cache: crate::static_files::cache::BlobCache,
+    /// What requests on this core use (passed in to the proxy).
+    pub services: Rc<Services>,
+    /// What this core knows of backends, across snapshots.
+    registry: Registry,
+    current: RefCell<Rc<CoreView>>,
 }
 
 impl Core {
     fn new(id: usize, shared: Arc<Shared>) -> Self {
         let snap = shared.snapshot.load_full();
+        let stats = Arc::clone(&shared.stats[id]);
+        let registry = Registry::new(id, shared.stats.len(), Arc::clone(&stats));
+        let view = registry.view(snap);
+        let seed = (id as u64) ^ crate::clock::now_us().rotate_left(17);
         Self {
             id,
-            stats: Arc::clone(&shared.stats[id]),
-            current: RefCell::new(Rc::new(CoreSnapshot::new(snap, id))),
-            cache: crate::static_files::cache::BlobCache::new(shared.blobs.clone()),
+            services: Rc::new(Services {
+                core: id,
+                stats: Arc::clone(&stats),
+                conns: Rc::default(),
+                cache: crate::static_files::cache::BlobCache::new(shared.blobs.clone()),
+                rng: std::cell::RefCell::new(crate::balance::Rng::new(seed)),
+            }),
+            stats,
+            registry,
+            current: RefCell::new(Rc::new(view)),
             shared,
-            pool: Rc::default(),
         }
     }
 
-    /// The latest published snapshot. A request keeps the one it started
-    /// with; the check is a pointer comparison, with no lock and no shared
-    /// reference-count traffic unless the snapshot changed.
-    pub fn current(&self) -> Rc<CoreSnapshot> {
+    /// The latest published snapshot, as this core serves it. A request
+    /// keeps the view it started with; the check is a pointer comparison,
+    /// with no lock and no shared reference-count traffic unless the
+    /// snapshot changed.
+    pub fn current(&self) -> Rc<CoreView> {
         let latest = self.shared.snapshot.load();
         let mut current = self.current.borrow_mut();
         if !Arc::ptr_eq(&current.snap, &latest) {
-            *current = Rc::new(CoreSnapshot::new(
-                arc_swap::Guard::into_inner(latest),
-                self.id,
-            ));
+            *current = Rc::new(self.registry.view(arc_swap::Guard::into_inner(latest)));
         }
         Rc::clone(&current)
     }

@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, Protocol};
 use crate::hostmap::HostMap;
-use crate::snapshot::{Exit, Generations, ListenerKey, Shared, Snapshot};
+use crate::snapshot::{Exit, Generations, ListenerKey, Shared, Snapshot, Upstreams};
 use crate::tls::tickets::{TicketKeyError, TicketKeys};
 
 /// Memory glommio registers with io_uring per executor. The data plane does
@@ -180,14 +180,22 @@ pub fn read_config_file(path: &Path) -> Result<Loaded, ServeError> {
 impl Loaded {
     /// Checks everything that needs IO (certificates, backend names) and
     /// compiles the snapshot.
+    /// `upstreams` gets the names of its backends resolved.
     pub fn build(
         self,
         hostmap: &HostMap,
         sites: &crate::snapshot::Sites,
         tickets: &Arc<TicketKeys>,
         generations: Generations,
+        upstreams: &mut Upstreams,
     ) -> Result<Snapshot, ServeError> {
         let file = self.source;
+        let fail = |source| ServeError::Config {
+            file: file.clone(),
+            source,
+        };
+        let resolved = crate::discovery::resolve_new(&self.config, upstreams).map_err(fail)?;
+        upstreams.resolved.extend(resolved);
         Snapshot::build(
             self.config,
             hostmap,
@@ -195,8 +203,12 @@ impl Loaded {
             &self.base,
             tickets,
             generations,
+            &crate::snapshot::Resolving {
+                upstreams,
+                extra: &Default::default(),
+            },
         )
-        .map_err(|source| ServeError::Config { file, source })
+        .map_err(fail)
     }
 }
 
@@ -228,7 +240,8 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         })?;
     let sites = crate::control::state::load_sites(&content)
         .map_err(|e| ServeError::Content(e.to_string()))?;
-    let mut snapshot = loaded.build(&hostmap, &sites, &tickets, generations)?;
+    let mut upstreams = Upstreams::default();
+    let mut snapshot = loaded.build(&hostmap, &sites, &tickets, generations, &mut upstreams)?;
 
     crate::limits::ensure_memlock(MEMLOCK_PER_CORE * opts.cores as u64)?;
     let bound = listeners::bind(&snapshot.config.listeners, opts.cores)?;
@@ -249,6 +262,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     let (token, new_token) = crate::admin::token::TokenStore::open(&opts.data, preset.as_deref())?;
 
     let banner = banner(&snapshot, &bound.addresses, &opts, new_token.as_deref());
+    upstreams.commit(&snapshot, crate::clock::now_ms());
     let config = snapshot.config.clone();
     let keys: Vec<ListenerKey> = snapshot
         .config
@@ -281,6 +295,8 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         token,
         logs: opts.logs.clone(),
         admin_rebind: rebind_tx,
+        upstreams,
+        published: tokio::sync::watch::Sender::new(0),
     };
     crate::control::start(crate::control::Start {
         control,

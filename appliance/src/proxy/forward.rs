@@ -1,0 +1,318 @@
+//! The backend side of a proxied request: pick a backend, take a slot under
+//! its limit (waiting in its queue if it is full), send, and on a failure
+//! decide whether to try again elsewhere. Every try's outcome feeds the
+//! backend's passive health (ejection) and latency estimate.
+//!
+//! The sending itself is a [`Transport`], so that this loop is tested
+//! without sockets against a scripted one (`forward_tests.rs`); [`Http`] is
+//! the real one.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+
+use super::pool::{self, ConnPool, ConnectError};
+use super::reqbody::{ReqBody, RequestBody};
+use super::ProxyError;
+use crate::balance::retry::{self, Failure};
+use crate::balance::Rng;
+use crate::snapshot;
+use crate::upstream::{CoreBackend, CorePool, NoSlot, Pick, Slot, Tried};
+
+/// A boxed error from a backend exchange.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How one try failed.
+#[derive(Debug)]
+pub enum TryError<B> {
+    /// No connection could be made; the request is handed back untouched.
+    Connect(ConnectError, Request<B>),
+    /// A pooled connection was found closed before the request was written;
+    /// the request is handed back untouched.
+    Stale(Request<B>),
+    /// The request was written (perhaps partly), then the exchange broke
+    /// before response headers came.
+    Broken(BoxError),
+    /// No response headers within the try's timeout (counted from the end
+    /// of the request body).
+    Timeout,
+}
+
+/// Sends one try of a request to one backend.
+pub trait Transport {
+    type Body: RequestBody;
+    type Resp;
+
+    /// Sends `req` to `backend` on a pooled connection (unless
+    /// `fresh_only`) or a new one, and waits for the response headers for
+    /// at most `header_timeout` after the body has been sent.
+    fn send(
+        &self,
+        backend: &snapshot::Backend,
+        pool: &snapshot::Pool,
+        req: Request<Self::Body>,
+        fresh_only: bool,
+        header_timeout: Duration,
+    ) -> impl Future<Output = Result<Response<Self::Resp>, TryError<Self::Body>>>;
+}
+
+/// What the loop works with: the pool (config side and this core's side),
+/// the request's hash key, this core's random numbers.
+#[derive(Debug)]
+pub struct Target<'a> {
+    pub pool: &'a snapshot::Pool,
+    pub core: &'a CorePool,
+    pub key: Option<u64>,
+    pub rng: &'a RefCell<Rng>,
+}
+
+/// A backend's response, with the slot the request holds until it ends.
+#[derive(Debug)]
+pub struct Forwarded<R> {
+    pub response: Response<R>,
+    pub slot: Slot,
+}
+
+/// Sends `req` to the pool, trying again on another backend where that is
+/// safe and the retry budget allows. `reached` is set to each backend tried
+/// (the last one stays, for the access log).
+pub async fn forward<T: Transport>(
+    transport: &T,
+    target: &Target<'_>,
+    req: Request<T::Body>,
+    reached: &mut Option<Rc<CoreBackend>>,
+) -> Result<Forwarded<T::Resp>, ProxyError> {
+    let pool = target.pool;
+    let progress = req.body().progress();
+    let method = req.method().clone();
+    // A bodiless idempotent request can be sent again after being written;
+    // keep its head for that (nothing else is copied).
+    let again = (pool.retries.max > 0
+        && progress.state() == retry::Body::Empty
+        && retry::idempotent(&method))
+    .then(|| req.headers().clone())
+    .map(|headers| (req.uri().clone(), req.version(), headers));
+    let (header_timeout, per_try) = match pool.retries.per_try_timeout_ms {
+        0 => (pool.response_header_timeout, false),
+        ms => {
+            let t = Duration::from_millis(ms);
+            (
+                t.min(pool.response_header_timeout),
+                t < pool.response_header_timeout,
+            )
+        }
+    };
+    target.core.state.record_request(crate::clock::now_ms());
+    let mut req = Some(req);
+    let mut tried = Tried::default();
+    let mut tries = 0u32;
+    let mut fresh_only = false;
+    let mut last_error: Option<ProxyError> = None;
+    loop {
+        let now = crate::clock::now_ms();
+        let pick = target
+            .core
+            .pick(pool, &tried, target.key, &mut target.rng.borrow_mut(), now);
+        let i = match pick {
+            Pick::Ready(i) | Pick::Busy(i) => i,
+            Pick::None => return Err(last_error.unwrap_or_else(|| no_backend(pool, now))),
+        };
+        let cb = &target.core.backends[i];
+        let backend = &pool.backends[i];
+        *reached = Some(Rc::clone(cb));
+        let slot = match cb
+            .acquire(Duration::from_millis(pool.limits.queue_timeout_ms))
+            .await
+        {
+            Ok(slot) => slot,
+            Err(why) => {
+                target.core.state.stats.rejected();
+                return Err(ProxyError::Overloaded {
+                    pool: Arc::clone(&pool.name),
+                    why: match why {
+                        NoSlot::Full => "its queue is full",
+                        NoSlot::Timeout => "no slot within the queue timeout",
+                    },
+                });
+            }
+        };
+        tried.add(i);
+        if tries > 0 && !fresh_only {
+            cb.stats.retried();
+        }
+        tries += 1;
+        let Some(this_try) = req.take() else {
+            return Err(last_error.unwrap_or_else(|| no_backend(pool, now)));
+        };
+        let started = Instant::now();
+        let failure = match transport
+            .send(backend, pool, this_try, fresh_only, header_timeout)
+            .await
+        {
+            Ok(response) => {
+                let now = crate::clock::now_ms();
+                cb.observe_latency(started.elapsed(), crate::clock::now_us());
+                if pool.count_5xx && response.status().is_server_error() {
+                    failed(pool, cb, now);
+                } else {
+                    cb.shared.ejection.on_success(now, &pool.outlier);
+                }
+                return Ok(Forwarded { response, slot });
+            }
+            Err(TryError::Stale(back)) => {
+                // Says nothing of the backend: the same try again, on a new
+                // connection, not counted.
+                req = Some(back);
+                tried.remove(i);
+                tries -= 1;
+                fresh_only = true;
+                continue;
+            }
+            Err(TryError::Connect(source, back)) => {
+                tracing::warn!(pool = &*pool.name, backend = &*backend.name, "{source}");
+                req = Some(back);
+                last_error = Some(ProxyError::Connect {
+                    backend: Arc::clone(&backend.name),
+                    source,
+                });
+                Failure::Connect
+            }
+            Err(TryError::Broken(source)) => {
+                last_error = Some(ProxyError::Backend {
+                    backend: Arc::clone(&backend.name),
+                    source,
+                });
+                Failure::AfterWrite
+            }
+            Err(TryError::Timeout) => {
+                last_error = Some(ProxyError::ResponseTimeout(Arc::clone(&backend.name)));
+                if !per_try {
+                    // The request's own timeout: no more tries.
+                    failed(pool, cb, crate::clock::now_ms());
+                    return Err(last_error.unwrap_or_else(|| no_backend(pool, now)));
+                }
+                Failure::AfterWrite
+            }
+        };
+        fresh_only = false;
+        let now = crate::clock::now_ms();
+        failed(pool, cb, now);
+        drop(slot);
+        let allowed = tries <= pool.retries.max
+            && retry::may_retry(&method, progress.state(), failure)
+            && (req.is_some() || again.is_some());
+        if !allowed || !target.core.state.withdraw_retry(now) {
+            return Err(last_error.unwrap_or_else(|| no_backend(pool, now)));
+        }
+        if req.is_none() {
+            if let Some((uri, version, headers)) = &again {
+                let mut r = Request::new(T::Body::empty());
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri.clone();
+                *r.version_mut() = *version;
+                *r.headers_mut() = headers.clone();
+                req = Some(r);
+            }
+        }
+    }
+}
+
+/// A try failed on `cb`: counted, and perhaps the backend is ejected.
+pub(super) fn failed(pool: &snapshot::Pool, cb: &CoreBackend, now: u64) {
+    cb.stats.failed();
+    let ejected = cb.shared.ejection.on_failure(now, &pool.outlier, || {
+        let out = pool
+            .backends
+            .iter()
+            .filter(|b| b.shared.ejection.is_ejected(now))
+            .count();
+        (out, pool.backends.len())
+    });
+    if let Some(ms) = ejected {
+        tracing::warn!(
+            pool = &*pool.name,
+            backend = &*cb.name,
+            "ejected for {ms} ms after {} failures in a row",
+            pool.outlier.consecutive
+        );
+    }
+}
+
+/// Why no backend could be picked at all.
+fn no_backend(pool: &snapshot::Pool, now: u64) -> ProxyError {
+    let in_rotation = pool.backends.iter().any(|b| b.weight > 0);
+    if in_rotation
+        && !pool
+            .backends
+            .iter()
+            .any(|b| b.weight > 0 && b.shared.serves(now))
+    {
+        ProxyError::AllDown(Arc::clone(&pool.name))
+    } else {
+        ProxyError::NoBackend(Arc::clone(&pool.name))
+    }
+}
+
+/// The real transport: HTTP/1.1 keep-alive connections from this core's
+/// pool, or new ones.
+#[derive(Debug)]
+pub struct Http<'a> {
+    pub conns: &'a Rc<ConnPool>,
+}
+
+impl Transport for Http<'_> {
+    type Body = ReqBody;
+    type Resp = hyper::body::Incoming;
+
+    async fn send(
+        &self,
+        backend: &snapshot::Backend,
+        pool: &snapshot::Pool,
+        req: Request<ReqBody>,
+        fresh_only: bool,
+        header_timeout: Duration,
+    ) -> Result<Response<Self::Resp>, TryError<ReqBody>> {
+        let pooled = if fresh_only {
+            None
+        } else {
+            self.conns.checkout(backend.addr, pool.idle_timeout)
+        };
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => {
+                match pool::connect(backend.addr, pool.connect_timeout, pool.idle_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => return Err(TryError::Connect(e, req)),
+                }
+            }
+        };
+        let progress = req.body().progress();
+        let exchange = sender.try_send_request(req);
+        let deadline = async {
+            progress.finished().await;
+            crate::rt::sleep(header_timeout).await;
+        };
+        match crate::rt::race(exchange, deadline).await {
+            crate::rt::Either::Left(Ok(response)) => {
+                self.conns
+                    .checkin_when_ready(backend.addr, sender, pool.max_idle_per_backend);
+                Ok(response)
+            }
+            crate::rt::Either::Left(Err(mut e)) => match e.take_message() {
+                Some(back) if reused => Err(TryError::Stale(back)),
+                Some(back) => Err(TryError::Connect(ConnectError::Closed, back)),
+                None => Err(TryError::Broken(Box::new(e.into_error()))),
+            },
+            crate::rt::Either::Right(()) => Err(TryError::Timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod tests;
