@@ -478,3 +478,34 @@ impl Exit {
         }
     }
 }
+
+/// A snapshot of a config with one plain-HTTP listener and `pools`, built
+/// through `upstreams` (and taken in by it, as a published one would be).
+#[cfg(test)]
+pub(crate) fn for_test(pools: serde_json::Value, upstreams: &mut Upstreams) -> Snapshot {
+    let config = Config::parse(
+        serde_json::json!({
+            "listeners": [{"name": "h", "address": "127.0.0.1:0", "protocol": "http"}],
+            "pools": pools,
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .expect("a valid test config");
+    let tickets = TicketKeys::new(3600).expect("ticket keys");
+    let snap = Snapshot::build(
+        config,
+        &HostMap::default(),
+        &Sites::new(),
+        Path::new("."),
+        &tickets,
+        Generations::default(),
+        &Resolving {
+            upstreams,
+            extra: &HashMap::new(),
+        },
+    )
+    .expect("a test snapshot");
+    upstreams.commit(&snap, crate::clock::now_ms());
+    snap
+}

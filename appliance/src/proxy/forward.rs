@@ -114,32 +114,13 @@ pub async fn forward<T: Transport>(
     let mut last_error: Option<ProxyError> = None;
     loop {
         let now = crate::clock::now_ms();
-        let pick = target
-            .core
-            .pick(pool, &tried, target.key, &mut target.rng.borrow_mut(), now);
-        let i = match pick {
-            Pick::Ready(i) | Pick::Busy(i) => i,
-            Pick::None => return Err(last_error.unwrap_or_else(|| no_backend(pool, now))),
+        let (i, slot) = match enter(target, &tried, reached).await {
+            Ok(entered) => entered,
+            Err(None) => return Err(last_error.unwrap_or_else(|| no_backend(pool, now))),
+            Err(Some(overloaded)) => return Err(overloaded),
         };
         let cb = &target.core.backends[i];
         let backend = &pool.backends[i];
-        *reached = Some(Rc::clone(cb));
-        let slot = match cb
-            .acquire(Duration::from_millis(pool.limits.queue_timeout_ms))
-            .await
-        {
-            Ok(slot) => slot,
-            Err(why) => {
-                target.core.state.stats.rejected();
-                return Err(ProxyError::Overloaded {
-                    pool: Arc::clone(&pool.name),
-                    why: match why {
-                        NoSlot::Full => "its queue is full",
-                        NoSlot::Timeout => "no slot within the queue timeout",
-                    },
-                });
-            }
-        };
         tried.add(i);
         if tries > 0 && !fresh_only {
             cb.stats.retried();
@@ -217,6 +198,43 @@ pub async fn forward<T: Transport>(
                 *r.headers_mut() = headers.clone();
                 req = Some(r);
             }
+        }
+    }
+}
+
+/// Picks a backend not in `tried` (noting it in `reached`) and takes a slot
+/// under its limit, waiting in its queue when it is full. `Err(None)`: no
+/// backend may be picked; `Err(Some(_))`: the one picked is overloaded.
+pub(super) async fn enter(
+    target: &Target<'_>,
+    tried: &Tried,
+    reached: &mut Option<Rc<CoreBackend>>,
+) -> Result<(usize, Slot), Option<ProxyError>> {
+    let pool = target.pool;
+    let now = crate::clock::now_ms();
+    let pick = target
+        .core
+        .pick(pool, tried, target.key, &mut target.rng.borrow_mut(), now);
+    let i = match pick {
+        Pick::Ready(i) | Pick::Busy(i) => i,
+        Pick::None => return Err(None),
+    };
+    let cb = &target.core.backends[i];
+    *reached = Some(Rc::clone(cb));
+    match cb
+        .acquire(Duration::from_millis(pool.limits.queue_timeout_ms))
+        .await
+    {
+        Ok(slot) => Ok((i, slot)),
+        Err(why) => {
+            target.core.state.stats.rejected();
+            Err(Some(ProxyError::Overloaded {
+                pool: Arc::clone(&pool.name),
+                why: match why {
+                    NoSlot::Full => "its queue is full",
+                    NoSlot::Timeout => "no slot within the queue timeout",
+                },
+            }))
         }
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 use super::*;
 use crate::balance::retry;
 use crate::proxy::reqbody::Progress;
-use crate::snapshot::{Generations, Resolving, Snapshot, Upstreams};
+use crate::snapshot::Upstreams;
 use crate::upstream::{CoreView, Registry};
 
 /// What the scripted backend does with one try.
@@ -113,30 +113,7 @@ fn view(extra: serde_json::Value) -> (Rc<CoreView>, Registry) {
     for (k, v) in extra.as_object().unwrap() {
         pool[k] = v.clone();
     }
-    let config = crate::config::Config::parse(
-        json!({
-            "listeners": [{"name": "h", "address": "127.0.0.1:0", "protocol": "http"}],
-            "pools": [pool],
-        })
-        .to_string()
-        .as_bytes(),
-    )
-    .unwrap();
-    let tickets = crate::tls::tickets::TicketKeys::new(3600).unwrap();
-    let upstreams = Upstreams::default();
-    let snap = Snapshot::build(
-        config,
-        &crate::hostmap::HostMap::default(),
-        &crate::snapshot::Sites::new(),
-        std::path::Path::new("."),
-        &tickets,
-        Generations::default(),
-        &Resolving {
-            upstreams: &upstreams,
-            extra: &HashMap::new(),
-        },
-    )
-    .unwrap();
+    let snap = crate::snapshot::for_test(json!([pool]), &mut Upstreams::default());
     let registry = Registry::new(0, 1, Arc::default());
     let v = registry.view(Arc::new(snap));
     (Rc::new(v), registry)

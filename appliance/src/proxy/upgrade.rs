@@ -6,10 +6,8 @@
 //! again.
 
 use std::future::Future;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
 
 use http::header;
 use http::{Request, Response, StatusCode};
@@ -17,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use super::forward::Target;
 use super::reqbody::ReqBody;
 use super::{backend_response, pool, tunnel, AccessRecord, ConnInfo, ProxyError, ResBody};
-use crate::upstream::{NoSlot, Pick, Tried};
+use crate::upstream::Tried;
 
 pub(super) async fn forward(
     target: &Target<'_>,
@@ -29,32 +27,18 @@ pub(super) async fn forward(
     let mut tried = Tried::default();
     let mut last_error = None;
     loop {
-        let now = crate::clock::now_ms();
-        let pick = target
-            .core
-            .pick(pool, &tried, target.key, &mut target.rng.borrow_mut(), now);
-        let i = match pick {
-            Pick::Ready(i) | Pick::Busy(i) => i,
-            Pick::None => {
+        let (i, slot) = match super::forward::enter(target, &tried, &mut record.backend).await {
+            Ok(entered) => entered,
+            Err(None) => {
                 return Err(
                     last_error.unwrap_or_else(|| ProxyError::NoBackend(Arc::clone(&pool.name)))
                 )
             }
+            Err(Some(overloaded)) => return Err(overloaded),
         };
         tried.add(i);
         let cb = &target.core.backends[i];
         let backend = &pool.backends[i];
-        record.backend = Some(Rc::clone(cb));
-        let slot = cb
-            .acquire(Duration::from_millis(pool.limits.queue_timeout_ms))
-            .await
-            .map_err(|why| ProxyError::Overloaded {
-                pool: Arc::clone(&pool.name),
-                why: match why {
-                    NoSlot::Full => "its queue is full",
-                    NoSlot::Timeout => "no slot within the queue timeout",
-                },
-            })?;
         let ((mut sender, mut backend_conn), activity) =
             match pool::open(backend.addr, pool.connect_timeout).await {
                 Ok(opened) => opened,

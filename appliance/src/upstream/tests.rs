@@ -9,36 +9,10 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::balance::health::Health;
-use crate::snapshot::{Generations, Resolving, Upstreams};
+use crate::snapshot::Upstreams;
 
-/// Builds and publishes a snapshot of `pools` through `upstreams`, as the
-/// control plane does.
 fn publish(upstreams: &mut Upstreams, pools: Value) -> Arc<Snapshot> {
-    let config = crate::config::Config::parse(
-        json!({
-            "listeners": [{"name": "h", "address": "127.0.0.1:0", "protocol": "http"}],
-            "pools": pools,
-        })
-        .to_string()
-        .as_bytes(),
-    )
-    .unwrap();
-    let tickets = crate::tls::tickets::TicketKeys::new(3600).unwrap();
-    let snap = Snapshot::build(
-        config,
-        &crate::hostmap::HostMap::default(),
-        &crate::snapshot::Sites::new(),
-        std::path::Path::new("."),
-        &tickets,
-        Generations::default(),
-        &Resolving {
-            upstreams,
-            extra: &HashMap::new(),
-        },
-    )
-    .unwrap();
-    upstreams.commit(&snap, crate::clock::now_ms());
-    Arc::new(snap)
+    Arc::new(crate::snapshot::for_test(pools, upstreams))
 }
 
 fn pool(backends: &[&str]) -> Value {
