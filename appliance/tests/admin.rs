@@ -145,10 +145,13 @@ fn pools_and_backends_weights_and_drain() {
             &[],
         )
         .expect(201);
+    let added = r.json();
     assert_eq!(
-        r.json(),
-        json!({"address": b.addr.to_string(), "weight": 3, "state": "enabled"})
+        [&added["address"], &added["weight"], &added["state"]],
+        [&json!(b.addr.to_string()), &json!(3), &json!("enabled")]
     );
+    assert_eq!(added["idle"], false, "not draining");
+    assert_eq!(added["endpoints"][0]["health"], "unchecked");
     let a_path = format!("/v1/pools/app/backends/{}", a.addr);
     let r = eb
         .api("POST", &format!("{a_path}/drain"), None, &[])

@@ -4,28 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
 fn ctl(eb: &Edgebox, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_edgebox"))
-        .arg("ctl")
-        .args(args)
-        .env("EDGEBOX_ADMIN", format!("https://{}", eb.admin.unwrap()))
-        .env("EDGEBOX_TOKEN", &eb.token)
-        .env("EDGEBOX_DATA", eb.dir().join("data"))
-        .output()
-        .unwrap()
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "ctl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    eb.ctl(args)
 }
 
 fn fails(out: Output) -> String {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{json_response, ApiError, Body};
-use crate::config::{Backend, BackendState, Certificate, Config, Listener, Pool, Route};
+use crate::config::{Certificate, Config, Listener, Route};
 use crate::control::Control;
 use crate::hostmap::{HostMap, Importer};
 use crate::snapshot::Generations;
@@ -72,43 +72,18 @@ pub async fn dispatch(
             Ok(get_config(control, |c| json!(c.routes)))
         }
         (["v1", "pools"], &Method::GET) => Ok(get_config(control, |c| json!(c.pools))),
-        (["v1", "pools", name], _) => pool(control, req, name).await,
+        (["v1", "pools", name], _) => super::pools::pool(control, req, name).await,
+        (["v1", "pools", name, "status"], &Method::GET) => super::pools::status(control, name),
         (["v1", "pools", name, "backends"], &Method::POST) => {
-            let (headers, backend): (_, Backend) = read_json(req).await?;
-            let address = backend.address.clone();
-            change(control, &headers, |c| {
-                let (i, pool) = find_pool(c, name)?;
-                if pool.backends.iter().any(|b| b.address == address) {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!("pool {name} already has backend {address}"),
-                    ));
-                }
-                c.pools[i].backends.push(backend);
-                Ok(())
-            })?;
-            let mut r = get_backend(control, name, &address)?;
-            *r.status_mut() = StatusCode::CREATED;
-            Ok(r)
+            super::pools::add_backend(control, req, name).await
         }
         (["v1", "pools", name, "backends", address], _) => {
-            backend(control, req, name, address).await
+            super::pools::backend(control, req, name, address).await
         }
         (
             ["v1", "pools", name, "backends", address, action @ ("drain" | "enable")],
             &Method::POST,
-        ) => {
-            let state = if *action == "drain" {
-                BackendState::Draining
-            } else {
-                BackendState::Enabled
-            };
-            change(control, req.headers(), |c| {
-                find_backend(c, name, address)?.state = state;
-                Ok(())
-            })?;
-            get_backend(control, name, address)
-        }
+        ) => super::pools::set_state(control, req, name, address, action == &"drain"),
         (["v1", "certificates"], &Method::GET) => certificates(control),
         (["v1", "certificates", name], _) => certificate(control, req, name).await,
         (["v1", "hostmap"], &Method::GET) => {
@@ -195,6 +170,7 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         | ["v1", "logs"]
         | ["v1", "certificates"]
         | ["v1", "pools"]
+        | ["v1", "pools", _, "status"]
         | ["v1", "sites"] => "GET",
         ["v1", "sites", _, "rollback"] | ["v1", "store", "gc" | "scrub"] => "POST",
         ["v1", "config" | "listeners" | "routes" | "hostmap"] => "GET, PUT",
@@ -208,7 +184,7 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
 
 // ------------------------------------------------------------- helpers
 
-fn config_etag(g: Generations) -> String {
+pub(super) fn config_etag(g: Generations) -> String {
     format!("\"c{}\"", g.config)
 }
 
@@ -216,7 +192,7 @@ fn hostmap_etag(g: Generations) -> String {
     format!("\"h{}\"", g.hostmap)
 }
 
-fn set_etag(r: &mut Response<Body>, etag: &str) {
+pub(super) fn set_etag(r: &mut Response<Body>, etag: &str) {
     if let Ok(v) = HeaderValue::from_str(etag) {
         r.headers_mut().insert(header::ETAG, v);
     }
@@ -267,7 +243,7 @@ fn get_config(
 /// a request that would fail anyway (404, 409, 422) fails that way, and a
 /// stale precondition is reported only for an otherwise good change
 /// (RFC 9110, 13.2).
-fn change<T>(
+pub(super) fn change<T>(
     control: &Rc<RefCell<Control>>,
     headers: &HeaderMap,
     edit: impl FnOnce(&mut Config) -> Result<T>,
@@ -357,29 +333,18 @@ fn query(req: &Request<Incoming>, key: &str) -> Result<Option<u64>> {
     })
 }
 
-fn find_pool<'a>(c: &'a mut Config, name: &str) -> Result<(usize, &'a mut Pool)> {
-    c.pools
-        .iter_mut()
-        .enumerate()
-        .find(|(_, p)| p.name == name)
-        .ok_or_else(|| ApiError::not_found(format!("pool {name}")))
-}
-
-fn find_backend<'a>(c: &'a mut Config, pool: &str, address: &str) -> Result<&'a mut Backend> {
-    let (_, p) = find_pool(c, pool)?;
-    p.backends
-        .iter_mut()
-        .find(|b| b.address == address)
-        .ok_or_else(|| ApiError::not_found(format!("backend {address} in pool {pool}")))
-}
-
 // ------------------------------------------------------------- resources
 
 fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
     let c = control.borrow();
     let cores: Vec<_> = c.shared.stats.iter().map(|s| s.snapshot()).collect();
-    let text =
-        crate::metrics::render_prometheus(&cores, c.gens.config, c.started.elapsed().as_secs_f64());
+    let health = super::pools::health_rows(&c.shared.snapshot.load());
+    let text = crate::metrics::render_prometheus(
+        &cores,
+        &health,
+        c.gens.config,
+        c.started.elapsed().as_secs_f64(),
+    );
     let mut r = Response::new(Body::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -418,168 +383,10 @@ fn status(control: &Rc<RefCell<Control>>) -> Response<Body> {
     json_response(StatusCode::OK, &body)
 }
 
-async fn pool(
-    control: &Rc<RefCell<Control>>,
-    req: Request<Incoming>,
-    name: &str,
-) -> Result<Response<Body>> {
-    match *req.method() {
-        Method::GET => {
-            let c = control.borrow();
-            let p = c
-                .config
-                .pools
-                .iter()
-                .find(|p| p.name == name)
-                .ok_or_else(|| ApiError::not_found(format!("pool {name}")))?;
-            let mut r = json_response(StatusCode::OK, p);
-            set_etag(&mut r, &config_etag(c.gens));
-            Ok(r)
-        }
-        Method::PUT => {
-            let (headers, mut new): (_, serde_json::Value) = read_json(req).await?;
-            // The name comes from the path; a body may repeat it.
-            if let Some(obj) = new.as_object_mut() {
-                match obj.get("name") {
-                    Some(n) if n != name => {
-                        return Err(ApiError::invalid(
-                            "name",
-                            "differs from the name in the path",
-                        ))
-                    }
-                    _ => {
-                        obj.insert("name".into(), json!(name));
-                    }
-                }
-            }
-            let new: Pool = serde_path_to_error::deserialize(new)
-                .map_err(|e| ApiError::invalid(e.path().to_string(), e.into_inner().to_string()))?;
-            let created = change(control, &headers, |c| {
-                Ok(match c.pools.iter_mut().find(|p| p.name == name) {
-                    Some(p) => {
-                        *p = new;
-                        false
-                    }
-                    None => {
-                        c.pools.push(new);
-                        true
-                    }
-                })
-            })?;
-            let c = control.borrow();
-            let p = c.config.pools.iter().find(|p| p.name == name);
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            let mut r = json_response(status, &p);
-            set_etag(&mut r, &config_etag(c.gens));
-            Ok(r)
-        }
-        Method::DELETE => {
-            change(control, req.headers(), |c| {
-                let (i, _) = find_pool(c, name)?;
-                c.pools.remove(i);
-                Ok(())
-            })?;
-            Ok(no_content())
-        }
-        ref m => Err(ApiError::method_not_allowed(m, "GET, PUT, DELETE")),
-    }
-}
-
-fn no_content() -> Response<Body> {
+pub(super) fn no_content() -> Response<Body> {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     r
-}
-
-fn get_backend(
-    control: &Rc<RefCell<Control>>,
-    pool: &str,
-    address: &str,
-) -> Result<Response<Body>> {
-    let c = control.borrow();
-    let p = c
-        .config
-        .pools
-        .iter()
-        .find(|p| p.name == pool)
-        .ok_or_else(|| ApiError::not_found(format!("pool {pool}")))?;
-    let b = p
-        .backends
-        .iter()
-        .find(|b| b.address == address)
-        .ok_or_else(|| ApiError::not_found(format!("backend {address} in pool {pool}")))?;
-    let mut r = json_response(StatusCode::OK, &BackendView::of(b));
-    set_etag(&mut r, &config_etag(c.gens));
-    Ok(r)
-}
-
-/// A backend as the API shows it: state always written out.
-#[derive(Serialize)]
-struct BackendView<'a> {
-    address: &'a str,
-    weight: u32,
-    state: BackendState,
-}
-
-impl<'a> BackendView<'a> {
-    fn of(b: &'a Backend) -> Self {
-        Self {
-            address: &b.address,
-            weight: b.weight,
-            state: b.state,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackendPatch {
-    weight: Option<u32>,
-    state: Option<BackendState>,
-}
-
-async fn backend(
-    control: &Rc<RefCell<Control>>,
-    req: Request<Incoming>,
-    pool: &str,
-    address: &str,
-) -> Result<Response<Body>> {
-    match *req.method() {
-        Method::GET => get_backend(control, pool, address),
-        Method::PATCH => {
-            let (headers, patch): (_, BackendPatch) = read_json(req).await?;
-            change(control, &headers, |c| {
-                let b = find_backend(c, pool, address)?;
-                if let Some(w) = patch.weight {
-                    b.weight = w;
-                }
-                if let Some(s) = patch.state {
-                    b.state = s;
-                }
-                Ok(())
-            })?;
-            get_backend(control, pool, address)
-        }
-        Method::DELETE => {
-            change(control, req.headers(), |c| {
-                let (_, p) = find_pool(c, pool)?;
-                let before = p.backends.len();
-                p.backends.retain(|b| b.address != address);
-                if p.backends.len() == before {
-                    return Err(ApiError::not_found(format!(
-                        "backend {address} in pool {pool}"
-                    )));
-                }
-                Ok(())
-            })?;
-            Ok(no_content())
-        }
-        ref m => Err(ApiError::method_not_allowed(m, "GET, PATCH, DELETE")),
-    }
 }
 
 // ------------------------------------------------------------- certificates

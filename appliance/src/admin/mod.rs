@@ -10,6 +10,7 @@
 mod api;
 mod body;
 mod content;
+mod pools;
 pub mod token;
 
 use std::cell::RefCell;

@@ -51,6 +51,15 @@ impl Ejection {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Ends an ejection now (the active health check passed again, as
+    /// Envoy's `successful_active_health_check_uneject_host`).
+    pub fn lift(&self, now_ms: u64) {
+        if self.is_ejected(now_ms) {
+            self.until_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.streak.store(0, Ordering::Relaxed);
+    }
+
     /// A request succeeded: the streak ends, and after a healthy spell as
     /// long as its last ejection, the backoff starts over.
     pub fn on_success(&self, now_ms: u64, policy: &Policy) {

@@ -43,12 +43,14 @@ impl BackendShared {
             .max(self.ejection.until_ms())
     }
 
-    /// Records the health check's verdict; a return to service starts a
-    /// slow-start ramp.
+    /// Records the health check's verdict. A return to service ends an
+    /// ejection (the check has just seen it work) and starts a slow-start
+    /// ramp.
     pub fn set_health(&self, health: super::health::Health, now_ms: u64) {
         let was = self.health.get();
         self.health.set(health);
         if health == super::health::Health::Up && was == super::health::Health::Down {
+            self.ejection.lift(now_ms);
             self.ramp_since_ms.store(now_ms, Ordering::Relaxed);
         }
     }
@@ -95,6 +97,12 @@ mod tests {
         assert!(!s.serves(129));
         assert!(s.serves(130));
         assert_eq!(s.ramp_start_ms(), 130, "ejection over: the ramp starts");
+        // Ejected, then down and back up by its check: in service at once.
+        s.ejection.on_failure(200, &p, || (0, 1));
+        s.set_health(Health::Down, 210);
+        s.set_health(Health::Up, 220);
+        assert!(s.serves(221), "the passed check lifted the ejection");
+        assert_eq!(s.ramp_start_ms(), 220);
     }
 
     #[test]

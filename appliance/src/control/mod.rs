@@ -3,6 +3,7 @@
 //! the admin API ([`crate::admin`]), handles signals and rotates session-ticket
 //! keys; health checks, replication and failover will live here too.
 
+pub mod health;
 pub mod state;
 
 use std::cell::RefCell;
@@ -68,7 +69,10 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
         }
     };
     let shared = Arc::clone(&start.control.shared);
-    let control = Rc::new(RefCell::new(start.control));
+    let mut control = start.control;
+    let first = shared.snapshot.load_full();
+    control.health.follow(&first);
+    let control = Rc::new(RefCell::new(control));
     let admin = crate::admin::serve(
         Rc::clone(&control),
         start.admin_listener,

@@ -56,8 +56,8 @@ pub struct Control {
     /// Backends' shared state and resolved names, handed from snapshot to
     /// snapshot.
     pub upstreams: Upstreams,
-    /// Told after every published snapshot (health checks follow it).
-    pub published: tokio::sync::watch::Sender<u64>,
+    /// The active health checks, following every published snapshot.
+    pub health: super::health::HealthChecks,
 }
 
 impl std::fmt::Debug for Control {
@@ -227,8 +227,9 @@ impl Control {
     /// Publishes `snapshot` to the cores, after taking in its backends.
     pub fn publish(&mut self, snapshot: Snapshot) {
         self.upstreams.commit(&snapshot, crate::clock::now_ms());
-        self.shared.snapshot.store(Arc::new(snapshot));
-        self.published.send_modify(|n| *n += 1);
+        let snapshot = Arc::new(snapshot);
+        self.shared.snapshot.store(Arc::clone(&snapshot));
+        self.health.follow(&snapshot);
     }
 
     /// A snapshot of `config`, `hostmap` and `sites` as generation `gens`.

@@ -154,6 +154,8 @@ enum PoolAction {
     List,
     /// One pool as JSON.
     Get { name: String },
+    /// One pool's backends as they are now: health, ejections, load, latency.
+    Show { name: String },
     /// Create or replace a pool from a JSON file.
     Put { name: String, file: PathBuf },
     /// Remove a pool (refused while a route or the host map uses it).
@@ -172,7 +174,16 @@ enum BackendAction {
     /// Remove a backend from a pool at once (drain it first for no errors).
     Remove { pool: String, address: String },
     /// No new requests; those in flight finish.
-    Drain { pool: String, address: String },
+    Drain {
+        pool: String,
+        address: String,
+        /// Wait until nothing is in flight to it (nor a WebSocket open).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
     /// Back into rotation.
     Enable { pool: String, address: String },
     /// Set a backend's share of new requests (0 sends none).
@@ -271,6 +282,11 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
         CtlCommand::Pools { action } => match action.unwrap_or(PoolAction::List) {
             PoolAction::List => show(get("/v1/pools")?, json_out, render_pools)?,
             PoolAction::Get { name } => pretty(get(&format!("/v1/pools/{}", seg(&name)))?)?,
+            PoolAction::Show { name } => show(
+                get(&format!("/v1/pools/{}/status", seg(&name)))?,
+                json_out,
+                render_pool_status,
+            )?,
             PoolAction::Put { name, file } => {
                 let body = read_json_file(&file)?;
                 pretty(send(
@@ -284,7 +300,7 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
                 format!("deleted pool {name}\n")
             }
         },
-        CtlCommand::Backend { action } => backend(&send, &empty, action, json_out)?,
+        CtlCommand::Backend { action } => backend(&get, &send, &empty, action, json_out)?,
         CtlCommand::Certs { action } => match action.unwrap_or(CertAction::List) {
             CertAction::List => show(get("/v1/certificates")?, json_out, render_certs)?,
             CertAction::Put {
@@ -418,6 +434,7 @@ fn system(
 }
 
 fn backend(
+    get: &dyn Fn(&str) -> Result<Bytes, CtlError>,
     send: &dyn Fn(Method, &str, Value) -> Result<Bytes, CtlError>,
     empty: &dyn Fn(Method, &str) -> Result<Bytes, CtlError>,
     action: BackendAction,
@@ -439,8 +456,18 @@ fn backend(
             empty(Method::DELETE, &path(&pool, &address))?;
             return Ok(format!("removed {address} from {pool}\n"));
         }
-        BackendAction::Drain { pool, address } => {
-            empty(Method::POST, &format!("{}/drain", path(&pool, &address)))?
+        BackendAction::Drain {
+            pool,
+            address,
+            wait,
+            timeout,
+        } => {
+            let reply = empty(Method::POST, &format!("{}/drain", path(&pool, &address)))?;
+            if wait {
+                wait_idle(get, &path(&pool, &address), timeout)?
+            } else {
+                reply
+            }
         }
         BackendAction::Enable { pool, address } => {
             empty(Method::POST, &format!("{}/enable", path(&pool, &address)))?
@@ -456,13 +483,36 @@ fn backend(
         )?,
     };
     show(reply, json_out, |v| {
+        let idle = if v["idle"] == true { "  idle" } else { "" };
         format!(
-            "{}  weight {}  {}\n",
+            "{}  weight {}  {}  {} in flight{idle}\n",
             v["address"].as_str().unwrap_or_default(),
             v["weight"],
-            v["state"].as_str().unwrap_or_default()
+            v["state"].as_str().unwrap_or_default(),
+            v["active"].as_u64().unwrap_or_default() + v["tunnels"].as_u64().unwrap_or_default()
         )
     })
+}
+
+/// Polls a draining backend until it reports itself idle; its last view.
+fn wait_idle(
+    get: &dyn Fn(&str) -> Result<Bytes, CtlError>,
+    path: &str,
+    timeout_s: u64,
+) -> Result<Bytes, CtlError> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    loop {
+        let reply = get(path)?;
+        if parse(&reply)?["idle"] == true {
+            return Ok(reply);
+        }
+        if std::time::Instant::now() >= until {
+            return Err(CtlError::Usage(format!(
+                "still not idle after {timeout_s} s (requests in flight or tunnels open)"
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn doc(
@@ -629,6 +679,65 @@ fn render_pools(v: &Value) -> String {
         }
     }
     table(&["POOL", "BACKEND", "WEIGHT", "STATE"], &rows)
+}
+
+fn render_pool_status(v: &Value) -> String {
+    let ms = |x: &Value| x.as_f64().map_or("-".to_owned(), |m| format!("{m}"));
+    let rows: Vec<Vec<String>> = v["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            vec![
+                s(&b["address"]),
+                s(&b["state"]),
+                s(&b["health"]),
+                if b["ejected"] == true {
+                    format!("{} ms", b["ejected_for_ms"])
+                } else {
+                    "-".into()
+                },
+                format!("{}%", b["share_percent"]),
+                s(&b["active"]),
+                s(&b["queued"]),
+                s(&b["requests"]),
+                s(&b["responses"]["5xx"]),
+                s(&b["failures"]),
+                s(&b["retries"]),
+                ms(&b["p50_ms"]),
+                ms(&b["p99_ms"]),
+                b["last_check"]["result"].as_str().unwrap_or("-").to_owned(),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "pool {}: {} healthy, {} in flight, {} refused by limits, {} retries over budget\n\n",
+        s(&v["pool"]),
+        v["healthy"],
+        v["active"],
+        v["rejected"],
+        v["retry_budget_exhausted"]
+    );
+    out.push_str(&table(
+        &[
+            "BACKEND",
+            "STATE",
+            "HEALTH",
+            "EJECTED",
+            "SHARE",
+            "ACTIVE",
+            "QUEUED",
+            "REQUESTS",
+            "5XX",
+            "FAILED",
+            "RETRIES",
+            "P50 MS",
+            "P99 MS",
+            "LAST CHECK",
+        ],
+        &rows,
+    ));
+    out
 }
 
 fn render_certs(v: &Value) -> String {

@@ -11,7 +11,7 @@
 
 mod prometheus;
 
-pub use prometheus::render_prometheus;
+pub use prometheus::{render_prometheus, BackendHealth};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,25 @@ pub struct CounterValues {
 }
 
 impl CounterValues {
+    /// The upper bound (seconds) of the latency bucket holding the `q`-th
+    /// quantile (0 < q ≤ 1): an estimate no finer than the buckets; `None`
+    /// with no requests, infinity above the last bucket.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(LATENCY_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+
     pub fn add(&mut self, o: &CounterValues) {
         self.requests += o.requests;
         self.response_bytes += o.response_bytes;
@@ -362,6 +381,21 @@ mod tests {
         assert_eq!(v.latency[2], 1, "3 ms in the 5 ms bucket");
         assert_eq!(v.latency[LATENCY_BUCKETS.len()], 1, "30 s in +Inf");
         assert_eq!(v.latency_sum_us, 30_003_800);
+    }
+
+    #[test]
+    fn quantiles_come_from_the_buckets() {
+        let c = Counters::default();
+        assert_eq!(c.snapshot().latency_quantile(0.5), None);
+        for _ in 0..98 {
+            c.record(200, 0, Duration::from_micros(700));
+        }
+        c.record(200, 0, Duration::from_millis(40));
+        c.record(200, 0, Duration::from_secs(60));
+        let v = c.snapshot();
+        assert_eq!(v.latency_quantile(0.5), Some(0.001));
+        assert_eq!(v.latency_quantile(0.99), Some(0.05));
+        assert_eq!(v.latency_quantile(1.0), Some(f64::INFINITY));
     }
 
     #[test]

@@ -3,10 +3,28 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{BackendKey, CoreValues, CounterValues, LATENCY_BUCKETS};
+use super::{BackendKey, BackendValues, CoreValues, CounterValues, PoolValues, LATENCY_BUCKETS};
 
-/// Renders every core's values, plus process-wide gauges.
-pub fn render_prometheus(cores: &[CoreValues], config_generation: u64, uptime_s: f64) -> String {
+/// What the control plane knows of one backend (from its shared state),
+/// beside what the cores counted.
+#[derive(Debug, Clone)]
+pub struct BackendHealth {
+    pub key: BackendKey,
+    /// Neither its active health check nor an ejection keeps it out.
+    pub healthy: bool,
+    pub ejected: bool,
+    pub ejections: u64,
+    pub draining: bool,
+}
+
+/// Renders every core's values, the backends' health, plus process-wide
+/// gauges.
+pub fn render_prometheus(
+    cores: &[CoreValues],
+    health: &[BackendHealth],
+    config_generation: u64,
+    uptime_s: f64,
+) -> String {
     let mut out = String::with_capacity(4096);
     let o = &mut out;
 
@@ -99,12 +117,18 @@ pub fn render_prometheus(cores: &[CoreValues], config_generation: u64, uptime_s:
     let failed: u64 = cores.iter().map(|c| c.handshake_failures).sum();
     let _ = writeln!(o, "edgebox_tls_handshake_failures_total {failed}");
 
-    let mut backends: BTreeMap<&BackendKey, CounterValues> = BTreeMap::new();
+    let mut all_backends: BTreeMap<&BackendKey, BackendValues> = BTreeMap::new();
+    let mut pools: BTreeMap<&str, PoolValues> = BTreeMap::new();
     for c in cores {
         for (k, v) in &c.backends {
-            backends.entry(k).or_default().add(&v.traffic);
+            all_backends.entry(k).or_default().add(v);
+        }
+        for (k, v) in &c.pools {
+            pools.entry(k).or_default().add(v);
         }
     }
+    let backends: BTreeMap<&BackendKey, &CounterValues> =
+        all_backends.iter().map(|(k, v)| (*k, &v.traffic)).collect();
     family(
         o,
         "edgebox_backend_requests_total",
@@ -158,6 +182,8 @@ pub fn render_prometheus(cores: &[CoreValues], config_generation: u64, uptime_s:
     for (k, v) in &backends {
         histogram(o, "edgebox_backend_request_duration_seconds", &labels(k), v);
     }
+    backend_state(o, health, &all_backends);
+    pool_state(o, &pools);
 
     family(
         o,
@@ -174,6 +200,118 @@ pub fn render_prometheus(cores: &[CoreValues], config_generation: u64, uptime_s:
     );
     let _ = writeln!(o, "edgebox_uptime_seconds {uptime_s:.3}");
     out
+}
+
+/// One metric family of rows: name, type, help, and the value of a row.
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> u64);
+
+/// What the scrape knows of one backend: its health, and its counters.
+type BackendRow = (BackendHealth, BackendValues);
+
+const BACKEND_STATE: [Family<BackendRow>; 9] = [
+    (
+        "edgebox_backend_healthy",
+        "gauge",
+        "1 while neither the backend's health check nor an ejection keeps it out, else 0.",
+        |(h, _)| u64::from(h.healthy),
+    ),
+    (
+        "edgebox_backend_ejected",
+        "gauge",
+        "1 while the backend is ejected after failing requests in a row.",
+        |(h, _)| u64::from(h.ejected),
+    ),
+    (
+        "edgebox_backend_ejections_total",
+        "counter",
+        "Times the backend was ejected after failing requests in a row.",
+        |(h, _)| h.ejections,
+    ),
+    (
+        "edgebox_backend_draining",
+        "gauge",
+        "1 while the backend is draining (no new requests).",
+        |(h, _)| u64::from(h.draining),
+    ),
+    (
+        "edgebox_backend_active_requests",
+        "gauge",
+        "Requests in flight to the backend.",
+        |(_, v)| v.active,
+    ),
+    (
+        "edgebox_backend_queue_depth",
+        "gauge",
+        "Requests waiting for the backend (at its connection limit).",
+        |(_, v)| v.queued,
+    ),
+    (
+        "edgebox_backend_tunnels",
+        "gauge",
+        "Open tunnels (WebSocket) to the backend.",
+        |(_, v)| v.tunnels,
+    ),
+    (
+        "edgebox_backend_failures_total",
+        "counter",
+        "Tries that failed: connect refused or timed out, reset or timed out before the response, counted 5xx.",
+        |(_, v)| v.failures,
+    ),
+    (
+        "edgebox_backend_retries_total",
+        "counter",
+        "Tries sent to the backend as retries of a request that failed elsewhere.",
+        |(_, v)| v.retries,
+    ),
+];
+
+const POOL_STATE: [Family<PoolValues>; 3] = [
+    (
+        "edgebox_pool_active_requests",
+        "gauge",
+        "Requests in flight to the pool.",
+        |v| v.active,
+    ),
+    (
+        "edgebox_pool_rejected_total",
+        "counter",
+        "Requests answered 503 by a limit (the pool's, or a full or timed-out backend queue).",
+        |v| v.rejected,
+    ),
+    (
+        "edgebox_pool_retry_budget_exhausted_total",
+        "counter",
+        "Retries not made because the pool's retry budget was spent.",
+        |v| v.budget_exhausted,
+    ),
+];
+
+/// Health, ejections and load, per backend.
+fn backend_state(
+    o: &mut String,
+    health: &[BackendHealth],
+    values: &BTreeMap<&BackendKey, BackendValues>,
+) {
+    let rows: Vec<BackendRow> = health
+        .iter()
+        .map(|h| (h.clone(), values.get(&h.key).cloned().unwrap_or_default()))
+        .collect();
+    for (name, kind, help, get) in BACKEND_STATE {
+        family(o, name, kind, help);
+        for row in &rows {
+            let _ = writeln!(o, "{name}{{{}}} {}", labels(&row.0.key), get(row));
+        }
+    }
+}
+
+/// Per pool: in flight, refused by a limit, retries refused by the budget.
+fn pool_state(o: &mut String, pools: &BTreeMap<&str, PoolValues>) {
+    for (name, kind, help, get) in POOL_STATE {
+        family(o, name, kind, help);
+        for (pool, v) in pools {
+            let _ = writeln!(o, "{name}{{pool=\"{}\"}} {}", escape(pool), get(v));
+        }
+    }
 }
 
 fn family(o: &mut String, name: &str, kind: &str, help: &str) {
@@ -250,7 +388,7 @@ mod tests {
             .traffic
             .record(200, 1, Duration::from_millis(2));
         let values: Vec<_> = cores.iter().map(CoreStats::snapshot).collect();
-        let text = render_prometheus(&values, 7, 1.5);
+        let text = render_prometheus(&values, &[], 7, 1.5);
         for line in [
             "edgebox_requests_total{core=\"0\"} 1",
             "edgebox_requests_total{core=\"1\"} 1",

@@ -296,7 +296,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         logs: opts.logs.clone(),
         admin_rebind: rebind_tx,
         upstreams,
-        published: tokio::sync::watch::Sender::new(0),
+        health: Default::default(),
     };
     crate::control::start(crate::control::Start {
         control,

@@ -9,6 +9,8 @@
 //! - [`tls_client`]: a rustls client config that trusts the test CA.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod load;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -300,6 +302,18 @@ impl Edgebox {
             .unwrap()
     }
 
+    /// `edgebox ctl ARGS` against this edgebox.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_edgebox"))
+            .arg("ctl")
+            .args(args)
+            .env("EDGEBOX_ADMIN", format!("https://{}", self.admin.unwrap()))
+            .env("EDGEBOX_TOKEN", &self.token)
+            .env("EDGEBOX_DATA", self.dir().join("data"))
+            .output()
+            .unwrap()
+    }
+
     /// Starts `edgebox serve` again on a directory from [`Edgebox::stop`],
     /// without `--config`: it serves what it persisted.
     pub fn restart(dir: tempfile::TempDir, cores: usize) -> Self {
@@ -451,37 +465,50 @@ pub struct Backend {
     pub name: String,
     /// Requests received so far.
     pub hits: Arc<AtomicUsize>,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
+    /// While false, `/healthz` answers 503.
+    pub healthy: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Backend {
     /// Routes: `/slow?ms=N` answers after N ms; `/echo` streams the request
     /// body back; `/stream?chunks=N&ms=M` sends N chunks M ms apart; `/ws`
-    /// is a WebSocket echo; anything else answers a JSON description of the
-    /// request, naming this backend.
+    /// is a WebSocket echo; `/healthz` is 200 or, while not `healthy`, 503;
+    /// anything else answers a JSON description of the request, naming this
+    /// backend.
     pub fn start(name: &str) -> Self {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap())
+    }
+
+    /// As [`Backend::start`], on `addr` (a stopped backend's, to bring it
+    /// back).
+    pub fn start_on(name: &str, addr: SocketAddr) -> Self {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let hits = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let name_owned = name.to_owned();
-        let hits2 = Arc::clone(&hits);
-        std::thread::spawn(move || {
+        let (hits2, healthy2) = (Arc::clone(&hits), Arc::clone(&healthy));
+        let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let listener = TcpListener::bind(addr).await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let serve = async {
                     loop {
                         let (stream, peer) = listener.accept().await.unwrap();
                         let name = name_owned.clone();
                         let hits = Arc::clone(&hits2);
+                        let healthy = Arc::clone(&healthy2);
                         tokio::spawn(async move {
                             let svc = hyper::service::service_fn(move |req| {
                                 hits.fetch_add(1, Ordering::SeqCst);
-                                backend_reply(name.clone(), peer, req)
+                                let up = healthy.load(Ordering::SeqCst);
+                                backend_reply(name.clone(), peer, up, req)
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), svc)
@@ -495,13 +522,37 @@ impl Backend {
                     _ = stop_rx => {}
                 }
             });
+            // The runtime goes here, with every connection it served: as a
+            // killed process's would.
         });
         Self {
             addr: addr_rx.recv().unwrap(),
             name: name.to_owned(),
             hits,
-            _shutdown: stop_tx,
+            healthy,
+            shutdown: Some(stop_tx),
+            thread: Some(thread),
         }
+    }
+
+    /// Stops it at once: its listener and every connection close.
+    pub fn kill(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
@@ -521,9 +572,18 @@ fn query(req: &Request<Incoming>, key: &str) -> Option<u64> {
 async fn backend_reply(
     name: String,
     peer: SocketAddr,
+    healthy: bool,
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, std::convert::Infallible> {
     let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        let status = if healthy { 200 } else { 503 };
+        return Ok(Response::builder()
+            .status(status)
+            .header("x-backend", &name)
+            .body(full(if healthy { "ok\n" } else { "sick\n" }))
+            .unwrap());
+    }
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(1000))).await;
     }
@@ -627,6 +687,17 @@ impl SilentBackend {
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// The stdout of a command that must have succeeded.
+#[track_caller]
+pub fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 // ---------------------------------------------------------------- curl
