@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{json_response, ApiError, Body};
 use crate::config::{Certificate, Config, Listener, Route};
-use crate::control::Control;
+use crate::control::{ApplyError, Control};
 use crate::hostmap::{HostMap, Importer};
 use crate::snapshot::Generations;
 
@@ -50,7 +50,8 @@ pub async fn dispatch(
             change(control, &headers, |c| {
                 *c = new;
                 Ok(())
-            })?;
+            })
+            .await?;
             Ok(get_config(control, |c| json!(c)))
         }
         (["v1", "listeners"], &Method::GET) => Ok(get_config(control, |c| json!(c.listeners))),
@@ -59,7 +60,8 @@ pub async fn dispatch(
             change(control, &headers, |c| {
                 c.listeners = new;
                 Ok(())
-            })?;
+            })
+            .await?;
             Ok(get_config(control, |c| json!(c.listeners)))
         }
         (["v1", "routes"], &Method::GET) => Ok(get_config(control, |c| json!(c.routes))),
@@ -68,7 +70,8 @@ pub async fn dispatch(
             change(control, &headers, |c| {
                 c.routes = new;
                 Ok(())
-            })?;
+            })
+            .await?;
             Ok(get_config(control, |c| json!(c.routes)))
         }
         (["v1", "pools"], &Method::GET) => Ok(get_config(control, |c| json!(c.pools))),
@@ -83,7 +86,7 @@ pub async fn dispatch(
         (
             ["v1", "pools", name, "backends", address, action @ ("drain" | "enable")],
             &Method::POST,
-        ) => super::pools::set_state(control, req, name, address, action == &"drain"),
+        ) => super::pools::set_state(control, req, name, address, action == &"drain").await,
         (["v1", "certificates"], &Method::GET) => certificates(control),
         (["v1", "certificates", name], _) => certificate(control, req, name).await,
         (["v1", "hostmap"], &Method::GET) => {
@@ -243,15 +246,40 @@ fn get_config(
 /// a request that would fail anyway (404, 409, 422) fails that way, and a
 /// stale precondition is reported only for an otherwise good change
 /// (RFC 9110, 13.2).
-pub(super) fn change<T>(
+///
+/// Backend names the change brings in are resolved first, without holding
+/// the control state; a change made meanwhile makes this one a 409.
+pub(super) async fn change<T>(
     control: &Rc<RefCell<Control>>,
     headers: &HeaderMap,
     edit: impl FnOnce(&mut Config) -> Result<T>,
 ) -> Result<T> {
+    let (new, out, gens, unresolved) = {
+        let c = control.borrow();
+        let mut new = c.config.clone();
+        let out = edit(&mut new)?;
+        new.validate().map_err(ApplyError::from)?;
+        let unresolved = crate::discovery::unresolved(&new, &c.upstreams);
+        (new, out, c.gens, unresolved)
+    };
+    let mut resolved = crate::discovery::Resolved::new();
+    if !unresolved.is_empty() {
+        let resolver = control
+            .borrow_mut()
+            .resolver(&new.dns)
+            .map_err(|e| ApiError::invalid("dns", e))?;
+        resolved = crate::discovery::resolve_all(&resolver, unresolved)
+            .await
+            .map_err(ApplyError::from)?;
+    }
     let mut c = control.borrow_mut();
-    let mut new = c.config.clone();
-    let out = edit(&mut new)?;
-    let prepared = c.prepare_config(new)?;
+    if c.gens != gens {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the config changed while this change's backend names were resolved; send it again",
+        ));
+    }
+    let prepared = c.prepare_config(new, resolved)?;
     check_if_match(headers, &config_etag(c.gens))?;
     c.commit(prepared)?;
     Ok(out)
@@ -486,7 +514,8 @@ async fn certificate(
                         true
                     }
                 })
-            });
+            })
+            .await;
             let c = control.borrow();
             crate::tls::prune_uploaded(&data, &c.config);
             let created = created?;
@@ -506,7 +535,8 @@ async fn certificate(
                     find(c).ok_or_else(|| ApiError::not_found(format!("certificate {name}")))?;
                 c.certificates.remove(i);
                 Ok(())
-            })?;
+            })
+            .await?;
             let c = control.borrow();
             crate::tls::prune_uploaded(&c.data, &c.config);
             Ok(no_content())

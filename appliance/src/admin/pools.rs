@@ -84,7 +84,8 @@ pub(super) async fn pool(
                         true
                     }
                 })
-            })?;
+            })
+            .await?;
             let c = control.borrow();
             let p = c.config.pools.iter().find(|p| p.name == name);
             let status = if created {
@@ -101,7 +102,8 @@ pub(super) async fn pool(
                 let (i, _) = find_pool(c, name)?;
                 c.pools.remove(i);
                 Ok(())
-            })?;
+            })
+            .await?;
             Ok(no_content())
         }
         ref m => Err(ApiError::method_not_allowed(m, "GET, PUT, DELETE")),
@@ -362,7 +364,8 @@ pub(super) async fn backend(
                     b.state = s;
                 }
                 Ok(())
-            })?;
+            })
+            .await?;
             get_backend(control, pool, address)
         }
         Method::DELETE => {
@@ -376,7 +379,8 @@ pub(super) async fn backend(
                     )));
                 }
                 Ok(())
-            })?;
+            })
+            .await?;
             Ok(no_content())
         }
         ref m => Err(ApiError::method_not_allowed(m, "GET, PATCH, DELETE")),
@@ -400,14 +404,15 @@ pub(super) async fn add_backend(
         }
         c.pools[i].backends.push(backend);
         Ok(())
-    })?;
+    })
+    .await?;
     let mut r = get_backend(control, name, &address)?;
     *r.status_mut() = StatusCode::CREATED;
     Ok(r)
 }
 
 /// `drain` (no new requests) or `enable` (back in rotation).
-pub(super) fn set_state(
+pub(super) async fn set_state(
     control: &Rc<RefCell<Control>>,
     req: Request<Incoming>,
     pool: &str,
@@ -422,6 +427,7 @@ pub(super) fn set_state(
     change(control, req.headers(), |c| {
         find_backend(c, pool, address)?.state = state;
         Ok(())
-    })?;
+    })
+    .await?;
     get_backend(control, pool, address)
 }

@@ -65,6 +65,9 @@ pub struct Config {
     /// The admin API's own listener.
     #[serde(default)]
     pub admin: AdminSettings,
+    /// How backend names are resolved.
+    #[serde(default)]
+    pub dns: DnsSettings,
     /// On the appliance: static addresses PID 1 gives the interfaces at boot
     /// (when the kernel command line names none). Changes apply at reboot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -93,6 +96,31 @@ impl NetInterface {
             spec.push_str(&format!(",gw={gw}"));
         }
         crate::init::cmdline::parse_net(&spec)
+    }
+}
+
+/// Resolving backend names (`host:port` and SRV names in pools).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    /// Name servers to ask (`ip:port`); empty: the system's
+    /// (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<SocketAddr>,
+    /// Every name is resolved again this often; addresses that appear join
+    /// their pool, those that vanish are drained.
+    pub interval_ms: u64,
+    /// One lookup gives up after this long.
+    pub timeout_ms: u64,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            interval_ms: 5_000,
+            timeout_ms: 2_000,
+        }
     }
 }
 
@@ -314,6 +342,16 @@ impl Config {
             1,
             MAX_TIMEOUT_MS,
         )?;
+        within("dns.interval_ms", self.dns.interval_ms, 100, MAX_TIMEOUT_MS)?;
+        within("dns.timeout_ms", self.dns.timeout_ms, 1, 60_000)?;
+        for (i, s) in self.dns.servers.iter().enumerate() {
+            if s.port() == 0 {
+                return Err(ConfigError::new(
+                    format!("dns.servers[{i}]"),
+                    "port must be from 1 to 65535",
+                ));
+            }
+        }
         within(
             "client.shutdown_grace_ms",
             self.client.shutdown_grace_ms,

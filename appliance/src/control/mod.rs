@@ -87,6 +87,7 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
         }
     };
     tokio::task::spawn_local(admin);
+    tokio::task::spawn_local(crate::discovery::watch(Rc::clone(&control)));
     let _ = ready.send(Ok(()));
     let rotation_s = shared.snapshot.load().config.tls.ticket_rotation_s;
     let mut rotate = tokio::time::interval(Duration::from_secs(rotation_s));

@@ -58,6 +58,8 @@ pub struct Control {
     pub upstreams: Upstreams,
     /// The active health checks, following every published snapshot.
     pub health: super::health::HealthChecks,
+    /// Resolves backend names (made on first need).
+    pub resolver: Option<std::sync::Arc<crate::discovery::Resolver>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -89,10 +91,50 @@ enum PreparedKind {
 }
 
 impl Control {
-    /// Validates, persists and publishes `new` as the whole config.
-    pub fn apply_config(&mut self, new: Config) -> Result<(), ApplyError> {
-        let prepared = self.prepare_config(new)?;
+    /// Validates, persists and publishes `new` as the whole config; its
+    /// backend names must be resolved already (in `resolved`, or known).
+    pub fn apply_config(
+        &mut self,
+        new: Config,
+        resolved: crate::discovery::Resolved,
+    ) -> Result<(), ApplyError> {
+        let prepared = self.prepare_config(new, resolved)?;
         self.commit(prepared)
+    }
+
+    /// The resolver for `settings`: the one in use, or a new one when the
+    /// settings changed.
+    pub fn resolver(
+        &mut self,
+        settings: &crate::config::DnsSettings,
+    ) -> Result<std::sync::Arc<crate::discovery::Resolver>, String> {
+        if let Some(r) = &self.resolver {
+            if r.settings() == settings {
+                return Ok(std::sync::Arc::clone(r));
+            }
+        }
+        let r = std::sync::Arc::new(crate::discovery::Resolver::new(settings)?);
+        self.resolver = Some(std::sync::Arc::clone(&r));
+        Ok(r)
+    }
+
+    /// Backend names resolved to new addresses: the same config, host map
+    /// and sites, served with them. Addresses that appeared join their pools
+    /// (in slow start); those that vanished drain.
+    pub fn apply_resolved(
+        &mut self,
+        changed: crate::discovery::Resolved,
+    ) -> Result<(), ApplyError> {
+        let snapshot = self.build_with(
+            self.config.clone(),
+            &self.hostmap,
+            &self.sites,
+            self.gens,
+            &changed,
+        )?;
+        self.upstreams.resolved.extend(changed);
+        self.publish(snapshot);
+        Ok(())
     }
 
     /// Validates, persists and publishes `new` as the whole host map.
@@ -103,7 +145,11 @@ impl Control {
 
     /// Every check of a new config, with its sockets bound and its snapshot
     /// built; nothing is applied yet.
-    pub fn prepare_config(&self, mut new: Config) -> Result<Prepared, ApplyError> {
+    pub fn prepare_config(
+        &self,
+        mut new: Config,
+        resolved: crate::discovery::Resolved,
+    ) -> Result<Prepared, ApplyError> {
         new.validate()?;
         let sockets = self.bind_new_listeners(&mut new)?;
         let admin = if new.admin.address == self.config.admin.address {
@@ -115,7 +161,6 @@ impl Control {
             config: self.gens.config + 1,
             ..self.gens
         };
-        let resolved = crate::discovery::resolve_new(&new, &self.upstreams)?;
         let snapshot = self.build_with(new.clone(), &self.hostmap, &self.sites, gens, &resolved)?;
         Ok(Prepared {
             snapshot,

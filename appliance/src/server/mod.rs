@@ -194,7 +194,10 @@ impl Loaded {
             file: file.clone(),
             source,
         };
-        let resolved = crate::discovery::resolve_new(&self.config, upstreams).map_err(fail)?;
+        // A config given now must resolve; the persisted one starts with
+        // what resolves, and the rest is looked up again while running.
+        let strict = self.generation.is_none();
+        let resolved = crate::discovery::resolve_at_start(&self.config, strict).map_err(fail)?;
         upstreams.resolved.extend(resolved);
         Snapshot::build(
             self.config,
@@ -297,6 +300,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         admin_rebind: rebind_tx,
         upstreams,
         health: Default::default(),
+        resolver: None,
     };
     crate::control::start(crate::control::Start {
         control,
