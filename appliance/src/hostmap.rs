@@ -6,8 +6,9 @@
 //! has no exact route is looked up here before wildcard and catch-all routes.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,11 +31,32 @@ pub struct ImportError {
     pub reason: String,
 }
 
-/// Host (lowercase, exact) → pool name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Host (lowercase, exact) → pool, for millions of hosts.
+///
+/// The entries are a persistent hash map (a HAMT, `imbl`): a copy shares
+/// all of them, and one insert or removal copies only the few nodes on its
+/// path, so a change of one entry costs the same whatever the map's size,
+/// and a snapshot can take the map as it is. Pool names are interned: an
+/// entry holds a pool's number, and the map counts how many entries name
+/// each pool, so that a config cannot drop a pool the map still uses.
+#[derive(Debug, Clone, Default)]
 pub struct HostMap {
-    entries: BTreeMap<String, String>,
+    entries: imbl::HashMap<Arc<str>, u32>,
+    /// Pool number → name; numbers are never reused within one map.
+    pools: Vec<Arc<str>>,
+    /// Pool name → number.
+    numbers: HashMap<Arc<str>, u32>,
+    /// Pool number → entries naming it.
+    uses: Vec<usize>,
 }
+
+impl PartialEq for HostMap {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().all(|(h, p)| other.get(h) == Some(p))
+    }
+}
+
+impl Eq for HostMap {}
 
 impl HostMap {
     pub fn len(&self) -> usize {
@@ -46,58 +68,130 @@ impl HostMap {
     }
 
     pub fn get(&self, host: &str) -> Option<&str> {
-        self.entries.get(host).map(String::as_str)
+        self.entries.get(host).map(|&n| &*self.pools[n as usize])
     }
 
+    /// The pool number of `host`, for [`HostMap::pool_name`] and snapshots.
+    pub fn number(&self, host: &str) -> Option<u32> {
+        self.entries.get(host).copied()
+    }
+
+    /// The name of pool number `n`.
+    pub fn pool_name(&self, n: u32) -> Option<&str> {
+        self.pools.get(n as usize).map(|p| &**p)
+    }
+
+    /// The pools entries name, with how many name each.
+    pub fn pools_used(&self) -> impl Iterator<Item = (u32, &str, usize)> {
+        self.pools
+            .iter()
+            .zip(&self.uses)
+            .enumerate()
+            .filter(|(_, (_, &n))| n > 0)
+            .map(|(i, (p, &n))| (i as u32, &**p, n))
+    }
+
+    /// The number of pool numbers given out (the size a table indexed by
+    /// them needs).
+    pub fn pool_numbers(&self) -> usize {
+        self.pools.len()
+    }
+
+    /// The entries, in no order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.entries.iter().map(|(h, p)| (h.as_str(), p.as_str()))
+        self.entries
+            .iter()
+            .map(|(h, &n)| (&**h, &*self.pools[n as usize]))
     }
 
-    /// Adds or replaces one entry; the host must be an exact DNS name.
-    pub fn insert(&mut self, host: &str, pool: &str) -> Result<(), String> {
+    /// The entries as lookups see them: host → pool number.
+    pub fn index(&self) -> &imbl::HashMap<Arc<str>, u32> {
+        &self.entries
+    }
+
+    fn intern(&mut self, pool: &str) -> u32 {
+        if let Some(&n) = self.numbers.get(pool) {
+            return n;
+        }
+        let n = self.pools.len() as u32;
+        let name: Arc<str> = Arc::from(pool);
+        self.pools.push(Arc::clone(&name));
+        self.numbers.insert(name, n);
+        self.uses.push(0);
+        n
+    }
+
+    /// Adds or replaces one entry; the host must be an exact DNS name. The
+    /// pool it named before, if any, is returned.
+    pub fn insert(&mut self, host: &str, pool: &str) -> Result<Option<String>, String> {
         let host = normalize(host)?;
-        self.entries.insert(host, pool.to_owned());
-        Ok(())
+        Ok(self.insert_normalized(Arc::from(host), pool))
+    }
+
+    fn insert_normalized(&mut self, host: Arc<str>, pool: &str) -> Option<String> {
+        let n = self.intern(pool);
+        self.uses[n as usize] += 1;
+        let old = self.entries.insert(host, n)?;
+        self.uses[old as usize] -= 1;
+        Some(self.pools[old as usize].to_string())
     }
 
     pub fn remove(&mut self, host: &str) -> Option<String> {
         let host = normalize(host).ok()?;
-        self.entries.remove(&host)
+        let old = self.entries.remove(&*host)?;
+        self.uses[old as usize] -= 1;
+        Some(self.pools[old as usize].to_string())
     }
 
     /// Writes one NDJSON line per entry, sorted by host.
     pub fn write_ndjson(&self, mut out: impl Write) -> std::io::Result<()> {
-        for (host, pool) in &self.entries {
-            write_line(&mut out, host, pool)?;
+        for (host, pool) in self.sorted() {
+            write_line(&mut out, &host, &pool)?;
         }
         Ok(())
     }
 
-    /// Writes up to `max` entries that sort after `after` (all when `None`),
-    /// and returns the last host written: the cursor for the next chunk.
-    pub fn write_ndjson_after(
-        &self,
-        after: Option<&str>,
-        max: usize,
-        out: &mut Vec<u8>,
-    ) -> Option<String> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(h) => Bound::Excluded(h),
-            None => Bound::Unbounded,
-        };
-        let mut last = None;
-        for (host, pool) in self
+    /// The entries sorted by host (for exports: the same map exports the
+    /// same bytes).
+    pub fn sorted(&self) -> Vec<(Arc<str>, Arc<str>)> {
+        let mut all: Vec<(Arc<str>, Arc<str>)> = self
             .entries
-            .range::<str, _>((start, Bound::Unbounded))
-            .take(max)
-        {
-            // Writing into a Vec cannot fail.
-            let _ = write_line(&mut *out, host, pool);
-            last = Some(host);
-        }
-        last.cloned()
+            .iter()
+            .map(|(h, &n)| (Arc::clone(h), Arc::clone(&self.pools[n as usize])))
+            .collect();
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
     }
+}
+
+/// One change to a host map, as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
+    Set { host: String, pool: String },
+    Delete { host: String },
+}
+
+impl HostMap {
+    /// Applies a change read back from the journal (hosts there are
+    /// normalised already; a delete of a missing host does nothing).
+    pub fn apply(&mut self, change: &Change) -> Result<(), String> {
+        match change {
+            Change::Set { host, pool } => {
+                self.insert(host, pool)?;
+            }
+            Change::Delete { host } => {
+                self.remove(host);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Appends one NDJSON line for an entry to `out`.
+pub fn write_entry(out: &mut Vec<u8>, host: &str, pool: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = write_line(out, host, pool);
 }
 
 fn write_line(mut out: impl Write, host: &str, pool: &str) -> std::io::Result<()> {
@@ -177,7 +271,11 @@ impl Importer {
         let entry: Entry = serde_json::from_slice(bytes).map_err(|e| fail(e.to_string()))?;
         let host =
             normalize(&entry.host).map_err(|e| fail(format!("host {:?}: {e}", entry.host)))?;
-        if self.map.entries.insert(host, entry.pool).is_some() {
+        if self
+            .map
+            .insert_normalized(Arc::from(host), &entry.pool)
+            .is_some()
+        {
             return Err(fail(format!("host {:?} is listed twice", entry.host)));
         }
         Ok(())
@@ -187,6 +285,52 @@ impl Importer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_shares_and_pools_are_counted() {
+        let mut m = HostMap::default();
+        for i in 0..1_000 {
+            m.insert(&format!("shop{i}.example.com"), &format!("pod-{}", i % 3))
+                .unwrap();
+        }
+        let before = m.clone();
+        assert_eq!(
+            m.insert("shop7.example.com", "pod-9").unwrap().as_deref(),
+            Some("pod-1")
+        );
+        assert_eq!(
+            before.get("shop7.example.com"),
+            Some("pod-1"),
+            "the copy is untouched"
+        );
+        assert_eq!(m.get("shop7.example.com"), Some("pod-9"));
+        let uses: Vec<(String, usize)> =
+            m.pools_used().map(|(_, p, n)| (p.to_owned(), n)).collect();
+        assert_eq!(
+            uses,
+            [
+                ("pod-0".into(), 334),
+                ("pod-1".into(), 332),
+                ("pod-2".into(), 333),
+                ("pod-9".into(), 1)
+            ]
+        );
+        m.remove("shop7.example.com");
+        assert!(
+            m.pools_used().all(|(_, p, _)| p != "pod-9"),
+            "unused pools are not listed"
+        );
+        m.apply(&Change::Set {
+            host: "a.test".into(),
+            pool: "pod-0".into(),
+        })
+        .unwrap();
+        m.apply(&Change::Delete {
+            host: "nope.test".into(),
+        })
+        .unwrap();
+        assert_eq!(m.get("a.test"), Some("pod-0"));
+    }
 
     fn import(chunks: &[&[u8]]) -> Result<HostMap, ImportError> {
         let mut i = Importer::new();
@@ -240,12 +384,6 @@ mod tests {
             "{\"host\":\"b.example.com\",\"pool\":\"pod-2\"}\n{\"host\":\"shop.example.com\",\"pool\":\"pod-1\"}\n"
         );
         assert_eq!(import(&[&out]).unwrap(), m);
-        let mut chunked = Vec::new();
-        let mut cursor = None;
-        while let Some(last) = m.write_ndjson_after(cursor.as_deref(), 1, &mut chunked) {
-            cursor = Some(last);
-        }
-        assert_eq!(chunked, out);
         assert_eq!(m.remove("SHOP.example.com").as_deref(), Some("pod-1"));
     }
 }

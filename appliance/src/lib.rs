@@ -31,6 +31,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod publish;
 pub mod router;
 pub mod rt;

@@ -221,15 +221,93 @@ pub struct Snapshot {
     pub generations: Generations,
     pub config: Config,
     pub router: Router<RouteAction>,
-    /// The host map, compiled: host → index into `pools`.
-    pub hostmap: HashMap<Box<str>, u32>,
+    /// The host map as requests see it.
+    pub hostmap: HostIndex,
     pub pools: Vec<Pool>,
     /// For HTTPS listeners; `None` when the config has no certificates.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub client: ClientLimits,
 }
 
+/// The host map as requests see it: host → index into the snapshot's
+/// `pools`. It shares the host map's entries (a persistent map), so making
+/// one costs the number of pools, not of hosts.
+#[derive(Debug, Clone, Default)]
+pub struct HostIndex {
+    entries: imbl::HashMap<Arc<str>, u32>,
+    /// The host map's pool number → index into `pools`.
+    pools: Vec<Option<u32>>,
+}
+
+impl HostIndex {
+    /// Fails, naming a host, if an entry names a pool `config` lacks.
+    pub fn new(hostmap: &HostMap, config: &Config) -> Result<Self, ConfigError> {
+        let index: HashMap<&str, u32> = (0u32..)
+            .zip(&config.pools)
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let mut pools = vec![None; hostmap.pool_numbers()];
+        for (n, name, uses) in hostmap.pools_used() {
+            match index.get(name) {
+                Some(&i) => pools[n as usize] = Some(i),
+                None => {
+                    // The error path alone looks for a host to name.
+                    let host = hostmap
+                        .iter()
+                        .find(|(_, p)| *p == name)
+                        .map_or_else(String::new, |(h, _)| h.to_owned());
+                    return Err(ConfigError::new(
+                        format!("hostmap[{host:?}].pool"),
+                        format!("no pool named {name:?} ({uses} entries name it)"),
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            entries: hostmap.index().clone(),
+            pools,
+        })
+    }
+
+    /// The pool (index into the snapshot's `pools`) `host` is mapped to.
+    pub fn get(&self, host: &str) -> Option<usize> {
+        let n = *self.entries.get(host)?;
+        self.pools
+            .get(n as usize)
+            .copied()
+            .flatten()
+            .map(|i| i as usize)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 impl Snapshot {
+    /// This snapshot with another host map (and generations): the config's
+    /// compiled parts are shared or copied as they are, so the cost does not
+    /// grow with the host map.
+    pub fn with_hostmap(
+        &self,
+        hostmap: &HostMap,
+        generations: Generations,
+    ) -> Result<Self, ConfigError> {
+        Ok(Self {
+            generations,
+            config: self.config.clone(),
+            router: self.router.clone(),
+            hostmap: HostIndex::new(hostmap, &self.config)?,
+            pools: self.pools.clone(),
+            tls: self.tls.clone(),
+            client: self.client.clone(),
+        })
+    }
+
     /// Checks and compiles `config`; relative certificate paths are taken from
     /// `base`.
     pub fn build(
@@ -266,20 +344,7 @@ impl Snapshot {
             let action = compile_action(i, &r.action, &config.pools, sites)?;
             router.insert(host.as_ref(), &r.path_prefix, action);
         }
-        let pool_index: HashMap<&str, u32> = (0u32..)
-            .zip(&config.pools)
-            .map(|(i, p)| (p.name.as_str(), i))
-            .collect();
-        let mut compiled = HashMap::with_capacity(hostmap.len());
-        for (host, pool) in hostmap.iter() {
-            let Some(&i) = pool_index.get(pool) else {
-                return Err(ConfigError::new(
-                    format!("hostmap[{host:?}].pool"),
-                    format!("no pool named {pool:?}"),
-                ));
-            };
-            compiled.insert(Box::from(host), i);
-        }
+        let compiled = HostIndex::new(hostmap, &config)?;
         let client = ClientLimits {
             handshake_timeout: ms(config.tls.handshake_timeout_ms),
             header_timeout: ms(config.client.header_timeout_ms),

@@ -4,11 +4,20 @@
 //! config.json                 {"generation": N, "config": {...}}   the config being served
 //! history/config-<N>.json     the same, for the last KEEP generations
 //! hostmap.ndjson              {"generation": N} then one entry a line
+//! hostmap.journal             changes since: `CRC32 {"generation": N, "change": ...}` a line
 //! ```
 //!
-//! Every file is written whole to a temporary file, fsynced, renamed over the
-//! old one and the directory fsynced ([`crate::fsutil::write_atomic`]), so a crash
-//! or power cut leaves the previous version or the new one, never half of one.
+//! Every file but the journal is written whole to a temporary file,
+//! fsynced, renamed over the old one and the directory fsynced
+//! ([`crate::fsutil::write_atomic`]), so a crash or power cut leaves the
+//! previous version or the new one, never half of one. The journal makes a
+//! change of one host-map entry cost one appended, fsynced line instead of
+//! a rewrite of millions: on load the lines newer than the map's file are
+//! replayed, and a last line cut short by a crash (no newline, or a CRC
+//! that does not match) is a change that was never acknowledged, so it is
+//! dropped. When the journal has grown to a quarter of the map, the map is
+//! written whole again and the journal emptied (amortised, still a constant
+//! cost per change).
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -19,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::fsutil::write_atomic;
-use crate::hostmap::{HostMap, Importer};
+use crate::hostmap::{Change, HostMap, Importer};
 
 /// How many past config generations are kept in `history/`.
 pub const KEEP: usize = 10;
@@ -68,6 +77,10 @@ impl Store {
 
     fn hostmap_path(&self) -> PathBuf {
         self.dir.join("hostmap.ndjson")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join("hostmap.journal")
     }
 
     /// The persisted config and its generation, if there is one. It is
@@ -129,8 +142,9 @@ impl Store {
         }
     }
 
-    /// The persisted host map and its generation, if there is one.
-    pub fn load_hostmap(&self) -> Result<Option<(u64, HostMap)>, StoreError> {
+    /// The persisted host map, its generation and how many changes its
+    /// journal holds, if there is one.
+    pub fn load_hostmap(&self) -> Result<Option<(u64, HostMap, usize)>, StoreError> {
         let path = self.hostmap_path();
         let file = match fs::File::open(&path) {
             Ok(f) => f,
@@ -160,19 +174,106 @@ impl Store {
                 .map_err(|e| corrupt(format!("entry {e}")))?;
             reader.consume(n);
         }
-        let map = importer
+        let mut map = importer
             .finish()
             .map_err(|e| corrupt(format!("entry {e}")))?;
-        Ok(Some((header.generation, map)))
+        let (generation, changes) = self.replay_journal(header.generation, &mut map)?;
+        Ok(Some((generation, map, changes)))
     }
 
+    /// Applies the journal's changes newer than `base` to `map`; the newest
+    /// generation and the number of lines the journal holds.
+    fn replay_journal(&self, base: u64, map: &mut HostMap) -> Result<(u64, usize), StoreError> {
+        let path = self.journal_path();
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((base, 0)),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        let corrupt = |line: usize, reason: &str| StoreError::Corrupt {
+            path: path.clone(),
+            reason: format!("line {line}: {reason}"),
+        };
+        let mut generation = base;
+        let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let last = i + 1 == lines.len();
+            let entry = parse_journal_line(line);
+            let entry = match entry {
+                Some(e) => e,
+                // A crash cut the last append short: it was never answered.
+                None if last => break,
+                None => return Err(corrupt(i + 1, "not a journal line (or its CRC is wrong)")),
+            };
+            if entry.generation <= generation {
+                continue;
+            }
+            map.apply(&entry.change).map_err(|e| corrupt(i + 1, &e))?;
+            generation = entry.generation;
+        }
+        Ok((generation, lines.len()))
+    }
+
+    /// Writes the whole host map as generation `generation`, and empties the
+    /// journal (whose changes it now holds).
     pub fn save_hostmap(&self, generation: u64, map: &HostMap) -> std::io::Result<()> {
         let mut bytes =
             serde_json::to_vec(&HostMapHeader { generation }).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
         map.write_ndjson(&mut bytes)?;
-        write_atomic(&self.hostmap_path(), &bytes, 0o600)
+        write_atomic(&self.hostmap_path(), &bytes, 0o600)?;
+        match fs::remove_file(self.journal_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
+
+    /// Appends one change as generation `generation` to the journal, durably
+    /// (fsynced before this returns).
+    pub fn append_hostmap(&self, generation: u64, change: &Change) -> std::io::Result<()> {
+        use std::io::Write;
+        if !self.hostmap_path().exists() {
+            self.save_hostmap(0, &HostMap::default())?;
+        }
+        let path = self.journal_path();
+        let created = !path.exists();
+        let json = serde_json::to_vec(&JournalLine {
+            generation,
+            change: change.clone(),
+        })
+        .map_err(std::io::Error::other)?;
+        let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
+        line.extend_from_slice(&json);
+        line.push(b'\n');
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        f.write_all(&line)?;
+        f.sync_data()?;
+        if created {
+            fs::File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalLine {
+    generation: u64,
+    change: Change,
+}
+
+/// One whole journal line (`CRC32 JSON\n`), if it is one.
+fn parse_journal_line(line: &[u8]) -> Option<JournalLine> {
+    let line = line.strip_suffix(b"\n")?;
+    let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+    if line.get(8) != Some(&b' ') || crc32fast::hash(json) != crc {
+        return None;
+    }
+    serde_json::from_slice(json).ok()
 }
 
 #[cfg(test)]
@@ -212,7 +313,56 @@ mod tests {
                 .unwrap();
         }
         store.save_hostmap(42, &map).unwrap();
-        assert_eq!(store.load_hostmap().unwrap().unwrap(), (42, map));
+        assert_eq!(store.load_hostmap().unwrap().unwrap(), (42, map, 0));
+    }
+
+    #[test]
+    fn journal_changes_replay_and_a_cut_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let set = |h: &str, p: &str| Change::Set {
+            host: h.into(),
+            pool: p.into(),
+        };
+        // A journal with no map file yet starts from an empty map.
+        store.append_hostmap(1, &set("a.test", "p1")).unwrap();
+        store.append_hostmap(2, &set("b.test", "p2")).unwrap();
+        store
+            .append_hostmap(
+                3,
+                &Change::Delete {
+                    host: "a.test".into(),
+                },
+            )
+            .unwrap();
+        let (g, map, journal) = store.load_hostmap().unwrap().unwrap();
+        assert_eq!(
+            (g, map.len(), map.get("b.test"), journal),
+            (3, 1, Some("p2"), 3)
+        );
+        // A power cut in the middle of the next append.
+        let journal_file = dir.path().join("config/hostmap.journal");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&journal_file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"1234abcd {\"generation\": 4, \"chan").unwrap();
+        let (g, map, _) = store.load_hostmap().unwrap().unwrap();
+        assert_eq!((g, map.len()), (3, 1), "the cut change is dropped");
+        // A wrong CRC anywhere but last is damage, not a cut.
+        let mut text = fs::read(&journal_file).unwrap();
+        text[0] ^= 1;
+        fs::write(&journal_file, &text).unwrap();
+        assert!(matches!(
+            store.load_hostmap(),
+            Err(StoreError::Corrupt { .. })
+        ));
+        // Writing the map whole empties the journal; older lines never replay.
+        store.save_hostmap(3, &map).unwrap();
+        assert!(!journal_file.exists());
+        store.append_hostmap(4, &set("c.test", "p1")).unwrap();
+        let (g, map, journal) = store.load_hostmap().unwrap().unwrap();
+        assert_eq!((g, map.len(), journal), (4, 2, 1));
     }
 
     #[test]
@@ -260,7 +410,7 @@ mod tests {
         let (g, config) = store.load_config().unwrap().unwrap();
         assert_eq!(g, 7);
         assert_eq!(config.pools[0].backends[1].weight, 3);
-        let (hg, map) = store.load_hostmap().unwrap().unwrap();
+        let (hg, map, _) = store.load_hostmap().unwrap().unwrap();
         assert_eq!((hg, map.get("shop1.example.com")), (2, Some("app")));
     }
 }

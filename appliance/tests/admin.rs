@@ -427,7 +427,7 @@ fn the_host_map_routes_each_shop_to_its_pool() {
             &[],
         )
         .expect(422);
-    assert!(r.json()["field"].as_str().unwrap().starts_with("hostmap["));
+    assert_eq!(r.json()["field"], "pool", "{}", r.body);
     // A bad line refuses the whole import, naming the line.
     std::fs::write(
         &file,

@@ -19,8 +19,8 @@ const HOSTS: usize = 1_000_000;
 const PODS: usize = 1_000;
 
 /// A snapshot whose host map sends 1 000 000 shop domains to 1 000 pods,
-/// built as the control plane builds it.
-fn snapshot_with_hostmap() -> Snapshot {
+/// built as the control plane builds it, with the map.
+fn snapshot_with_hostmap() -> (Snapshot, HostMap) {
     let pools: Vec<_> = (0..PODS)
         .map(|p| serde_json::json!({ "name": format!("pod-{p}"), "backends": [{ "address": format!("10.1.{}.{}:8080", p / 250, p % 250 + 1) }] }))
         .collect();
@@ -40,7 +40,7 @@ fn snapshot_with_hostmap() -> Snapshot {
             .unwrap();
     }
     let tickets = edgebox::tls::tickets::TicketKeys::new(3600).unwrap();
-    Snapshot::build(
+    let snap = Snapshot::build(
         config,
         &hostmap,
         &Sites::new(),
@@ -52,11 +52,12 @@ fn snapshot_with_hostmap() -> Snapshot {
             extra: &Default::default(),
         },
     )
-    .unwrap()
+    .unwrap();
+    (snap, hostmap)
 }
 
 fn host_to_pod(c: &mut Criterion) {
-    let snapshot = snapshot_with_hostmap();
+    let (snapshot, hostmap) = snapshot_with_hostmap();
     let mut g = c.benchmark_group("host_to_pod_1m");
     g.bench_function("hit", |b| {
         b.iter(|| {
@@ -68,6 +69,18 @@ fn host_to_pod(c: &mut Criterion) {
         b.iter(|| {
             let host = normalize_host(black_box("nowhere.example.org")).unwrap();
             black_box(snapshot.hostmap.get(host.as_ref()))
+        })
+    });
+    // One entry set, as `PUT /v1/hostmap/{host}` does it: a copy of the map
+    // (sharing its entries), the insert, and the next snapshot's index.
+    g.bench_function("update_one_entry", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let mut m = hostmap.clone();
+            m.insert(&format!("shop{}.example.com", i % HOSTS as u64), "pod-7")
+                .unwrap();
+            black_box(snapshot.with_hostmap(&m, Generations::default()).unwrap())
         })
     });
     g.finish();

@@ -5,6 +5,9 @@
 //!   generated config on the same certificate, files and backend, pinned to
 //!   core 0; wrk, h2load and this crate's rustls client load it from core 1.
 //!   The results are a markdown table, CSV files and an SVG chart of ratios.
+//! - `cargo run -p bench --release --bin hostmap` (`src/bin/hostmap.rs`):
+//!   a 1 000 000-entry host map imported, changed an entry at a time and
+//!   loaded again at a restart, with the times and the memory it takes.
 //! - `cargo bench -p bench --bench micro` (`benches/micro.rs`, criterion):
 //!   host → pod lookup in a 1 000 000-entry host map, route matching, BLAKE3
 //!   hashing and manifest lookup, each on the code the data plane runs.
@@ -18,3 +21,39 @@ pub mod report;
 pub mod runner;
 pub mod servers;
 pub mod tls_client;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+/// `cargo build -p edgebox` in this program's own profile; the binary lands
+/// beside this one. The outer cargo's CARGO_* variables are left out so the
+/// nested build matches a plain one and reuses its artifacts.
+pub fn build_edgebox() -> Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--locked", "-p", "edgebox", "--bin", "edgebox"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| {
+            k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR"
+        }) {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building edgebox failed ({status})");
+    }
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no directory")?;
+    // `target/<profile>/bench` or, under `cargo test`, `target/<profile>/deps/…`.
+    let dir = if dir.ends_with("deps") {
+        dir.parent().context("no directory")?
+    } else {
+        dir
+    };
+    Ok(dir.join("edgebox"))
+}

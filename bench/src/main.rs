@@ -107,7 +107,7 @@ fn run(cli: Cli) -> Result<()> {
     runner::install_tools()?;
     let edgebox = match cli.edgebox {
         Some(path) => path,
-        None => build_edgebox()?,
+        None => bench::build_edgebox()?,
     };
     std::fs::create_dir_all(&cli.out)?;
     let work = Workdir {
@@ -155,36 +155,4 @@ fn raise_open_files() -> Result<u64> {
         );
     }
     Ok(want)
-}
-
-/// `cargo build -p edgebox` in this program's own profile; the binary lands
-/// beside this one. The outer cargo's CARGO_* variables are left out so the
-/// nested build matches a plain one and reuses its artifacts.
-fn build_edgebox() -> Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--locked", "-p", "edgebox", "--bin", "edgebox"]);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
-    }
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| {
-            k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR"
-        }) {
-            cmd.env_remove(key);
-        }
-    }
-    let status = cmd.status().context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building edgebox failed ({status})");
-    }
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no directory")?;
-    // `target/<profile>/bench` or, under `cargo test`, `target/<profile>/deps/…`.
-    let dir = if dir.ends_with("deps") {
-        dir.parent().context("no directory")?
-    } else {
-        dir
-    };
-    Ok(dir.join("edgebox"))
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{json_response, ApiError, Body};
 use crate::config::{Certificate, Config, Listener, Route};
 use crate::control::{ApplyError, Control};
-use crate::hostmap::{HostMap, Importer};
+use crate::hostmap::Importer;
 use crate::snapshot::Generations;
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -615,23 +615,17 @@ async fn hostmap_entry(
                 (req.headers().clone(), None)
             };
             let mut c = control.borrow_mut();
-            let mut map = HostMap::clone(&c.hostmap);
-            let created = match &pool {
-                Some(p) => {
-                    let created = map.get(&host.to_ascii_lowercase()).is_none();
-                    map.insert(host, p)
-                        .map_err(|e| ApiError::invalid("host", e))?;
-                    created
-                }
-                None => {
-                    map.remove(host)
-                        .ok_or_else(|| ApiError::not_found(format!("host map entry {host}")))?;
-                    false
-                }
+            let h = host.to_ascii_lowercase();
+            let existed = c.hostmap.get(&h).is_some();
+            let change = match pool {
+                Some(pool) => crate::hostmap::Change::Set { host: h, pool },
+                None if existed => crate::hostmap::Change::Delete { host: h },
+                None => return Err(ApiError::not_found(format!("host map entry {host}"))),
             };
-            let prepared = c.prepare_hostmap(map)?;
+            let prepared = c.prepare_hostmap_entry(change)?;
             check_if_match(&headers, &hostmap_etag(c.gens))?;
             c.commit(prepared)?;
+            let created = put && !existed;
             let mut r = if put {
                 let status = if created {
                     StatusCode::CREATED

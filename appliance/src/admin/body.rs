@@ -16,11 +16,12 @@ const CHUNK: usize = 4096;
 #[derive(Debug)]
 pub enum Body {
     Full(Option<Bytes>),
-    /// The host map as NDJSON, a chunk at a time, from a snapshot of it.
+    /// The host map as NDJSON sorted by host, a chunk at a time, from a
+    /// copy of it (sorted when the first chunk is asked for).
     HostMap {
         map: Arc<HostMap>,
-        cursor: Option<String>,
-        done: bool,
+        sorted: Option<Vec<(Arc<str>, Arc<str>)>>,
+        next: usize,
     },
 }
 
@@ -36,8 +37,8 @@ impl Body {
     pub fn hostmap(map: Arc<HostMap>) -> Self {
         Self::HostMap {
             map,
-            cursor: None,
-            done: false,
+            sorted: None,
+            next: 0,
         }
     }
 }
@@ -52,21 +53,18 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::HostMap { map, cursor, done } => {
-                if *done {
+            Self::HostMap { map, sorted, next } => {
+                let all = sorted.get_or_insert_with(|| map.sorted());
+                if *next >= all.len() {
                     return Poll::Ready(None);
                 }
+                let end = (*next + CHUNK).min(all.len());
                 let mut out = Vec::with_capacity(CHUNK * 48);
-                match map.write_ndjson_after(cursor.as_deref(), CHUNK, &mut out) {
-                    Some(last) => {
-                        *cursor = Some(last);
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
-                    }
-                    None => {
-                        *done = true;
-                        Poll::Ready(None)
-                    }
+                for (host, pool) in &all[*next..end] {
+                    crate::hostmap::write_entry(&mut out, host, pool);
                 }
+                *next = end;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
             }
         }
     }
@@ -74,7 +72,7 @@ impl http_body::Body for Body {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Full(b) => b.is_none(),
-            Self::HostMap { done, .. } => *done,
+            Self::HostMap { sorted, next, .. } => sorted.as_ref().is_some_and(|s| *next >= s.len()),
         }
     }
 

@@ -31,12 +31,16 @@ fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Confi
                 address: (ip, https).into(),
                 protocol: Protocol::Https,
                 redirect_to_https_port: None,
+                proxy_protocol: None,
+                trusted_proxies: Vec::new(),
             },
             Listener {
                 name: "http".into(),
                 address: (ip, http).into(),
                 protocol: Protocol::Http,
                 redirect_to_https_port: Some(https),
+                proxy_protocol: None,
+                trusted_proxies: Vec::new(),
             },
         ],
         certificates: vec![Certificate {

@@ -153,6 +153,48 @@ pub struct Listener {
     /// this port instead of routing it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redirect_to_https_port: Option<u16>,
+    /// Connections from these networks start with a PROXY protocol header
+    /// (v1 or v2) naming the real client; from anywhere else, none is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<AcceptProxy>,
+    /// `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and
+    /// `X-Forwarded-Host` sent by a client in these networks (a CDN, a
+    /// balancer in front) are kept and appended to; from anyone else they
+    /// are replaced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Where PROXY protocol headers are accepted from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptProxy {
+    /// The balancers' networks, e.g. `10.0.0.0/8`.
+    pub from: Vec<ipnet::IpNet>,
+}
+
+impl Listener {
+    /// Whether a connection from `peer` must start with a PROXY header.
+    pub fn expects_proxy_header(&self, peer: std::net::IpAddr) -> bool {
+        self.proxy_protocol
+            .as_ref()
+            .is_some_and(|p| in_any(&p.from, peer))
+    }
+
+    /// Whether forwarding headers from `client` are believed.
+    pub fn trusts(&self, client: std::net::IpAddr) -> bool {
+        in_any(&self.trusted_proxies, client)
+    }
+}
+
+/// Whether `ip` (an IPv4-mapped IPv6 address counting as IPv4) is in one of
+/// `nets`.
+fn in_any(nets: &[ipnet::IpNet], ip: std::net::IpAddr) -> bool {
+    let ip = match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

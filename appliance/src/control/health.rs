@@ -31,7 +31,9 @@ pub struct LastCheck {
 }
 
 struct Task {
-    settings: HealthCheck,
+    /// The check, and whether it starts with a PROXY `LOCAL` header (for a
+    /// pool whose backends expect PROXY headers).
+    settings: (HealthCheck, bool),
     abort: tokio::task::AbortHandle,
     last: Arc<Mutex<LastCheck>>,
 }
@@ -59,7 +61,10 @@ impl HealthChecks {
             for b in &p.backends {
                 match &p.health_check {
                     Some(h) => {
-                        wanted.insert((Arc::clone(&p.name), b.addr), (h, b));
+                        wanted.insert(
+                            (Arc::clone(&p.name), b.addr),
+                            ((h.clone(), p.proxy_protocol), b),
+                        );
                     }
                     // Checks stopped: the verdict no longer applies.
                     None => b.shared.health.set(Health::Unchecked),
@@ -67,7 +72,7 @@ impl HealthChecks {
             }
         }
         self.tasks.retain(|key, task| {
-            let keep = wanted.get(key).is_some_and(|(h, _)| **h == task.settings);
+            let keep = wanted.get(key).is_some_and(|(h, _)| *h == task.settings);
             if !keep {
                 task.abort.abort();
             }
@@ -90,7 +95,8 @@ impl HealthChecks {
             let abort = tokio::task::spawn_local(run(
                 Arc::clone(&key.0),
                 backend.addr,
-                settings.clone(),
+                settings.0.clone(),
+                settings.1,
                 Arc::clone(&backend.shared),
                 start,
                 Arc::clone(&last),
@@ -99,7 +105,7 @@ impl HealthChecks {
             self.tasks.insert(
                 key,
                 Task {
-                    settings: settings.clone(),
+                    settings,
                     abort,
                     last,
                 },
@@ -123,10 +129,12 @@ impl Drop for HealthChecks {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     pool: Arc<str>,
     addr: SocketAddr,
     settings: HealthCheck,
+    proxy: bool,
     shared: Arc<BackendShared>,
     start: Start,
     last: Arc<Mutex<LastCheck>>,
@@ -137,7 +145,7 @@ async fn run(
     loop {
         every.tick().await;
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let outcome = match tokio::time::timeout(timeout, check(addr, &settings)).await {
+        let outcome = match tokio::time::timeout(timeout, check(addr, &settings, proxy)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", settings.timeout_ms)),
         };
@@ -169,10 +177,16 @@ fn lock(m: &Mutex<LastCheck>) -> std::sync::MutexGuard<'_, LastCheck> {
 }
 
 /// One check: `Ok` when it passes, else why not.
-async fn check(addr: SocketAddr, settings: &HealthCheck) -> Result<(), String> {
+async fn check(addr: SocketAddr, settings: &HealthCheck, proxy: bool) -> Result<(), String> {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    if proxy {
+        stream
+            .write_all(&crate::proxy_protocol::encode_v2_local())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
     if settings.tcp {
         return Ok(());
     }

@@ -60,6 +60,8 @@ pub struct Control {
     pub health: super::health::HealthChecks,
     /// Resolves backend names (made on first need).
     pub resolver: Option<std::sync::Arc<crate::discovery::Resolver>>,
+    /// Changes in the host map's journal since it was last written whole.
+    pub hostmap_journal: usize,
 }
 
 impl std::fmt::Debug for Control {
@@ -87,7 +89,10 @@ enum PreparedKind {
         /// Names this change resolved, kept once it is published.
         resolved: std::collections::HashMap<String, Vec<SocketAddr>>,
     },
+    /// A whole new host map (an import).
     HostMap(HostMap),
+    /// The host map with one entry changed.
+    HostMapEntry(HostMap, crate::hostmap::Change),
 }
 
 impl Control {
@@ -173,17 +178,49 @@ impl Control {
         })
     }
 
-    /// Every check of a new host map, with its snapshot built.
+    /// Every check of a new host map, with its snapshot made.
     pub fn prepare_hostmap(&self, new: HostMap) -> Result<Prepared, ApplyError> {
-        let gens = Generations {
-            hostmap: self.gens.hostmap + 1,
-            ..self.gens
-        };
-        let snapshot = self.build(self.config.clone(), &new, &self.sites, gens)?;
+        let snapshot = self.snapshot_with_hostmap(&new)?;
         Ok(Prepared {
             snapshot,
             kind: PreparedKind::HostMap(new),
         })
+    }
+
+    /// One entry set or removed: checked, with its snapshot made, at a cost
+    /// that does not grow with the host map (its copy shares all entries).
+    pub fn prepare_hostmap_entry(
+        &self,
+        change: crate::hostmap::Change,
+    ) -> Result<Prepared, ApplyError> {
+        use crate::hostmap::Change;
+        let mut map = HostMap::clone(&self.hostmap);
+        match &change {
+            Change::Set { host, pool } => {
+                if !self.config.pools.iter().any(|p| p.name == *pool) {
+                    return Err(ConfigError::new("pool", format!("no pool named {pool:?}")).into());
+                }
+                map.insert(host, pool)
+                    .map_err(|e| ConfigError::new("host", e))?;
+            }
+            Change::Delete { host } => {
+                map.remove(host);
+            }
+        }
+        let snapshot = self.snapshot_with_hostmap(&map)?;
+        Ok(Prepared {
+            snapshot,
+            kind: PreparedKind::HostMapEntry(map, change),
+        })
+    }
+
+    /// The current snapshot with `map` as its host map, a generation on.
+    fn snapshot_with_hostmap(&self, map: &HostMap) -> Result<Snapshot, ConfigError> {
+        let gens = Generations {
+            hostmap: self.gens.hostmap + 1,
+            ..self.gens
+        };
+        self.shared.snapshot.load().with_hostmap(map, gens)
     }
 
     /// Re-reads one site's ref (after a publish, rollback or delete, which
@@ -252,10 +289,27 @@ impl Control {
                 }
                 tracing::info!(generation = gens.config, "applied a new config");
             }
+            PreparedKind::HostMapEntry(map, change) => {
+                self.store
+                    .append_hostmap(gens.hostmap, &change)
+                    .map_err(ApplyError::Persist)?;
+                self.hostmap_journal += 1;
+                // Written whole once the journal reaches a quarter of the
+                // map: a constant cost per change, amortised.
+                if self.hostmap_journal > (map.len() / 4).max(1_024) {
+                    match self.store.save_hostmap(gens.hostmap, &map) {
+                        Ok(()) => self.hostmap_journal = 0,
+                        Err(e) => tracing::warn!("could not compact the host map's journal: {e}"),
+                    }
+                }
+                self.publish(prepared.snapshot);
+                self.hostmap = Arc::new(map);
+            }
             PreparedKind::HostMap(map) => {
                 self.store
                     .save_hostmap(gens.hostmap, &map)
                     .map_err(ApplyError::Persist)?;
+                self.hostmap_journal = 0;
                 self.publish(prepared.snapshot);
                 self.hostmap = Arc::new(map);
                 tracing::info!(

@@ -280,6 +280,9 @@ fn no_backend(pool: &snapshot::Pool, now: u64) -> ProxyError {
 #[derive(Debug)]
 pub struct Http<'a> {
     pub conns: &'a Rc<ConnPool>,
+    /// For a pool that sends PROXY headers: the client and local address of
+    /// the client's connection.
+    pub proxy_header: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 impl Transport for Http<'_> {
@@ -294,16 +297,23 @@ impl Transport for Http<'_> {
         fresh_only: bool,
         header_timeout: Duration,
     ) -> Result<Response<Self::Resp>, TryError<ReqBody>> {
+        let key = (backend.addr, self.proxy_header);
         let pooled = if fresh_only {
             None
         } else {
-            self.conns.checkout(backend.addr, pool.idle_timeout)
+            self.conns.checkout(key, pool.idle_timeout)
         };
         let reused = pooled.is_some();
         let mut sender = match pooled {
             Some(s) => s,
             None => {
-                match pool::connect(backend.addr, pool.connect_timeout, pool.idle_timeout).await {
+                let opened = pool::connect(
+                    backend.addr,
+                    pool.connect_timeout,
+                    pool.idle_timeout,
+                    self.proxy_header,
+                );
+                match opened.await {
                     Ok(s) => s,
                     Err(e) => return Err(TryError::Connect(e, req)),
                 }
@@ -318,7 +328,7 @@ impl Transport for Http<'_> {
         match crate::rt::race(exchange, deadline).await {
             crate::rt::Either::Left(Ok(response)) => {
                 self.conns
-                    .checkin_when_ready(backend.addr, sender, pool.max_idle_per_backend);
+                    .checkin_when_ready(key, sender, pool.max_idle_per_backend);
                 Ok(response)
             }
             crate::rt::Either::Left(Err(mut e)) => match e.take_message() {

@@ -69,20 +69,40 @@ pub struct Origin<'a> {
     pub scheme: &'static str,
     /// The Host (or `:authority`) the client asked for, as sent.
     pub host: &'a str,
+    /// The client is a trusted proxy (`listeners[].trusted_proxies`): what
+    /// it says of the clients before it is believed.
+    pub trusted: bool,
 }
 
-/// Adds `X-Forwarded-For` (appended to what the client sent, like NGINX's
-/// `$proxy_add_x_forwarded_for`), `X-Forwarded-Proto` and `X-Forwarded-Host`
-/// (replaced), and a `Forwarded` element (RFC 7239, appended).
+/// Sets the forwarding headers. From a trusted proxy, `X-Forwarded-For` and
+/// `Forwarded` are appended to (as NGINX's `$proxy_add_x_forwarded_for`) and
+/// its `X-Forwarded-Proto` and `X-Forwarded-Host` are kept when it sent
+/// them. From anyone else what the client sent is dropped: the backend gets
+/// only what edgebox saw (the client's address, the scheme and host of this
+/// connection), so nobody can pose as another client.
 pub fn add_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
     let ip = origin.client.to_string();
+    if !origin.trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &header::FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+    }
     let xff = match joined(headers, &X_FORWARDED_FOR) {
         Some(prior) => format!("{prior}, {ip}"),
         None => ip.clone(),
     };
     set(headers, X_FORWARDED_FOR.clone(), &xff);
-    set(headers, X_FORWARDED_PROTO.clone(), origin.scheme);
-    set(headers, X_FORWARDED_HOST.clone(), origin.host);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        set(headers, X_FORWARDED_PROTO.clone(), origin.scheme);
+    }
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        set(headers, X_FORWARDED_HOST.clone(), origin.host);
+    }
 
     let node = match origin.client {
         IpAddr::V4(_) => ip,
@@ -210,27 +230,55 @@ mod tests {
         assert_eq!(requested_upgrade(&map(&[("upgrade", "websocket")])), None);
     }
 
-    #[test]
-    fn forwarded_headers_are_appended_or_replaced() {
-        let mut h = map(&[
+    fn sent_by_client() -> HeaderMap {
+        map(&[
             ("x-forwarded-for", "203.0.113.9"),
             ("x-forwarded-for", "198.51.100.2"),
             ("x-forwarded-proto", "http"),
             ("forwarded", "for=203.0.113.9"),
-        ]);
+        ])
+    }
+
+    #[test]
+    fn a_trusted_proxy_s_headers_are_appended_to() {
+        let mut h = sent_by_client();
         let origin = Origin {
             client: "192.0.2.7".parse().unwrap(),
             scheme: "https",
             host: "shop.example.com:8443",
+            trusted: true,
         };
         add_forwarded(&mut h, origin);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.2, 192.0.2.7");
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
-        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-proto"], "http", "the proxy saw the client");
         assert_eq!(h["x-forwarded-host"], "shop.example.com:8443");
         assert_eq!(
             h["forwarded"],
             "for=203.0.113.9, for=192.0.2.7;proto=https;host=\"shop.example.com:8443\""
+        );
+    }
+
+    #[test]
+    fn anyone_else_s_are_replaced() {
+        let mut h = sent_by_client();
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        let origin = Origin {
+            client: "192.0.2.7".parse().unwrap(),
+            scheme: "https",
+            host: "shop.example.com",
+            trusted: false,
+        };
+        add_forwarded(&mut h, origin);
+        assert_eq!(
+            h["x-forwarded-for"], "192.0.2.7",
+            "no forged leftmost entry"
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=https;host=shop.example.com"
         );
     }
 
@@ -241,6 +289,7 @@ mod tests {
             client: "2001:db8::1".parse().unwrap(),
             scheme: "http",
             host: "a.test",
+            trusted: false,
         };
         add_forwarded(&mut h, origin);
         assert_eq!(h["x-forwarded-for"], "2001:db8::1");

@@ -61,7 +61,12 @@ pub struct Services {
 /// How a client connection reached us.
 #[derive(Debug)]
 pub struct ConnInfo {
+    /// The client: the connection's peer, or whom a PROXY header named.
     pub client: SocketAddr,
+    /// The address it connected to (likewise).
+    pub local: SocketAddr,
+    /// The client is a trusted proxy: its forwarding headers are kept.
+    pub trusted: bool,
     pub listener: Rc<str>,
     pub scheme: &'static str,
     pub redirect_to_https_port: Option<u16>,
@@ -210,8 +215,8 @@ async fn respond(
     let path = req.uri().path();
     let chosen = match router.route_exact(&host, path) {
         Some(found) => found.map(Chosen::Action),
-        None => match view.snap.hostmap.get(&*host) {
-            Some(&pool) => Some(Chosen::HostMap(pool as usize)),
+        None => match view.snap.hostmap.get(&host) {
+            Some(pool) => Some(Chosen::HostMap(pool)),
             None => router.route_inexact(&host, path).map(Chosen::Action),
         },
     };
@@ -419,6 +424,7 @@ async fn proxy(
             client: conn.client.ip(),
             scheme: conn.scheme,
             host: authority,
+            trusted: conn.trusted,
         },
     );
     if !parts.headers.contains_key(header::HOST) {
@@ -443,7 +449,10 @@ async fn proxy(
     }
 
     // forward
-    let transport = forward::Http { conns: &svc.conns };
+    let transport = forward::Http {
+        conns: &svc.conns,
+        proxy_header: pool.proxy_protocol.then_some((conn.client, conn.local)),
+    };
     let forwarded = forward::forward(&transport, &target, req, &mut record.backend).await?;
     record.slot = Some(forwarded.slot);
     Ok(backend_response(forwarded.response, None))

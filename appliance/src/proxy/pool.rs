@@ -41,9 +41,14 @@ struct Idle {
     since: Instant,
 }
 
+/// Which connections may be reused for a request: those to the same
+/// backend, and for a pool that sends PROXY headers, only those made for the
+/// same client connection (client and local address), whose header named it.
+pub type PoolKey = (SocketAddr, Option<(SocketAddr, SocketAddr)>);
+
 #[derive(Default)]
 pub struct ConnPool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 impl std::fmt::Debug for ConnPool {
@@ -56,9 +61,9 @@ impl std::fmt::Debug for ConnPool {
 impl ConnPool {
     /// An idle connection to `addr` that is still open and younger than
     /// `max_age`, if there is one.
-    pub fn checkout(&self, addr: SocketAddr, max_age: Duration) -> Option<Sender> {
+    pub fn checkout(&self, key: PoolKey, max_age: Duration) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(entry) = list.pop() {
             if entry.since.elapsed() < max_age && entry.sender.is_ready() {
                 return Some(entry.sender);
@@ -69,19 +74,14 @@ impl ConnPool {
 
     /// Waits until `sender`'s current exchange is finished, then keeps it for
     /// reuse unless the pool for `addr` already holds `max_idle`.
-    pub fn checkin_when_ready(
-        self: &Rc<Self>,
-        addr: SocketAddr,
-        mut sender: Sender,
-        max_idle: usize,
-    ) {
+    pub fn checkin_when_ready(self: &Rc<Self>, key: PoolKey, mut sender: Sender, max_idle: usize) {
         let pool = Rc::clone(self);
         rt::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
             let mut idle = pool.idle.borrow_mut();
-            let list = idle.entry(addr).or_default();
+            let list = idle.entry(key).or_default();
             list.retain(|e| !e.sender.is_closed());
             if list.len() < max_idle {
                 list.push(Idle {
@@ -103,12 +103,14 @@ pub type Handshaken = (
 );
 
 /// Opens a new HTTP/1.1 connection to a backend, leaving the caller to drive
-/// its connection half.
+/// its connection half. With `proxy` (client, local), a PROXY protocol v2
+/// header naming them goes first.
 pub async fn open(
     addr: SocketAddr,
     connect_timeout: Duration,
+    proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<(Handshaken, Activity), ConnectError> {
-    let stream = rt::timeout(connect_timeout, rt::connect(addr, connect_timeout))
+    let mut stream = rt::timeout(connect_timeout, rt::connect(addr, connect_timeout))
         .await
         .ok_or(ConnectError::Timeout)?
         .map_err(|e| match e.kind() {
@@ -116,6 +118,11 @@ pub async fn open(
             _ => ConnectError::Io(e),
         })?;
     stream.set_nodelay(true).map_err(std::io::Error::from)?;
+    if let Some((client, local)) = proxy {
+        use futures_lite::AsyncWriteExt;
+        let header = crate::proxy_protocol::encode_v2(client, local);
+        stream.write_all(&header).await?;
+    }
     let activity = Activity::new();
     let io = HyperIo::new(TrackedIo::new(stream, activity.clone()));
     let handshaken = hyper::client::conn::http1::Builder::new()
@@ -130,8 +137,9 @@ pub async fn connect(
     addr: SocketAddr,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    proxy: Option<(SocketAddr, SocketAddr)>,
 ) -> Result<Sender, ConnectError> {
-    let ((sender, conn), activity) = open(addr, connect_timeout).await?;
+    let ((sender, conn), activity) = open(addr, connect_timeout, proxy).await?;
     rt::spawn(async move {
         if let rt::Either::Left(Err(e)) = rt::race(conn, activity.idle_for(idle_timeout)).await {
             tracing::debug!(backend = %addr, "backend connection ended: {e}");

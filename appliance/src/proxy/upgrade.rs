@@ -39,25 +39,31 @@ pub(super) async fn forward(
         tried.add(i);
         let cb = &target.core.backends[i];
         let backend = &pool.backends[i];
-        let ((mut sender, mut backend_conn), activity) =
-            match pool::open(backend.addr, pool.connect_timeout).await {
-                Ok(opened) => opened,
-                Err(source) => {
-                    let now = crate::clock::now_ms();
-                    super::forward::failed(pool, cb, now);
-                    last_error = Some(ProxyError::Connect {
-                        backend: Arc::clone(&backend.name),
-                        source,
-                    });
-                    let more = tried.len() <= pool.retries.max as usize
-                        && target.core.state.withdraw_retry(now);
-                    if !more {
-                        return Err(last_error
-                            .unwrap_or_else(|| ProxyError::NoBackend(Arc::clone(&pool.name))));
-                    }
-                    continue;
+        let ((mut sender, mut backend_conn), activity) = match pool::open(
+            backend.addr,
+            pool.connect_timeout,
+            pool.proxy_protocol.then_some((conn.client, conn.local)),
+        )
+        .await
+        {
+            Ok(opened) => opened,
+            Err(source) => {
+                let now = crate::clock::now_ms();
+                super::forward::failed(pool, cb, now);
+                last_error = Some(ProxyError::Connect {
+                    backend: Arc::clone(&backend.name),
+                    source,
+                });
+                let more = tried.len() <= pool.retries.max as usize
+                    && target.core.state.withdraw_retry(now);
+                if !more {
+                    return Err(
+                        last_error.unwrap_or_else(|| ProxyError::NoBackend(Arc::clone(&pool.name)))
+                    );
                 }
-            };
+                continue;
+            }
+        };
         let exchange = async {
             let result: Result<Response<ResBody>, hyper::Error> = async {
                 let mut send = std::pin::pin!(sender.send_request(req));

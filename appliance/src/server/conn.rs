@@ -13,8 +13,8 @@ use crate::config::Protocol;
 use crate::proxy::tunnel::{self, Prefixed};
 use crate::proxy::{self, ConnInfo};
 use crate::rt::{
-    self, Activity, CoreTimer, CountPolls, Either, HyperIo, LocalExec, TcpStream, TrackedIo,
-    WriteBuffer,
+    self, Activity, CoreTimer, CountPolls, Either, HyperIo, LocalExec, Rewind, TcpStream,
+    TrackedIo, WriteBuffer,
 };
 
 /// Serves `stream`, accepted on listener `listener`, until it closes, goes idle,
@@ -38,15 +38,37 @@ pub async fn serve(
     };
     core.stats.connection_opened();
     let _open = OpenConnection(&core);
-    let Ok(client) = stream.peer_addr() else {
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
     let _ = stream.set_nodelay(true);
     let limits = snap.snap.client.clone();
+    let mut stream = stream;
+    // A balancer in front says whom the connection is from.
+    let (client, local, early) = if config.expects_proxy_header(peer.ip()) {
+        match rt::timeout(limits.handshake_timeout, read_proxy_header(&mut stream)).await {
+            Some(Ok((header, rest))) => {
+                let (c, l) = header.addresses.unwrap_or((peer, local));
+                (c, l, rest)
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%peer, "closing: {e}");
+                return;
+            }
+            None => {
+                tracing::debug!(%peer, "closing: no PROXY header in time");
+                return;
+            }
+        }
+    } else {
+        (peer, local, Vec::new())
+    };
     let activity = Activity::new();
-    let io = TrackedIo::new(stream, activity.clone());
+    let io = TrackedIo::new(Rewind::new(early, stream), activity.clone());
     let mut info = ConnInfo {
         client,
+        local,
+        trusted: config.trusts(client.ip()),
         listener,
         scheme: "http",
         redirect_to_https_port: config.redirect_to_https_port,
@@ -143,6 +165,32 @@ async fn serve_http1<I, S>(
     let client = Prefixed::new(parts.read_buf, parts.io);
     if let Err(e) = Box::pin(tunnel::run_parked(client, backend, idle)).await {
         tracing::debug!(client = %info.client, "tunnel ended: {e}");
+    }
+}
+
+/// Reads a PROXY protocol header off the start of `stream`; the header, and
+/// the bytes read past it (the connection's own, to be read first).
+async fn read_proxy_header(
+    stream: &mut TcpStream,
+) -> Result<(crate::proxy_protocol::Header, Vec<u8>), String> {
+    use futures_lite::AsyncReadExt;
+    let mut buf = vec![0u8; crate::proxy_protocol::MAX_HEADER];
+    let mut len = 0;
+    loop {
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before a whole PROXY header".to_owned());
+        }
+        len += n;
+        match crate::proxy_protocol::decode(&buf[..len]) {
+            Ok(Some(h)) => return Ok((h, buf[h.len..len].to_vec())),
+            Ok(None) if len < buf.len() => {}
+            Ok(None) => return Err("PROXY header too long".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 

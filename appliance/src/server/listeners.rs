@@ -86,6 +86,8 @@ mod tests {
             address: addr.parse().unwrap(),
             protocol: P::Http,
             redirect_to_https_port: None,
+            proxy_protocol: None,
+            trusted_proxies: Vec::new(),
         }
     }
 

@@ -224,7 +224,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     let store = crate::store::Store::new(&opts.data);
     let loaded = read_config(opts.config.as_deref(), &opts.data, opts.appliance)?;
     let tickets = TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
-    let (hostmap_generation, hostmap) = store.load_hostmap()?.unwrap_or_default();
+    let (hostmap_generation, hostmap, journal) = store.load_hostmap()?.unwrap_or_default();
     let persist = loaded.generation.is_none();
     let config_generation = match loaded.generation {
         Some(g) => g,
@@ -301,6 +301,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         upstreams,
         health: Default::default(),
         resolver: None,
+        hostmap_journal: journal,
     };
     crate::control::start(crate::control::Start {
         control,
