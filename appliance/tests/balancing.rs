@@ -345,3 +345,61 @@ fn an_overloaded_pod_gets_503s_while_another_keeps_its_latency() {
         unloaded.quantile(0.99)
     );
 }
+
+/// A draining backend's WebSocket goes on until the pool's drain deadline,
+/// then edgebox closes it, and the backend is reported idle.
+#[test]
+fn a_draining_backend_s_websocket_is_closed_at_the_drain_deadline() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let _turn = serial();
+    let a = Backend::start("a");
+    let shop = Shop::start(&[a.addr], 1, |cfg| {
+        cfg["pools"][0]["drain_timeout_ms"] = json!(1500);
+    });
+    let eb = &shop.eb;
+    let a_path = format!("/v1/pools/app/backends/{}", a.addr);
+    let addr = eb.addr("http");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let url = format!("ws://shop.test:{}/ws", addr.port());
+        let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let open = eb.api("GET", &a_path, None, &[]).expect(200).json();
+        assert_eq!(open["tunnels"], 1, "{open}");
+        let drained = Instant::now();
+        eb.api("POST", &format!("{a_path}/drain"), None, &[])
+            .expect(200);
+        // Still open, and working, during the drain.
+        ws.send(Message::text("still here")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still here"));
+        assert_eq!(
+            eb.api("GET", &a_path, None, &[]).expect(200).json()["idle"],
+            false
+        );
+        // Then closed by edgebox (the end of the stream, or a reset).
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) => return,
+                    Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the tunnel was never closed");
+        let after = drained.elapsed();
+        println!("a draining backend's WebSocket closed {after:?} after the drain (deadline 1.5 s, checked every 1 s)");
+        assert!(after >= Duration::from_millis(1500), "closed early: {after:?}");
+    });
+    let idle = wait_for("a to be idle", || {
+        let v = eb.api("GET", &a_path, None, &[]).expect(200).json();
+        (v["idle"] == true).then_some(v)
+    });
+    assert_eq!(idle["tunnels"], 0);
+}

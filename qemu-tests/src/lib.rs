@@ -264,15 +264,28 @@ pub struct Backend {
     child: Child,
     pub addr: SocketAddr,
     pub name: String,
+    root: PathBuf,
 }
 
 impl Backend {
     pub fn start(h: &mut Harness, name: &str) -> Result<Backend> {
         let ip = h.net.host()?;
         let root = h.dir.join(format!("backend-{name}"));
+        Self::serve(root, SocketAddr::from((ip, 8080)), name)
+    }
+
+    /// Starts a stopped backend again, on its address.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let again = Self::serve(self.root.clone(), self.addr, &self.name)?;
+        *self = again;
+        Ok(())
+    }
+
+    fn serve(root: PathBuf, addr: SocketAddr, name: &str) -> Result<Backend> {
+        let ip = addr.ip();
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), format!("{name}\n"))?;
-        let addr = SocketAddr::from((ip, 8080));
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -291,6 +304,7 @@ impl Backend {
             child,
             addr,
             name: name.to_owned(),
+            root: root.clone(),
         };
         let until = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {

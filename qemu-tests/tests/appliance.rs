@@ -75,6 +75,69 @@ fn proxies_round_robin_to_two_backends_and_skips_a_stopped_one() {
     });
 }
 
+/// The pool's health of backend `b`, as the appliance reports it.
+fn health_of(vm: &Appliance, b: &Backend) -> String {
+    let (status, s) = vm.api("GET", "/v1/pools/app/status", None);
+    assert_eq!(status, 200, "{s}");
+    s["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["address"] == b.addr.to_string())
+        .map(|e| e["health"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default()
+}
+
+fn wait_health(vm: &Appliance, b: &Backend, want: &str) -> Duration {
+    let start = Instant::now();
+    while health_of(vm, b) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{} never became {want}",
+            b.name
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn takes_out_a_backend_that_dies_and_back_when_it_returns() {
+    run("health", |h| {
+        let a = Backend::start(h, "a").unwrap();
+        let mut b = Backend::start(h, "b").unwrap();
+        let disk = h.disk("vm");
+        let mut vm = Appliance::boot(h, "vm", &disk, Boot::Direct(cmdline("")));
+        vm.wait_ready();
+        let list: Vec<_> = [&a, &b]
+            .iter()
+            .map(|x| json!({ "address": x.addr.to_string() }))
+            .collect();
+        vm.change_config(|c| {
+            c["pools"] = json!([{ "name": "app", "backends": list,
+                "health_check": {"path": "/index.html", "interval_ms": 500, "timeout_ms": 500, "rise": 2, "fall": 2} }]);
+            c["routes"] = json!([{ "path_prefix": "/", "action": { "proxy": { "pool": "app" } } }]);
+        });
+        wait_health(&vm, &b, "up");
+        b.stop();
+        let out = wait_health(&vm, &b, "down");
+        eprintln!(
+            "backend b taken out {:.1} s after it died (checks every 0.5 s, fall 2)",
+            out.as_secs_f64()
+        );
+        let seen: Vec<String> = (0..6).map(|_| body(&vm, "/")).collect();
+        assert!(seen.iter().all(|s| s == "a\n"), "{seen:?}");
+        b.restart().unwrap();
+        let back = wait_health(&vm, &b, "up");
+        eprintln!(
+            "backend b taken back {:.1} s after it returned (rise 2)",
+            back.as_secs_f64()
+        );
+        let seen: Vec<String> = (0..6).map(|_| body(&vm, "/")).collect();
+        assert!(seen.iter().any(|s| s == "b\n"), "b serves again: {seen:?}");
+    });
+}
+
 #[test]
 fn a_config_changed_through_the_api_survives_a_reboot_asked_through_the_api() {
     run("reboot", |h| {

@@ -78,24 +78,20 @@ pub struct Forwarded<R> {
 }
 
 /// Sends `req` to the pool, trying again on another backend where that is
-/// safe and the retry budget allows. `reached` is set to each backend tried
-/// (the last one stays, for the access log).
+/// safe and the retry budget allows. `again` makes the request anew, for
+/// sending once more after it was written (given only for bodiless
+/// idempotent requests). `reached` is set to each backend tried (the last
+/// one stays, for the access log).
 pub async fn forward<T: Transport>(
     transport: &T,
     target: &Target<'_>,
     req: Request<T::Body>,
+    mut again: Option<&mut dyn FnMut() -> Request<T::Body>>,
     reached: &mut Option<Rc<CoreBackend>>,
 ) -> Result<Forwarded<T::Resp>, ProxyError> {
     let pool = target.pool;
     let progress = req.body().progress();
     let method = req.method().clone();
-    // A bodiless idempotent request can be sent again after being written;
-    // keep its head for that (nothing else is copied).
-    let again = (pool.retries.max > 0
-        && progress.state() == retry::Body::Empty
-        && retry::idempotent(&method))
-    .then(|| req.headers().clone())
-    .map(|headers| (req.uri().clone(), req.version(), headers));
     let (header_timeout, per_try) = match pool.retries.per_try_timeout_ms {
         0 => (pool.response_header_timeout, false),
         ms => {
@@ -106,15 +102,17 @@ pub async fn forward<T: Transport>(
             )
         }
     };
-    target.core.state.record_request(crate::clock::now_ms());
+    let mut now = crate::clock::now_ms();
+    target.core.state.record_request(now);
+    // Only peak-EWMA uses the latency estimate; the others skip the clock.
+    let timed = matches!(pool.balance, snapshot::Balance::PeakEwma);
     let mut req = Some(req);
     let mut tried = Tried::default();
     let mut tries = 0u32;
     let mut fresh_only = false;
     let mut last_error: Option<ProxyError> = None;
     loop {
-        let now = crate::clock::now_ms();
-        let (i, slot) = match enter(target, &tried, reached).await {
+        let (i, slot) = match enter(target, &tried, reached, now).await {
             Ok(entered) => entered,
             Err(None) => return Err(last_error.unwrap_or_else(|| no_backend(pool, now))),
             Err(Some(overloaded)) => return Err(overloaded),
@@ -129,14 +127,15 @@ pub async fn forward<T: Transport>(
         let Some(this_try) = req.take() else {
             return Err(last_error.unwrap_or_else(|| no_backend(pool, now)));
         };
-        let started = Instant::now();
+        let started = timed.then(Instant::now);
         let failure = match transport
             .send(backend, pool, this_try, fresh_only, header_timeout)
             .await
         {
             Ok(response) => {
-                let now = crate::clock::now_ms();
-                cb.observe_latency(started.elapsed(), crate::clock::now_us());
+                if let Some(started) = started {
+                    cb.observe_latency(started.elapsed(), crate::clock::now_us());
+                }
                 if pool.count_5xx && response.status().is_server_error() {
                     failed(pool, cb, now);
                 } else {
@@ -180,7 +179,7 @@ pub async fn forward<T: Transport>(
             }
         };
         fresh_only = false;
-        let now = crate::clock::now_ms();
+        now = crate::clock::now_ms();
         failed(pool, cb, now);
         drop(slot);
         let allowed = tries <= pool.retries.max
@@ -190,14 +189,7 @@ pub async fn forward<T: Transport>(
             return Err(last_error.unwrap_or_else(|| no_backend(pool, now)));
         }
         if req.is_none() {
-            if let Some((uri, version, headers)) = &again {
-                let mut r = Request::new(T::Body::empty());
-                *r.method_mut() = method.clone();
-                *r.uri_mut() = uri.clone();
-                *r.version_mut() = *version;
-                *r.headers_mut() = headers.clone();
-                req = Some(r);
-            }
+            req = again.as_mut().map(|make| make());
         }
     }
 }
@@ -209,9 +201,9 @@ pub(super) async fn enter(
     target: &Target<'_>,
     tried: &Tried,
     reached: &mut Option<Rc<CoreBackend>>,
+    now: u64,
 ) -> Result<(usize, Slot), Option<ProxyError>> {
     let pool = target.pool;
-    let now = crate::clock::now_ms();
     let pick = target
         .core
         .pick(pool, tried, target.key, &mut target.rng.borrow_mut(), now);

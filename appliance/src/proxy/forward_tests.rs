@@ -32,8 +32,8 @@ enum Outcome {
 struct TestBody(Rc<Progress>);
 
 impl RequestBody for TestBody {
-    fn progress(&self) -> Rc<Progress> {
-        Rc::clone(&self.0)
+    fn progress(&self) -> crate::proxy::reqbody::Tracker {
+        crate::proxy::reqbody::Tracker::of(Rc::clone(&self.0))
     }
     fn empty() -> Self {
         Self(Progress::in_state(retry::Body::Empty))
@@ -150,7 +150,17 @@ async fn run(v: &CoreView, script: &Script, req: Request<TestBody>) -> (StatusCo
         rng: &rng,
     };
     let mut reached = None;
-    let status = match forward(script, &target, req, &mut reached).await {
+    // A bodiless idempotent request can be made again, as the proxy does.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let mut again = move || {
+        let mut r = Request::new(TestBody::empty());
+        *r.method_mut() = method.clone();
+        *r.uri_mut() = uri.clone();
+        r
+    };
+    let again = (req.body().0.state() == retry::Body::Empty && retry::idempotent(req.method()))
+        .then_some(&mut again as &mut dyn FnMut() -> Request<TestBody>);
+    let status = match forward(script, &target, req, again, &mut reached).await {
         Ok(f) => f.response.status(),
         Err(e) => e.status(),
     };

@@ -82,7 +82,14 @@ pub struct Origin<'a> {
 /// connection), so nobody can pose as another client.
 pub fn add_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
     let ip = origin.client.to_string();
-    if !origin.trusted {
+    // Looked for in one pass over the names: mostly there are none.
+    let forwarding = |n: &HeaderName| {
+        *n == X_FORWARDED_FOR
+            || *n == X_FORWARDED_PROTO
+            || *n == X_FORWARDED_HOST
+            || *n == header::FORWARDED
+    };
+    if !origin.trusted && headers.keys().any(forwarding) {
         for name in [
             &X_FORWARDED_FOR,
             &X_FORWARDED_PROTO,
@@ -92,15 +99,20 @@ pub fn add_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
             headers.remove(name);
         }
     }
-    let xff = match joined(headers, &X_FORWARDED_FOR) {
+    let prior = if origin.trusted {
+        joined(headers, &X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let xff = match prior {
         Some(prior) => format!("{prior}, {ip}"),
         None => ip.clone(),
     };
     set(headers, X_FORWARDED_FOR.clone(), &xff);
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
+    if !origin.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
         set(headers, X_FORWARDED_PROTO.clone(), origin.scheme);
     }
-    if !headers.contains_key(&X_FORWARDED_HOST) {
+    if !origin.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         set(headers, X_FORWARDED_HOST.clone(), origin.host);
     }
 
@@ -113,7 +125,12 @@ pub fn add_forwarded(headers: &mut HeaderMap, origin: Origin<'_>) {
         origin.scheme,
         quoted_if_needed(origin.host)
     );
-    let forwarded = match joined(headers, &header::FORWARDED) {
+    let prior = if origin.trusted {
+        joined(headers, &header::FORWARDED)
+    } else {
+        None
+    };
+    let forwarded = match prior {
         Some(prior) => format!("{prior}, {element}"),
         None => element,
     };

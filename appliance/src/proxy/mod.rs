@@ -56,6 +56,42 @@ pub struct Services {
     pub cache: BlobCache,
     /// This core's random numbers (balancing).
     pub rng: RefCell<Rng>,
+    /// Emptied request-head copies, for reuse (see [`Head`]).
+    pub spare_heads: RefCell<Vec<HeadCopy>>,
+}
+
+/// A copy of a request head's headers.
+pub type HeadCopy = Vec<(http::HeaderName, HeaderValue)>;
+
+/// A request's copied head, kept for sending it again; its vector goes back
+/// to the core's spares when done, so that copying allocates nothing in the
+/// steady state (the values are shared with the request, a reference count
+/// each).
+struct Head<'a> {
+    headers: HeadCopy,
+    spares: &'a RefCell<Vec<HeadCopy>>,
+}
+
+impl<'a> Head<'a> {
+    fn of(headers: &http::HeaderMap, spares: &'a RefCell<Vec<HeadCopy>>) -> Self {
+        let mut copy = spares.borrow_mut().pop().unwrap_or_default();
+        copy.extend(headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Self {
+            headers: copy,
+            spares,
+        }
+    }
+}
+
+impl Drop for Head<'_> {
+    fn drop(&mut self) {
+        let mut copy = std::mem::take(&mut self.headers);
+        copy.clear();
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() < 256 {
+            spares.push(copy);
+        }
+    }
 }
 
 /// How a client connection reached us.
@@ -417,26 +453,24 @@ async fn proxy(
         Version::HTTP_11 => headers::requested_upgrade(&parts.headers),
         _ => None,
     };
-    headers::strip_hop_by_hop(&mut parts.headers, upgrade.clone());
-    headers::add_forwarded(
-        &mut parts.headers,
-        headers::Origin {
-            client: conn.client.ip(),
-            scheme: conn.scheme,
-            host: authority,
-            trusted: conn.trusted,
-        },
-    );
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(authority) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
-    parts.uri = match parts.uri.path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
+    let origin = headers::Origin {
+        client: conn.client.ip(),
+        scheme: conn.scheme,
+        host: authority,
+        trusted: conn.trusted,
     };
-    parts.version = Version::HTTP_11;
+    // A bodiless idempotent request may be sent again after being written
+    // (a reset before the response): keep the client's head for that. Its
+    // values are shared with the request's (a reference count each); the
+    // backend's head is made again from it only if a retry happens.
+    // (A pool of one backend has nowhere else to send it.)
+    let again = (upgrade.is_none()
+        && pool.retries.max > 0
+        && pool.backends.len() > 1
+        && http_body::Body::is_end_stream(&body)
+        && crate::balance::retry::idempotent(&parts.method))
+    .then(|| Head::of(&parts.headers, &svc.spare_heads));
+    backend_head(&mut parts, upgrade.clone(), origin);
     let req = Request::from_parts(parts, reqbody::ReqBody::new(body));
     let target = forward::Target {
         pool,
@@ -453,9 +487,45 @@ async fn proxy(
         conns: &svc.conns,
         proxy_header: pool.proxy_protocol.then_some((conn.client, conn.local)),
     };
-    let forwarded = forward::forward(&transport, &target, req, &mut record.backend).await?;
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let mut again = again.map(|head| {
+        move || {
+            let mut parts = Request::new(()).into_parts().0;
+            parts.method = method.clone();
+            parts.uri = uri.clone();
+            parts.headers = head.headers.iter().cloned().collect();
+            backend_head(&mut parts, None, origin);
+            Request::from_parts(parts, <reqbody::ReqBody as reqbody::RequestBody>::empty())
+        }
+    });
+    let again = again
+        .as_mut()
+        .map(|f| f as &mut dyn FnMut() -> Request<reqbody::ReqBody>);
+    let forwarded = forward::forward(&transport, &target, req, again, &mut record.backend).await?;
     record.slot = Some(forwarded.slot);
     Ok(backend_response(forwarded.response, None))
+}
+
+/// The request head as a backend gets it: hop-by-hop headers removed (but
+/// the upgrade pair of an upgrade), forwarding headers set, a Host, the
+/// origin-form URI, HTTP/1.1.
+fn backend_head(
+    parts: &mut http::request::Parts,
+    upgrade: Option<HeaderValue>,
+    origin: headers::Origin<'_>,
+) {
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::add_forwarded(&mut parts.headers, origin);
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(origin.host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    parts.version = Version::HTTP_11;
 }
 
 /// The response as the client gets it: hop-by-hop headers removed, except the

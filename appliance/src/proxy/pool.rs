@@ -46,48 +46,86 @@ struct Idle {
 /// same client connection (client and local address), whose header named it.
 pub type PoolKey = (SocketAddr, Option<(SocketAddr, SocketAddr)>);
 
+/// A [`PoolKey`] as a connection waiting to go back to the pool holds it
+/// (small: the client pair is boxed, and there only for PROXY pools).
+type HeldKey = (SocketAddr, Option<Box<(SocketAddr, SocketAddr)>>);
+
+/// The idle connections, by backend; those made for one client connection
+/// (PROXY headers) apart, so that the common case hashes one address.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: RefCell<HashMap<PoolKey, Vec<Idle>>>,
+    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    private: RefCell<HashMap<PoolKey, Vec<Idle>>>,
 }
 
 impl std::fmt::Debug for ConnPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let idle: usize = self.idle.borrow().values().map(Vec::len).sum();
-        f.debug_struct("ConnPool").field("idle", &idle).finish()
+        let private: usize = self.private.borrow().values().map(Vec::len).sum();
+        f.debug_struct("ConnPool")
+            .field("idle", &idle)
+            .field("private", &private)
+            .finish()
+    }
+}
+
+/// The most recently used connection of `list` that is still open and
+/// younger than `max_age`.
+fn newest_ready(list: &mut Vec<Idle>, max_age: Duration) -> Option<Sender> {
+    while let Some(entry) = list.pop() {
+        if entry.since.elapsed() < max_age && entry.sender.is_ready() {
+            return Some(entry.sender);
+        }
+    }
+    None
+}
+
+/// Keeps `sender` in `list` unless it holds `max_idle` already.
+fn keep(list: &mut Vec<Idle>, sender: Sender, max_idle: usize) {
+    list.retain(|e| !e.sender.is_closed());
+    if list.len() < max_idle {
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
     }
 }
 
 impl ConnPool {
-    /// An idle connection to `addr` that is still open and younger than
+    /// An idle connection for `key` that is still open and younger than
     /// `max_age`, if there is one.
     pub fn checkout(&self, key: PoolKey, max_age: Duration) -> Option<Sender> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&key)?;
-        while let Some(entry) = list.pop() {
-            if entry.since.elapsed() < max_age && entry.sender.is_ready() {
-                return Some(entry.sender);
-            }
+        match key {
+            (addr, None) => newest_ready(self.idle.borrow_mut().get_mut(&addr)?, max_age),
+            key => newest_ready(self.private.borrow_mut().get_mut(&key)?, max_age),
         }
-        None
     }
 
     /// Waits until `sender`'s current exchange is finished, then keeps it for
     /// reuse unless the pool for `addr` already holds `max_idle`.
     pub fn checkin_when_ready(self: &Rc<Self>, key: PoolKey, mut sender: Sender, max_idle: usize) {
         let pool = Rc::clone(self);
+        let key: HeldKey = (key.0, key.1.map(Box::new));
         rt::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
-            let mut idle = pool.idle.borrow_mut();
-            let list = idle.entry(key).or_default();
-            list.retain(|e| !e.sender.is_closed());
-            if list.len() < max_idle {
-                list.push(Idle {
+            match key {
+                (addr, None) => keep(
+                    pool.idle.borrow_mut().entry(addr).or_default(),
                     sender,
-                    since: Instant::now(),
-                });
+                    max_idle,
+                ),
+                (addr, Some(pair)) => {
+                    let mut private = pool.private.borrow_mut();
+                    keep(
+                        private.entry((addr, Some(*pair))).or_default(),
+                        sender,
+                        max_idle,
+                    );
+                    // The client connection's own: forgotten once unusable.
+                    private.retain(|_, l| l.iter().any(|e| !e.sender.is_closed()));
+                }
             }
         });
     }

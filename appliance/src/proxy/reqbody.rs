@@ -88,10 +88,32 @@ impl std::future::Future for Finished<'_> {
     }
 }
 
+/// A handle on a body's [`Progress`]; a body that has none (the usual
+/// GET) needs no record at all, and costs no allocation.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker(Option<Rc<Progress>>);
+
+impl Tracker {
+    pub fn of(progress: Rc<Progress>) -> Self {
+        Self(Some(progress))
+    }
+
+    pub fn state(&self) -> retry::Body {
+        self.0.as_ref().map_or(retry::Body::Empty, |p| p.state())
+    }
+
+    /// Completes once the whole body has been handed on.
+    pub async fn finished(&self) {
+        if let Some(p) = &self.0 {
+            p.finished().await;
+        }
+    }
+}
+
 /// What a request body must offer the forwarding loop.
 pub trait RequestBody {
-    /// Its progress record (the same one every time).
-    fn progress(&self) -> Rc<Progress>;
+    /// Its progress (the same record every time).
+    fn progress(&self) -> Tracker;
     /// An empty body, for sending a bodiless request again.
     fn empty() -> Self;
 }
@@ -100,35 +122,34 @@ pub trait RequestBody {
 #[derive(Debug)]
 pub struct ReqBody {
     inner: Option<Incoming>,
-    progress: Rc<Progress>,
+    /// `None` for an empty body: nothing to record.
+    progress: Option<Rc<Progress>>,
 }
 
 impl ReqBody {
     pub fn new(inner: Incoming) -> Self {
-        let progress = Rc::new(Progress::default());
         if inner.is_end_stream() {
-            progress.empty.set(true);
-            progress.done.set(true);
+            return Self {
+                inner: None,
+                progress: None,
+            };
         }
         Self {
             inner: Some(inner),
-            progress,
+            progress: Some(Rc::default()),
         }
     }
 }
 
 impl RequestBody for ReqBody {
-    fn progress(&self) -> Rc<Progress> {
-        Rc::clone(&self.progress)
+    fn progress(&self) -> Tracker {
+        Tracker(self.progress.clone())
     }
 
     fn empty() -> Self {
-        let progress = Rc::new(Progress::default());
-        progress.empty.set(true);
-        progress.done.set(true);
         Self {
             inner: None,
-            progress,
+            progress: None,
         }
     }
 }
@@ -146,23 +167,25 @@ impl Body for ReqBody {
             return Poll::Ready(None);
         };
         let polled = Pin::new(inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => {
-                this.progress.sent.set(true);
-                if this.inner.as_ref().is_some_and(Incoming::is_end_stream) {
-                    this.progress.finish();
+        if let Some(p) = &this.progress {
+            match &polled {
+                Poll::Ready(Some(Ok(_))) => {
+                    p.sent.set(true);
+                    if this.inner.as_ref().is_some_and(Incoming::is_end_stream) {
+                        p.finish();
+                    }
                 }
+                Poll::Ready(None) => p.finish(),
+                _ => {}
             }
-            Poll::Ready(None) => this.progress.finish(),
-            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
         let end = self.inner.as_ref().is_none_or(Incoming::is_end_stream);
-        if end {
-            self.progress.finish();
+        if let (true, Some(p)) = (end, &self.progress) {
+            p.finish();
         }
         end
     }
@@ -184,7 +207,9 @@ mod tests {
         let p = b.progress();
         assert_eq!(p.state(), retry::Body::Empty);
         assert!(b.is_end_stream());
-        let waker = futures_lite::future::block_on(futures_lite::future::poll_once(p.finished()));
+        let waker = futures_lite::future::block_on(futures_lite::future::poll_once(
+            std::pin::pin!(p.finished()),
+        ));
         assert_eq!(waker, Some(()), "finished at once");
     }
 

@@ -27,7 +27,9 @@ pub(super) async fn forward(
     let mut tried = Tried::default();
     let mut last_error = None;
     loop {
-        let (i, slot) = match super::forward::enter(target, &tried, &mut record.backend).await {
+        let now = crate::clock::now_ms();
+        let (i, slot) = match super::forward::enter(target, &tried, &mut record.backend, now).await
+        {
             Ok(entered) => entered,
             Err(None) => {
                 return Err(

@@ -131,81 +131,43 @@ impl Default for Activity {
     }
 }
 
-/// A stream with bytes already read from it (past a PROXY header) put back
-/// in front.
-#[derive(Debug)]
-pub struct Rewind<T> {
-    early: Vec<u8>,
-    at: usize,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    pub fn new(early: Vec<u8>, inner: T) -> Self {
-        Self {
-            early,
-            at: 0,
-            inner,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.at < self.early.len() {
-            let n = (self.early.len() - self.at).min(buf.len());
-            buf[..n].copy_from_slice(&self.early[self.at..self.at + n]);
-            self.at += n;
-            if self.at == self.early.len() {
-                self.early = Vec::new();
-                self.at = 0;
-            }
-            return Poll::Ready(Ok(n));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_close(cx)
-    }
-}
-
 /// A stream that records its reads and writes in an [`Activity`].
 #[derive(Debug)]
 pub struct TrackedIo<T> {
     inner: T,
     activity: Activity,
+    /// Bytes already read off the stream (past a PROXY header), to be read
+    /// first; one pointer while there are none.
+    early: Option<Box<Early>>,
+}
+
+#[derive(Debug)]
+struct Early {
+    bytes: Vec<u8>,
+    at: usize,
 }
 
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, activity: Activity) -> Self {
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            early: None,
+        }
+    }
+
+    /// As [`TrackedIo::new`], with `early` read first.
+    pub fn with_early(inner: T, activity: Activity, early: Vec<u8>) -> Self {
+        Self {
+            inner,
+            activity,
+            early: (!early.is_empty()).then(|| {
+                Box::new(Early {
+                    bytes: early,
+                    at: 0,
+                })
+            }),
+        }
     }
 }
 
@@ -215,6 +177,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.early.as_mut() {
+            let n = (e.bytes.len() - e.at).min(buf.len());
+            buf[..n].copy_from_slice(&e.bytes[e.at..e.at + n]);
+            e.at += n;
+            if e.at == e.bytes.len() {
+                self.early = None;
+            }
+            return Poll::Ready(Ok(n));
+        }
         let n = ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         self.activity.touch();
         Poll::Ready(Ok(n))

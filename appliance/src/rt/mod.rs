@@ -11,7 +11,7 @@
 
 mod io;
 
-pub use io::{Activity, CountPolls, HyperIo, Polls, Rewind, TrackedIo, WriteBuffer};
+pub use io::{Activity, CountPolls, HyperIo, Polls, TrackedIo, WriteBuffer};
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -13,8 +13,8 @@ use crate::config::Protocol;
 use crate::proxy::tunnel::{self, Prefixed};
 use crate::proxy::{self, ConnInfo};
 use crate::rt::{
-    self, Activity, CoreTimer, CountPolls, Either, HyperIo, LocalExec, Rewind, TcpStream,
-    TrackedIo, WriteBuffer,
+    self, Activity, CoreTimer, CountPolls, Either, HyperIo, LocalExec, TcpStream, TrackedIo,
+    WriteBuffer,
 };
 
 /// Serves `stream`, accepted on listener `listener`, until it closes, goes idle,
@@ -64,7 +64,7 @@ pub async fn serve(
         (peer, local, Vec::new())
     };
     let activity = Activity::new();
-    let io = TrackedIo::new(Rewind::new(early, stream), activity.clone());
+    let io = TrackedIo::with_early(stream, activity.clone(), early);
     let mut info = ConnInfo {
         client,
         local,

@@ -14,7 +14,7 @@ use edgebox_storage::Manifest;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use crate::proxy::ResBody;
+use crate::response::ResBody;
 pub use plan::{plan, Plan};
 
 /// A published site as the data plane serves it.

@@ -246,6 +246,19 @@ impl CorePool {
             panic,
             need_room: true,
         };
+        // One backend (a pod of one container, often): no choice to make.
+        if self.backends.len() == 1 {
+            return if view.usable(0) {
+                Pick::Ready(0)
+            } else {
+                view.need_room = false;
+                if view.usable(0) {
+                    Pick::Busy(0)
+                } else {
+                    Pick::None
+                }
+            };
+        }
         let mut algorithm = self.algorithm.borrow_mut();
         if let Some(i) = algorithm.pick(&view, key, rng) {
             return Pick::Ready(i);
