@@ -4,6 +4,7 @@
 //! <root>/blobs/<2 hex>/<64 hex>   immutable; the file's BLAKE3 is its name
 //! <root>/tmp/                     writes in progress
 //! <root>/quarantine/              blobs that failed a scrub
+//! <root>/partial/                 blobs on their way from a peer (crate::partial)
 //! ```
 //!
 //! A blob is written to `tmp/`, hashed while written, fsynced, checked against
@@ -25,6 +26,10 @@ pub enum PutError {
     /// The bytes do not hash to the name they were uploaded under.
     #[error("content hashes to {actual}, not {expected}")]
     Mismatch { expected: Hash, actual: Hash },
+    /// Bytes received for a blob (or the outboard proving them) do not
+    /// match its name; the verified part received before them is kept.
+    #[error("bytes received for {0} do not match it")]
+    Corrupt(Hash),
     /// The disk failed or is full.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -42,7 +47,7 @@ impl Blobs {
     /// Opens (creating) the store under `root`, removing temporary files a
     /// crash may have left. Only one process may use a store.
     pub fn open(root: &Path) -> io::Result<Self> {
-        for dir in ["blobs", "tmp", "quarantine"] {
+        for dir in ["blobs", "tmp", "quarantine", "partial"] {
             fs::create_dir_all(root.join(dir))?;
         }
         let b = Self {

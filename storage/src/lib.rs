@@ -6,6 +6,8 @@
 //! <data>/store/tmp/                     writes in progress
 //! <data>/store/refs/<site>.json         {generation, manifest, history}, replaced atomically
 //! <data>/store/quarantine/              blobs a scrub found corrupt
+//! <data>/store/partial/<64 hex>         the verified prefix of a blob on its way from a peer
+//! <data>/store/tombstones/<site>.json   {generation}: a deleted site, so the deletion replicates
 //! ```
 //!
 //! Publishing a site: upload the blobs it is missing ([`Blobs::writer`], which
@@ -13,7 +15,7 @@
 //! a blob), then move the ref ([`Store::publish`]), which refuses unless every
 //! blob is present. Each write is fsynced and renamed into place, so a crash or
 //! power cut leaves the old generation or the new one, never half of one.
-//! The replication protocol between appliances will live here too.
+//! The replication protocol between appliances is [`replication`].
 //!
 //! ```
 //! use edgebox_storage::{Blobs, Hash, Store};
@@ -29,10 +31,14 @@ pub mod blobs;
 mod hash;
 pub mod maintenance;
 pub mod manifest;
+pub mod partial;
+pub mod replication;
 pub mod sites;
+pub mod verified;
 
 pub use blobs::{BlobWriter, Blobs, PutError};
 pub use hash::{BadHash, Hash};
 pub use maintenance::{GcReport, ScrubReport};
 pub use manifest::{Encoding, FileEntry, Manifest, SiteSettings, Variant};
+pub use partial::Partial;
 pub use sites::{SiteError, SiteRef, Store};

@@ -55,7 +55,21 @@ impl Store {
     /// Removes blobs no site's kept generations reach, unless they were
     /// written or touched within `grace` of `now`.
     pub fn gc(&self, grace: Duration, now: SystemTime) -> Result<GcReport, SiteError> {
-        let reachable = self.reachable()?;
+        self.gc_keeping(grace, now, &HashSet::new())
+    }
+
+    /// [`Store::gc`], keeping `keep` as well (what replication holds: the
+    /// host map's shards, the blobs of a site on its way). Partial blobs
+    /// untouched for `grace` go too.
+    pub fn gc_keeping(
+        &self,
+        grace: Duration,
+        now: SystemTime,
+        keep: &HashSet<Hash>,
+    ) -> Result<GcReport, SiteError> {
+        let mut reachable = self.reachable()?;
+        reachable.extend(keep);
+        self.remove_stale_partials(grace, now);
         let mut report = GcReport {
             reachable: reachable.len(),
             ..GcReport::default()
@@ -84,6 +98,23 @@ impl Store {
             report.removed_bytes += meta.len();
         }
         Ok(report)
+    }
+
+    fn remove_stale_partials(&self, grace: Duration, now: SystemTime) {
+        let Ok(dir) = fs::read_dir(self.blobs().root().join("partial")) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let stale = entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= grace);
+            if stale {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Re-hashes every blob; one whose bytes do not match its name is moved to

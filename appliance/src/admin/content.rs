@@ -95,6 +95,7 @@ pub async fn blob(
                     "hash",
                     format!("the body hashes to {actual}, not {expected}; nothing was stored"),
                 )),
+                Err(e @ PutError::Corrupt(_)) => Err(ApiError::invalid("hash", e.to_string())),
                 Err(PutError::Io(e)) => Err(store_io(e)),
             }
         }

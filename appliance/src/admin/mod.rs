@@ -119,6 +119,8 @@ impl From<edgebox_storage::SiteError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             E::NoSuchSite(_) | E::NoSuchGeneration { .. } => StatusCode::NOT_FOUND,
+            // A peer's publish of the site got in first.
+            E::Stale { .. } => StatusCode::CONFLICT,
             E::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let field = match &e {
