@@ -172,6 +172,15 @@ pub enum Change {
     Delete { host: String },
 }
 
+impl Change {
+    /// The host it changes.
+    pub fn host(&self) -> &str {
+        match self {
+            Self::Set { host, .. } | Self::Delete { host } => host,
+        }
+    }
+}
+
 impl HostMap {
     /// Applies a change read back from the journal (hosts there are
     /// normalised already; a delete of a missing host does nothing).

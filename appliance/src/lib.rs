@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod publish;
+pub mod replication;
 pub mod response;
 pub mod router;
 pub mod rt;

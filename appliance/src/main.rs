@@ -56,6 +56,13 @@ enum Command {
         #[command(flatten)]
         args: edgebox::publish::PublishArgs,
     },
+    /// Print this appliance's replication fingerprint (making its key pair
+    /// first if it has none), for its peers to pin.
+    Identity {
+        /// The data directory whose identity to print.
+        #[arg(long, env = "EDGEBOX_DATA")]
+        data: Option<PathBuf>,
+    },
     /// Talk to a running edgebox's admin API.
     Ctl {
         /// Where to look for the admin certificate by default.
@@ -91,6 +98,12 @@ fn main() -> ExitCode {
         Command::Publish { data, args } => (
             "publish",
             edgebox::publish::run(args, data.unwrap_or_else(default_data_dir)),
+        ),
+        Command::Identity { data } => (
+            "identity",
+            edgebox::replication::Identity::load_or_create(&data.unwrap_or_else(default_data_dir))
+                .map(|id| println!("{}", id.fingerprint()))
+                .map_err(|e| edgebox::ctl::CtlError::Usage(e.to_string())),
         ),
         command => return serve_or_check(command, cli.log_format),
     };
@@ -132,7 +145,7 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
             }
         }
         Command::CheckConfig { config } => check_config(config),
-        Command::Ctl { .. } | Command::Publish { .. } => Ok(()),
+        Command::Ctl { .. } | Command::Publish { .. } | Command::Identity { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -205,7 +205,9 @@ impl Store {
                 None if last => break,
                 None => return Err(corrupt(i + 1, "not a journal line (or its CRC is wrong)")),
             };
-            if entry.generation <= generation {
+            // Lines the map's file holds already. (The lines of one batch
+            // share a generation.)
+            if entry.generation <= base {
                 continue;
             }
             map.apply(&entry.change).map_err(|e| corrupt(i + 1, &e))?;
@@ -228,23 +230,26 @@ impl Store {
         }
     }
 
-    /// Appends one change as generation `generation` to the journal, durably
-    /// (fsynced before this returns).
-    pub fn append_hostmap(&self, generation: u64, change: &Change) -> std::io::Result<()> {
+    /// Appends changes as generation `generation` to the journal, durably
+    /// (fsynced before this returns), with one write.
+    pub fn append_hostmap(&self, generation: u64, changes: &[Change]) -> std::io::Result<()> {
         use std::io::Write;
         if !self.hostmap_path().exists() {
             self.save_hostmap(0, &HostMap::default())?;
         }
         let path = self.journal_path();
         let created = !path.exists();
-        let json = serde_json::to_vec(&JournalLine {
-            generation,
-            change: change.clone(),
-        })
-        .map_err(std::io::Error::other)?;
-        let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
-        line.extend_from_slice(&json);
-        line.push(b'\n');
+        let mut line = Vec::new();
+        for change in changes {
+            let json = serde_json::to_vec(&JournalLine {
+                generation,
+                change: change.clone(),
+            })
+            .map_err(std::io::Error::other)?;
+            line.extend_from_slice(format!("{:08x} ", crc32fast::hash(&json)).as_bytes());
+            line.extend_from_slice(&json);
+            line.push(b'\n');
+        }
         let mut f = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -325,14 +330,14 @@ mod tests {
             pool: p.into(),
         };
         // A journal with no map file yet starts from an empty map.
-        store.append_hostmap(1, &set("a.test", "p1")).unwrap();
-        store.append_hostmap(2, &set("b.test", "p2")).unwrap();
+        store.append_hostmap(1, &[set("a.test", "p1")]).unwrap();
+        store.append_hostmap(2, &[set("b.test", "p2")]).unwrap();
         store
             .append_hostmap(
                 3,
-                &Change::Delete {
+                &[Change::Delete {
                     host: "a.test".into(),
-                },
+                }],
             )
             .unwrap();
         let (g, map, journal) = store.load_hostmap().unwrap().unwrap();
@@ -360,9 +365,15 @@ mod tests {
         // Writing the map whole empties the journal; older lines never replay.
         store.save_hostmap(3, &map).unwrap();
         assert!(!journal_file.exists());
-        store.append_hostmap(4, &set("c.test", "p1")).unwrap();
+        store.append_hostmap(4, &[set("c.test", "p1")]).unwrap();
         let (g, map, journal) = store.load_hostmap().unwrap().unwrap();
         assert_eq!((g, map.len(), journal), (4, 2, 1));
+        // A batch is one generation; every line of it replays.
+        store
+            .append_hostmap(5, &[set("d.test", "p1"), set("e.test", "p2")])
+            .unwrap();
+        let (g, map, journal) = store.load_hostmap().unwrap().unwrap();
+        assert_eq!((g, map.len(), journal), (5, 4, 3));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -64,34 +64,9 @@ fn handshake_kinds(
     addr: std::net::SocketAddr,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Vec<HandshakeKind> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone()).unwrap();
-    let config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let config = resuming_client(pki, versions);
     (0..16)
-        .map(|_| {
-            let mut conn =
-                rustls::ClientConnection::new(Arc::clone(&config), server_name("shop.test"))
-                    .unwrap();
-            let mut tcp = TcpStream::connect(addr).unwrap();
-            let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-            tls.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut reply = Vec::new();
-            let _ = tls.read_to_end(&mut reply);
-            assert!(
-                reply.starts_with(b"HTTP/1.1 200"),
-                "{}",
-                String::from_utf8_lossy(&reply)
-            );
-            conn.handshake_kind().unwrap()
-        })
+        .map(|_| tls_request(&config, addr, "shop.test", b"HTTP/1.1 200"))
         .collect()
 }
 

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blobs::{sync_dir, write_atomic, Blobs};
 use crate::manifest::{Manifest, ManifestError};
+use crate::replication::{Value, Version};
 use crate::Hash;
 
 /// How many generations of each site are kept (for rollback, and from GC).
@@ -128,9 +129,7 @@ impl Store {
         let store = Self { blobs };
         for (site, t) in store.tombstones().map_err(io::Error::other)? {
             match store.site(&site).map_err(io::Error::other)? {
-                Some(r) if r.generation > t.generation => {
-                    fs::remove_file(store.tombstone_path(&site))?;
-                }
+                Some(r) if later(&r, &t) => fs::remove_file(store.tombstone_path(&site))?,
                 Some(_) => fs::remove_file(store.ref_path(&site))?,
                 None => {}
             }
@@ -171,10 +170,38 @@ impl Store {
 
     /// The generation a site is at: its ref's, or its deletion's.
     pub fn generation(&self, site: &str) -> Result<u64, SiteError> {
+        Ok(self.version(site)?.map_or(0, |v| v.lamport))
+    }
+
+    /// The site's version as replication orders them: its generation, and
+    /// the tie-break of what it holds.
+    fn version(&self, site: &str) -> Result<Option<Version>, SiteError> {
         if let Some(r) = self.site(site)? {
-            return Ok(r.generation);
+            return Ok(Some(version_of(r.generation, Some(r.manifest))));
         }
-        Ok(self.tombstone(site)?.map_or(0, |t| t.generation))
+        Ok(self
+            .tombstone(site)?
+            .map(|t| version_of(t.generation, None)))
+    }
+
+    /// Refuses a change to `generation` (with `manifest`, or a deletion)
+    /// unless it is later than what the site holds: a larger generation, or
+    /// the same one with the larger tie-break (a concurrent change on a peer
+    /// that won).
+    fn check_later(
+        &self,
+        site: &str,
+        generation: u64,
+        manifest: Option<Hash>,
+    ) -> Result<(), SiteError> {
+        match self.version(site)? {
+            Some(current) if version_of(generation, manifest) <= current => Err(SiteError::Stale {
+                site: site.to_owned(),
+                generation,
+                current: current.lamport,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A site's ref, if the site exists.
@@ -211,7 +238,9 @@ impl Store {
     }
 
     /// [`Store::publish`] as generation `generation`, which must be later
-    /// than the site's (a publish replicated from a peer).
+    /// than the site's: a larger one, or the same one if it wins the
+    /// tie-break (a publish replicated from a peer; a concurrent one that
+    /// won replaces this appliance's in the history).
     pub fn publish_at(
         &self,
         site: &str,
@@ -219,14 +248,7 @@ impl Store {
         generation: u64,
     ) -> Result<SiteRef, SiteError> {
         check_site_name(site)?;
-        let current = self.generation(site)?;
-        if generation <= current {
-            return Err(SiteError::Stale {
-                site: site.to_owned(),
-                generation,
-                current,
-            });
-        }
+        self.check_later(site, generation, Some(manifest))?;
         let m = self.manifest(&manifest)?;
         let missing: Vec<Hash> = m
             .blobs()
@@ -239,6 +261,7 @@ impl Store {
         }
         let previous = self.site(site)?;
         let mut history = previous.map(|r| r.history).unwrap_or_default();
+        history.retain(|p| p.generation != generation);
         history.push(Published {
             generation,
             manifest,
@@ -288,18 +311,12 @@ impl Store {
     }
 
     /// [`Store::delete`] as generation `generation`, which must be later
-    /// than the site's (a deletion replicated from a peer). A site this store
-    /// never had gets its tombstone too: the deletion is the newest news.
+    /// than the site's, as for [`Store::publish_at`] (a deletion replicated
+    /// from a peer). A site this store never had gets its tombstone too: the
+    /// deletion is the newest news.
     pub fn delete_at(&self, site: &str, generation: u64) -> Result<(), SiteError> {
         check_site_name(site)?;
-        let current = self.generation(site)?;
-        if generation <= current {
-            return Err(SiteError::Stale {
-                site: site.to_owned(),
-                generation,
-                current,
-            });
-        }
+        self.check_later(site, generation, None)?;
         let t = Tombstone {
             generation,
             deleted_ms: now_ms(),
@@ -312,6 +329,24 @@ impl Store {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// A site's version: its generation and the tie-break of its manifest (or
+/// of a deletion), as replication orders them.
+fn version_of(generation: u64, manifest: Option<Hash>) -> Version {
+    let value = match manifest {
+        Some(manifest) => Value::Site { manifest },
+        None => Value::Deleted,
+    };
+    Version {
+        lamport: generation,
+        tiebreak: value.tiebreak(),
+    }
+}
+
+/// Whether a ref is later than a tombstone of the same site.
+fn later(r: &SiteRef, t: &Tombstone) -> bool {
+    version_of(r.generation, Some(r.manifest)) > version_of(t.generation, None)
 }
 
 /// A site's JSON file (`what` of `site`), if there is one.
@@ -399,10 +434,45 @@ mod tests {
         let m2 = manifest(&store, b"two");
         assert_eq!(store.publish_at("shop", m1, 7).unwrap().generation, 7);
         assert!(matches!(
-            store.publish_at("shop", m2, 7),
+            store.publish_at("shop", m2, 6),
             Err(SiteError::Stale { current: 7, .. })
         ));
-        assert_eq!(store.site("shop").unwrap().unwrap().manifest, m1);
+        // The same generation: the larger tie-break (manifest hash) wins, as
+        // on every peer, and replaces the loser in the history.
+        let (small, large) = if m1.as_bytes() < m2.as_bytes() {
+            (m1, m2)
+        } else {
+            (m2, m1)
+        };
+        let dir2 = tempfile::tempdir().unwrap();
+        let other = Store::open(dir2.path()).unwrap();
+        for m in [small, large] {
+            let bytes = store.blobs().read_verified(&m).unwrap();
+            other.blobs().put(&bytes).unwrap();
+        }
+        for b in [b"one".as_slice(), b"two"] {
+            other.blobs().put(b).unwrap();
+        }
+        other.publish_at("shop", large, 7).unwrap();
+        assert!(matches!(
+            other.publish_at("shop", small, 7),
+            Err(SiteError::Stale { .. })
+        ));
+        other.publish_at("shop", small, 6).unwrap_err();
+        let other2 = tempfile::tempdir().unwrap();
+        let third = Store::open(other2.path()).unwrap();
+        for m in [small, large] {
+            third
+                .blobs()
+                .put(&store.blobs().read_verified(&m).unwrap())
+                .unwrap();
+        }
+        for b in [b"one".as_slice(), b"two"] {
+            third.blobs().put(b).unwrap();
+        }
+        third.publish_at("shop", small, 7).unwrap();
+        let r = third.publish_at("shop", large, 7).unwrap();
+        assert_eq!((r.manifest, r.history.len()), (large, 1));
         // A deletion of a site never seen here is kept as a tombstone.
         store.delete_at("gone", 4).unwrap();
         assert!(store.publish_at("gone", m1, 3).is_err());

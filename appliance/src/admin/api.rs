@@ -111,6 +111,13 @@ pub async fn dispatch(
             super::content::gc(control, query(&req, "grace_s")?)
         }
         (["v1", "store", "scrub"], &Method::POST) => super::content::scrub(control),
+        (["v1", "replication"], &Method::GET) => {
+            let c = control.borrow();
+            Ok(json_response(
+                StatusCode::OK,
+                &crate::replication::status::view(&c),
+            ))
+        }
         (["v1", "logs"], &Method::GET) => {
             let limit = query(&req, "limit")?.unwrap_or(100);
             if limit > crate::logging::RING_LINES as u64 {
@@ -171,6 +178,7 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         ["metrics"]
         | ["v1", "status"]
         | ["v1", "logs"]
+        | ["v1", "replication"]
         | ["v1", "certificates"]
         | ["v1", "pools"]
         | ["v1", "pools", _, "status"]
@@ -367,12 +375,13 @@ fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
     let c = control.borrow();
     let cores: Vec<_> = c.shared.stats.iter().map(|s| s.snapshot()).collect();
     let health = super::pools::health_rows(&c.shared.snapshot.load());
-    let text = crate::metrics::render_prometheus(
+    let mut text = crate::metrics::render_prometheus(
         &cores,
         &health,
         c.gens.config,
         c.started.elapsed().as_secs_f64(),
     );
+    crate::replication::status::render_prometheus(&crate::replication::status::view(&c), &mut text);
     let mut r = Response::new(Body::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use edgebox_storage::{Hash, PutError};
 use http::{Method, Request, Response, StatusCode};
@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json_response, ApiError, Body};
-use crate::control::Control;
+use crate::control::state::SiteOp;
+use crate::control::{ApplyError, Control};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -163,12 +164,14 @@ pub async fn site(
         }
         Method::PUT => {
             let (_, p): (_, Publish) = super::api::read_json(req).await?;
-            publish_with(control, name, |store| store.publish(name, p.manifest))
+            publish_with(control, name, SiteOp::Publish(p.manifest))
         }
         Method::DELETE => {
-            let mut c = control.borrow_mut();
-            c.content.delete(name)?;
-            c.refresh_site(name)?;
+            control
+                .borrow_mut()
+                .change_site(name, SiteOp::Delete)
+                .map_err(site_error)?;
+            tracing::info!(site = name, "deleted");
             let mut r = Response::new(Body::empty());
             *r.status_mut() = StatusCode::NO_CONTENT;
             Ok(r)
@@ -183,23 +186,24 @@ pub async fn rollback(
     name: &str,
 ) -> Result<Response<Body>> {
     let (_, r): (_, Rollback) = super::api::read_json(req).await?;
-    publish_with(control, name, |store| store.rollback(name, r.generation))
+    publish_with(control, name, SiteOp::Rollback(r.generation))
 }
 
-/// Moves a site's ref with `op` (which checks every blob first), then serves it.
-fn publish_with(
-    control: &Rc<RefCell<Control>>,
-    name: &str,
-    op: impl FnOnce(
-        &edgebox_storage::Store,
-    ) -> std::result::Result<edgebox_storage::SiteRef, edgebox_storage::SiteError>,
-) -> Result<Response<Body>> {
-    let mut c = control.borrow_mut();
-    let r = op(&c.content).map_err(|e| match e {
-        edgebox_storage::SiteError::Io(io) => store_io(io),
+/// A site change's error, a full disk said plainly.
+fn site_error(e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Site(edgebox_storage::SiteError::Io(io)) => store_io(io),
         other => other.into(),
-    })?;
-    c.refresh_site(name)?;
+    }
+}
+
+/// Moves a site's ref (every blob checked first), then serves it.
+fn publish_with(control: &Rc<RefCell<Control>>, name: &str, op: SiteOp) -> Result<Response<Body>> {
+    let r = control
+        .borrow_mut()
+        .change_site(name, op)
+        .map_err(site_error)?
+        .ok_or_else(|| ApiError::not_found(format!("site {name}")))?;
     tracing::info!(site = name, generation = r.generation, manifest = %r.manifest, "published");
     Ok(json_response(StatusCode::OK, &site_json(name, &r)))
 }
@@ -207,7 +211,7 @@ fn publish_with(
 /// `POST /v1/store/gc?grace_s=N` (default an hour).
 pub fn gc(control: &Rc<RefCell<Control>>, grace_s: Option<u64>) -> Result<Response<Body>> {
     let grace = Duration::from_secs(grace_s.unwrap_or(3600));
-    let report = control.borrow().content.gc(grace, SystemTime::now())?;
+    let report = control.borrow().collect_garbage(grace)?;
     tracing::info!(
         removed = report.removed,
         bytes = report.removed_bytes,
@@ -218,9 +222,11 @@ pub fn gc(control: &Rc<RefCell<Control>>, grace_s: Option<u64>) -> Result<Respon
 
 /// `POST /v1/store/scrub`.
 pub fn scrub(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
-    let report = control.borrow().content.scrub()?;
+    let mut c = control.borrow_mut();
+    let report = c.content.scrub()?;
     if !report.corrupt.is_empty() {
-        tracing::error!(corrupt = report.corrupt.len(), lost = ?report.lost, "scrub found corrupt blobs and quarantined them");
+        tracing::error!(corrupt = report.corrupt.len(), lost = ?report.lost, "scrub found corrupt blobs and quarantined them; fetching them again from the peers");
+        c.replica.repair(&report.corrupt);
     }
     Ok(json_response(StatusCode::OK, &report))
 }

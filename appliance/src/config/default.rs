@@ -60,6 +60,7 @@ fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Confi
         client: ClientSettings::default(),
         admin: AdminSettings::default(),
         dns: Default::default(),
+        replication: Default::default(),
         network: Vec::new(),
     }
 }

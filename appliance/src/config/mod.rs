@@ -10,9 +10,11 @@
 
 mod default;
 mod pool;
+mod replication;
 
 pub use default::{appliance_default, embedded_default};
 pub use pool::*;
+pub use replication::{is_fingerprint, PeerSettings, ReplicationSettings};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -68,6 +70,9 @@ pub struct Config {
     /// How backend names are resolved.
     #[serde(default)]
     pub dns: DnsSettings,
+    /// Replication with other appliances.
+    #[serde(default)]
+    pub replication: ReplicationSettings,
     /// On the appliance: static addresses PID 1 gives the interfaces at boot
     /// (when the kernel command line names none). Changes apply at reboot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -349,6 +354,7 @@ impl Config {
         self.validate_certificates()?;
         pool::validate_pools(&self.pools)?;
         self.validate_routes()?;
+        self.replication.validate()?;
         let mut interfaces = HashSet::new();
         for (i, n) in self.network.iter().enumerate() {
             n.to_net()

@@ -21,6 +21,8 @@ pub use state::{ApplyError, Control};
 #[derive(Debug)]
 pub struct Start {
     pub control: Control,
+    /// This appliance's replication identity.
+    pub identity: Arc<crate::replication::Identity>,
     pub admin_listener: std::net::TcpListener,
     pub admin_tls: Arc<rustls::ServerConfig>,
     pub admin_rebind: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpListener>,
@@ -88,9 +90,11 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     };
     tokio::task::spawn_local(admin);
     tokio::task::spawn_local(crate::discovery::watch(Rc::clone(&control)));
+    crate::replication::net::start(Rc::clone(&control), start.identity);
     let _ = ready.send(Ok(()));
-    let rotation_s = shared.snapshot.load().config.tls.ticket_rotation_s;
-    let mut rotate = tokio::time::interval(Duration::from_secs(rotation_s));
+    // Ticket keys follow the clock (a new one each period, the same on
+    // every appliance with the same secret).
+    let mut rotate = tokio::time::interval(Duration::from_secs(1));
     rotate.tick().await;
     let mut collect = tokio::time::interval(GC_EVERY);
     collect.tick().await;
@@ -98,12 +102,13 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
         tokio::select! {
             _ = term.recv() => begin_shutdown(&shared, "SIGTERM"),
             _ = int.recv() => begin_shutdown(&shared, "SIGINT"),
-            _ = rotate.tick() => match shared.tickets.rotate() {
-                Ok(()) => tracing::debug!("rotated session-ticket keys"),
-                Err(e) => tracing::error!("{e}"),
+            _ = rotate.tick() => {
+                if let Err(e) = shared.tickets.tick_now() {
+                    tracing::error!("{e}");
+                }
             },
             _ = collect.tick() => {
-                let report = control.borrow().content.gc(GC_EVERY, std::time::SystemTime::now());
+                let report = control.borrow().collect_garbage(GC_EVERY);
                 match report {
                     Ok(r) if r.removed > 0 => tracing::info!(removed = r.removed, bytes = r.removed_bytes, "garbage collected the store"),
                     Ok(_) => {}

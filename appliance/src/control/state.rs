@@ -62,6 +62,18 @@ pub struct Control {
     pub resolver: Option<std::sync::Arc<crate::discovery::Resolver>>,
     /// Changes in the host map's journal since it was last written whole.
     pub hostmap_journal: usize,
+    /// Replication: the catalog of what peers share, what is on its way,
+    /// the peers' state.
+    pub replica: crate::replication::Replica,
+}
+
+/// A change of a site made through the admin API.
+#[derive(Debug, Clone, Copy)]
+pub enum SiteOp {
+    Publish(edgebox_storage::Hash),
+    /// Serve the manifest of an earlier generation again, as a new one.
+    Rollback(u64),
+    Delete,
 }
 
 impl std::fmt::Debug for Control {
@@ -86,6 +98,8 @@ enum PreparedKind {
         config: Box<Config>,
         sockets: Vec<(ListenerKey, Vec<std::os::fd::OwnedFd>)>,
         admin: Option<std::net::TcpListener>,
+        /// `replication.listen`'s socket, when it changed.
+        replication: Option<std::net::UdpSocket>,
         /// Names this change resolved, kept once it is published.
         resolved: std::collections::HashMap<String, Vec<SocketAddr>>,
     },
@@ -93,6 +107,8 @@ enum PreparedKind {
     HostMap(HostMap),
     /// The host map with one entry changed.
     HostMapEntry(HostMap, crate::hostmap::Change),
+    /// The host map with a peer's changes of a shard.
+    HostMapChanges(HostMap, Vec<crate::hostmap::Change>),
 }
 
 impl Control {
@@ -162,6 +178,13 @@ impl Control {
         } else {
             Some(bind_admin(new.admin.address).map_err(|e| ConfigError::new("admin.address", e))?)
         };
+        let replication = match new.replication.listen {
+            Some(addr) if new.replication.listen != self.config.replication.listen => Some(
+                crate::replication::bind(addr)
+                    .map_err(|e| ConfigError::new("replication.listen", e))?,
+            ),
+            _ => None,
+        };
         let gens = Generations {
             config: self.gens.config + 1,
             ..self.gens
@@ -173,6 +196,7 @@ impl Control {
                 config: Box::new(new),
                 sockets,
                 admin,
+                replication,
                 resolved,
             },
         })
@@ -212,6 +236,87 @@ impl Control {
             snapshot,
             kind: PreparedKind::HostMapEntry(map, change),
         })
+    }
+
+    /// A peer's changes of one host-map shard, checked, with the snapshot.
+    pub fn prepare_hostmap_changes(
+        &self,
+        changes: Vec<crate::hostmap::Change>,
+    ) -> Result<Prepared, ApplyError> {
+        let mut map = HostMap::clone(&self.hostmap);
+        for change in &changes {
+            if let crate::hostmap::Change::Set { pool, .. } = change {
+                if !self.config.pools.iter().any(|p| p.name == *pool) {
+                    return Err(ConfigError::new("pool", format!("no pool named {pool:?}")).into());
+                }
+            }
+            map.apply(change).map_err(|e| ConfigError::new("host", e))?;
+        }
+        let snapshot = self.snapshot_with_hostmap(&map)?;
+        Ok(Prepared {
+            snapshot,
+            kind: PreparedKind::HostMapChanges(map, changes),
+        })
+    }
+
+    /// A change of a site through the admin API: the ref moves (after every
+    /// blob is checked) to the generation after the site's here and after
+    /// any of a peer's on its way, and the site is served and announced.
+    /// Publishing the manifest the site serves already changes nothing.
+    pub fn change_site(
+        &mut self,
+        name: &str,
+        op: SiteOp,
+    ) -> Result<Option<edgebox_storage::SiteRef>, ApplyError> {
+        use edgebox_storage::replication::Value;
+        use edgebox_storage::SiteError;
+        let current = self.content.site(name)?;
+        let value = match op {
+            SiteOp::Publish(manifest) => Value::Site { manifest },
+            SiteOp::Rollback(generation) => {
+                let r = current.ok_or_else(|| SiteError::NoSuchSite(name.to_owned()))?;
+                let Some(old) = r.history.iter().find(|p| p.generation == generation) else {
+                    return Err(SiteError::NoSuchGeneration {
+                        site: name.to_owned(),
+                        generation,
+                        kept: r.history.iter().map(|p| p.generation).collect(),
+                    }
+                    .into());
+                };
+                Value::Site {
+                    manifest: old.manifest,
+                }
+            }
+            SiteOp::Delete => {
+                current.ok_or_else(|| SiteError::NoSuchSite(name.to_owned()))?;
+                Value::Deleted
+            }
+        };
+        let key = format!("{}{name}", crate::replication::shared::SITE_PREFIX);
+        let Some(mut item) = self.replica.node.propose(&key, value) else {
+            return Ok(self.content.site(name)?);
+        };
+        item.version.lamport = item.version.lamport.max(self.content.generation(name)? + 1);
+        match item.value {
+            Value::Site { manifest } => {
+                self.content
+                    .publish_at(name, manifest, item.version.lamport)?;
+            }
+            _ => self.content.delete_at(name, item.version.lamport)?,
+        }
+        self.replica.committed(item);
+        self.refresh_site(name)?;
+        Ok(self.content.site(name)?)
+    }
+
+    /// Garbage-collects the content store, keeping what replication holds.
+    pub fn collect_garbage(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<edgebox_storage::GcReport, edgebox_storage::SiteError> {
+        let keep = self.replica.keep(&self.content);
+        self.content
+            .gc_keeping(grace, std::time::SystemTime::now(), &keep)
     }
 
     /// The current snapshot with `map` as its host map, a generation on.
@@ -255,15 +360,54 @@ impl Control {
         Ok(())
     }
 
-    /// Persists a prepared change and publishes it to the cores. If it cannot
-    /// be persisted, nothing is published.
+    /// Persists a change made here and publishes it to the cores; its
+    /// shared part becomes a change for the peers. If it cannot be
+    /// persisted, nothing is published.
     pub fn commit(&mut self, prepared: Prepared) -> Result<(), ApplyError> {
+        use crate::replication::shared;
+        let sync = self.config.replication.sync_config;
+        let config_before = match &prepared.kind {
+            PreparedKind::Config { .. } if sync => Some(self.shared_doc()),
+            _ => None,
+        };
+        let shards: Vec<u8> = match &prepared.kind {
+            PreparedKind::HostMapEntry(_, change) => vec![shared::shard_of(change.host())],
+            PreparedKind::HostMap(_) => (0..=255).collect(),
+            _ => Vec::new(),
+        };
+        self.commit_replicated(prepared)?;
+        if let Some(before) = config_before {
+            match self.shared_doc() {
+                Ok(after) if Ok(&after) != before.as_ref() => {
+                    let value = edgebox_storage::replication::Value::Doc { text: after };
+                    self.replica.local(shared::CONFIG_KEY, value);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("replication: the new config's shared part: {e}"),
+            }
+        }
+        if sync && !shards.is_empty() {
+            self.replica.dirty.extend(shards);
+            self.replica.changed.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The shared part of the config being served, as its catalog text.
+    fn shared_doc(&self) -> Result<String, String> {
+        crate::replication::shared::extract(&self.config, &self.data).map(|s| s.to_doc())
+    }
+
+    /// Persists and publishes a change (one of a peer's, or the inside of
+    /// [`Control::commit`]): no new change for the peers comes of it.
+    pub fn commit_replicated(&mut self, prepared: Prepared) -> Result<(), ApplyError> {
         let gens = prepared.snapshot.generations;
         match prepared.kind {
             PreparedKind::Config {
                 config,
                 sockets,
                 admin,
+                replication,
                 resolved,
             } => {
                 self.store
@@ -287,23 +431,17 @@ impl Control {
                 if let Some(listener) = admin {
                     let _ = self.admin_rebind.send(listener);
                 }
+                if replication.is_some() {
+                    self.replica.new_socket = replication;
+                }
+                self.replica.changed.notify_one();
                 tracing::info!(generation = gens.config, "applied a new config");
             }
             PreparedKind::HostMapEntry(map, change) => {
-                self.store
-                    .append_hostmap(gens.hostmap, &change)
-                    .map_err(ApplyError::Persist)?;
-                self.hostmap_journal += 1;
-                // Written whole once the journal reaches a quarter of the
-                // map: a constant cost per change, amortised.
-                if self.hostmap_journal > (map.len() / 4).max(1_024) {
-                    match self.store.save_hostmap(gens.hostmap, &map) {
-                        Ok(()) => self.hostmap_journal = 0,
-                        Err(e) => tracing::warn!("could not compact the host map's journal: {e}"),
-                    }
-                }
-                self.publish(prepared.snapshot);
-                self.hostmap = Arc::new(map);
+                self.commit_hostmap_changes(prepared.snapshot, map, std::slice::from_ref(&change))?;
+            }
+            PreparedKind::HostMapChanges(map, changes) => {
+                self.commit_hostmap_changes(prepared.snapshot, map, &changes)?;
             }
             PreparedKind::HostMap(map) => {
                 self.store
@@ -320,6 +458,31 @@ impl Control {
             }
         }
         self.gens = gens;
+        Ok(())
+    }
+
+    /// Appends host-map changes to the journal and publishes them.
+    fn commit_hostmap_changes(
+        &mut self,
+        snapshot: Snapshot,
+        map: HostMap,
+        changes: &[crate::hostmap::Change],
+    ) -> Result<(), ApplyError> {
+        let gens = snapshot.generations;
+        self.store
+            .append_hostmap(gens.hostmap, changes)
+            .map_err(ApplyError::Persist)?;
+        self.hostmap_journal += changes.len();
+        // Written whole once the journal reaches a quarter of the map: a
+        // constant cost per change, amortised.
+        if self.hostmap_journal > (map.len() / 4).max(1_024) {
+            match self.store.save_hostmap(gens.hostmap, &map) {
+                Ok(()) => self.hostmap_journal = 0,
+                Err(e) => tracing::warn!("could not compact the host map's journal: {e}"),
+            }
+        }
+        self.publish(snapshot);
+        self.hostmap = Arc::new(map);
         Ok(())
     }
 

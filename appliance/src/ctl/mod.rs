@@ -115,6 +115,8 @@ enum CtlCommand {
         #[command(subcommand)]
         action: StoreAction,
     },
+    /// Replication peers: state, lag, bytes, errors.
+    Peers,
     /// Prometheus metrics.
     Metrics,
     /// Recent log events.
@@ -403,6 +405,7 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
                 )
             })?,
         },
+        CtlCommand::Peers => show(get("/v1/replication")?, json_out, render_peers)?,
         CtlCommand::Metrics => String::from_utf8_lossy(&get("/metrics")?).into_owned(),
         CtlCommand::Logs { limit } => show(
             get(&format!("/v1/logs?limit={limit}"))?,
@@ -783,6 +786,61 @@ fn render_sites(v: &Value) -> String {
         })
         .collect();
     table(&["SITE", "GENERATION", "MANIFEST", "KEPT"], &rows)
+}
+
+fn render_peers(v: &Value) -> String {
+    let mut out = format!(
+        "this appliance: {} (catalog {} items, root {})\n",
+        s(&v["fingerprint"]),
+        s(&v["catalog"]["items"]),
+        s(&v["catalog"]["root"])
+            .chars()
+            .take(16)
+            .collect::<String>()
+    );
+    let rows: Vec<Vec<String>> = v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let errors: Vec<String> = p["errors"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect();
+            vec![
+                s(&p["name"]),
+                s(&p["address"]),
+                s(&p["state"]),
+                format!("{} ms", s(&p["lag_ms"])),
+                s(&p["pending"]),
+                s(&p["bytes_received"]),
+                s(&p["bytes_sent"]),
+                if errors.is_empty() {
+                    "-".to_owned()
+                } else {
+                    errors.join(" ")
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "PEER", "ADDRESS", "STATE", "LAG", "PENDING", "RECEIVED", "SENT", "ERRORS",
+        ],
+        &rows,
+    ));
+    for p in v["pending"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "waiting: {} generation {} for {} ms",
+            s(&p["key"]),
+            s(&p["generation"]),
+            s(&p["waiting_ms"])
+        );
+    }
+    out
 }
 
 fn render_logs(v: &Value) -> String {

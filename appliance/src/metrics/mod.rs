@@ -11,7 +11,7 @@
 
 mod prometheus;
 
-pub use prometheus::{render_prometheus, BackendHealth};
+pub use prometheus::{escape, family, render_prometheus, BackendHealth};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

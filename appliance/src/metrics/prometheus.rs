@@ -314,7 +314,8 @@ fn pool_state(o: &mut String, pools: &BTreeMap<&str, PoolValues>) {
     }
 }
 
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+/// A metric family's `# HELP` and `# TYPE` lines.
+pub fn family(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}");
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
@@ -355,7 +356,8 @@ fn labels(k: &BackendKey) -> String {
     )
 }
 
-fn escape(v: &str) -> String {
+/// A label value as the exposition format quotes it.
+pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

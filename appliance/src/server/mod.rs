@@ -88,6 +88,9 @@ pub enum ServeError {
     /// The admin token cannot be made or read.
     #[error("admin token: {0}")]
     Token(#[from] crate::admin::token::TokenError),
+    /// The replication identity or catalog cannot be made or read.
+    #[error("replication: {0}")]
+    Replication(String),
     /// The admin API's address cannot be bound or its certificate used.
     #[error("admin API on {address}: {message}")]
     Admin {
@@ -254,6 +257,27 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     }
     let admin = admin_listener(&snapshot.config.admin.address, &opts.data)?;
     snapshot.config.admin.address = admin.address;
+    let replication_socket = match snapshot.config.replication.listen {
+        Some(addr) => Some(
+            crate::replication::bind(addr).map_err(|e| ServeError::Config {
+                file: "(replication)".into(),
+                source: ConfigError::new("replication.listen", e),
+            })?,
+        ),
+        None => None,
+    };
+    let identity = crate::replication::Identity::load_or_create(&opts.data)
+        .map_err(|e| ServeError::Replication(e.to_string()))?;
+    let mut replica = crate::replication::Replica::open(crate::replication::replica::Start {
+        data: &opts.data,
+        content: &content,
+        config: &snapshot.config,
+        tickets: &tickets,
+        limits: Default::default(),
+    })
+    .map_err(|e| ServeError::Replication(e.to_string()))?;
+    replica.new_socket = replication_socket;
+    replica.fingerprint = identity.fingerprint().to_owned();
     if persist {
         store
             .save_config(config_generation, &snapshot.config)
@@ -302,9 +326,11 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         health: Default::default(),
         resolver: None,
         hostmap_journal: journal,
+        replica,
     };
     crate::control::start(crate::control::Start {
         control,
+        identity: std::sync::Arc::new(identity),
         admin_listener: admin.listener,
         admin_tls: admin.tls,
         admin_rebind: rebind_rx,

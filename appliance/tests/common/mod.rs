@@ -153,6 +153,51 @@ pub fn server_name(name: &str) -> ServerName<'static> {
     ServerName::try_from(name.to_owned()).unwrap()
 }
 
+/// A client trusting the test CA with only `versions`, which keeps the
+/// session tickets it gets and offers them again.
+pub fn resuming_client(
+    pki: &Pki,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// One connection to `addr` as `host` with `config`, with one request whose
+/// answer must start with `expect`; how its handshake went (full or
+/// resumed).
+pub fn tls_request(
+    config: &Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    host: &str,
+    expect: &[u8],
+) -> rustls::HandshakeKind {
+    use std::io::{Read, Write};
+    let mut conn = rustls::ClientConnection::new(Arc::clone(config), server_name(host)).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    tls.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply);
+    assert!(
+        reply.starts_with(expect),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    conn.handshake_kind().unwrap()
+}
+
 // ---------------------------------------------------------------- edgebox
 
 pub struct Edgebox {
@@ -177,7 +222,12 @@ impl Edgebox {
     /// Starts `edgebox serve` with `config` on `cores` cores and waits until it
     /// prints its listening addresses.
     pub fn start(config: &Value, cores: usize) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), config, cores)
+    }
+
+    /// [`Edgebox::start`] in a directory prepared beforehand (its `data/`
+    /// holding an identity made with [`identity`], say).
+    pub fn start_in(dir: tempfile::TempDir, config: &Value, cores: usize) -> Self {
         let path = dir.path().join("edgebox.json");
         std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let args = [
@@ -455,6 +505,62 @@ pub fn config(certs: &[&Leaf], pools: Value, routes: Value) -> Value {
         "routes": routes,
         "admin": {"address": "127.0.0.1:0"},
     })
+}
+
+/// A small tmpfs mounted for the test's life (unmounted even when it fails).
+pub struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size: &str) -> Option<Self> {
+        if !rustix::process::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run this test as root (it mounts a tmpfs)"
+            );
+            eprintln!("SKIPPED: mounting a small tmpfs needs root");
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount -t tmpfs failed");
+        Some(Self(at.to_owned()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `edgebox identity --data <dir>/data`: the fingerprint its peers pin.
+pub fn identity(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgebox"))
+        .arg("identity")
+        .arg("--data")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 // ---------------------------------------------------------------- backends

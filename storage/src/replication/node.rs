@@ -65,21 +65,31 @@ const ITEMS_PER_REQUEST: usize = 256;
 const BUCKETS_PER_REQUEST: usize = 32;
 
 /// A pull from one peer: which of its items are newer than ours.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pull {
     asked: Option<Request>,
     buckets: VecDeque<u8>,
     keys: VecDeque<(String, Version)>,
+    /// Only keys this takes are asked for.
+    wanted: fn(&str) -> bool,
 }
 
 impl Pull {
     /// A pull and its first request.
     pub fn start() -> (Self, Request) {
+        Self::start_with(|_| true)
+    }
+
+    /// A pull of only the keys `wanted` takes (a node that replicates sites
+    /// but not config, say).
+    pub fn start_with(wanted: fn(&str) -> bool) -> (Self, Request) {
         let first = Request::Digest { protocol: PROTOCOL };
         (
             Self {
                 asked: Some(first.clone()),
-                ..Self::default()
+                buckets: VecDeque::new(),
+                keys: VecDeque::new(),
+                wanted,
             },
             first,
         )
@@ -126,7 +136,7 @@ impl Pull {
                         version,
                         value: Value::Deleted,
                     };
-                    if ours.offer(&probe) == Offer::Newer {
+                    if (self.wanted)(&key) && ours.offer(&probe) == Offer::Newer {
                         self.keys.push_back((key, version));
                     }
                 }
@@ -268,6 +278,9 @@ pub struct Node {
     backoff: HashMap<(Hash, PeerId), u64>,
     events: VecDeque<Event>,
     limits: Limits,
+    /// Blobs of items applied here that were lost (found corrupt), to fetch
+    /// again, with the peers to ask.
+    repairs: BTreeMap<Hash, BTreeSet<PeerId>>,
 }
 
 impl Node {
@@ -277,6 +290,11 @@ impl Node {
             limits,
             ..Self::default()
         }
+    }
+
+    /// New limits from now on.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
     }
 
     /// The item a change made here (a publish, a config change) would be:
@@ -359,6 +377,17 @@ impl Node {
         }
     }
 
+    /// A blob that was here is lost (found corrupt and put aside): fetch it
+    /// again from one of `peers`.
+    pub fn repair(&mut self, hash: Hash, peers: impl IntoIterator<Item = PeerId>) {
+        self.repairs.entry(hash).or_default().extend(peers);
+    }
+
+    /// Blobs waiting to be repaired.
+    pub fn repairs(&self) -> usize {
+        self.repairs.len()
+    }
+
     /// The next blob to fetch, and from whom; `None` when nothing more may
     /// start now.
     pub fn poll_fetch(&mut self, now_ms: u64, blobs: &dyn BlobIndex) -> Option<Fetch> {
@@ -366,30 +395,37 @@ impl Node {
         for p in self.inflight.values() {
             *busy.entry(*p).or_default() += 1;
         }
-        for pending in self.pending.values() {
-            let wanted = match Self::missing(&pending.item, blobs) {
+        self.repairs
+            .retain(|h, peers| !blobs.has(h) && !peers.is_empty());
+        let wanted = self.pending.values().flat_map(|pending| {
+            let hashes: Vec<Hash> = match Self::missing(&pending.item, blobs) {
                 None => pending.item.value.root_blob().into_iter().collect(),
                 Some(m) => m,
             };
-            for hash in wanted {
-                if self.inflight.contains_key(&hash) {
-                    continue;
-                }
-                let peer = pending.sources.iter().copied().find(|p| {
-                    busy.get(p).copied().unwrap_or(0) < self.limits.fetches_per_peer
-                        && self.backoff.get(&(hash, *p)).is_none_or(|&t| now_ms >= t)
-                });
-                if let Some(peer) = peer {
-                    self.inflight.insert(hash, peer);
-                    return Some(Fetch {
-                        peer,
-                        hash,
-                        offset: blobs.partial(&hash),
-                    });
-                }
+            hashes.into_iter().map(move |h| (h, &pending.sources))
+        });
+        let repairs = self.repairs.iter().map(|(h, peers)| (*h, peers));
+        let mut chosen = None;
+        for (hash, sources) in wanted.chain(repairs) {
+            if self.inflight.contains_key(&hash) {
+                continue;
+            }
+            let peer = sources.iter().copied().find(|p| {
+                busy.get(p).copied().unwrap_or(0) < self.limits.fetches_per_peer
+                    && self.backoff.get(&(hash, *p)).is_none_or(|&t| now_ms >= t)
+            });
+            if let Some(peer) = peer {
+                chosen = Some((hash, peer));
+                break;
             }
         }
-        None
+        let (hash, peer) = chosen?;
+        self.inflight.insert(hash, peer);
+        Some(Fetch {
+            peer,
+            hash,
+            offset: blobs.partial(&hash),
+        })
     }
 
     /// The outcome of a [`Fetch`].
@@ -400,6 +436,7 @@ impl Node {
         match outcome {
             Fetched::Done => {
                 self.backoff.retain(|(h, _), _| *h != fetch.hash);
+                self.repairs.remove(&fetch.hash);
             }
             Fetched::Corrupt => {
                 self.events.push_back(Event::Corrupt {
@@ -423,6 +460,9 @@ impl Node {
             p.sources.remove(&peer);
         }
         self.pending.retain(|_, p| !p.sources.is_empty());
+        for peers in self.repairs.values_mut() {
+            peers.remove(&peer);
+        }
     }
 
     /// The next thing for the glue to act on.
@@ -466,10 +506,15 @@ impl Node {
         self.pending.len()
     }
 
+    /// The items waiting for blobs, each with the peers that offered it.
+    pub fn pending_items(&self) -> impl Iterator<Item = (&Item, &BTreeSet<PeerId>)> {
+        self.pending.values().map(|p| (&p.item, &p.sources))
+    }
+
     /// Every blob an item on its way needs, as far as known: garbage
     /// collection keeps them.
     pub fn protected(&self, blobs: &dyn BlobIndex) -> Vec<Hash> {
-        let mut out = Vec::new();
+        let mut out: Vec<Hash> = self.repairs.keys().copied().collect();
         for p in self.pending.values() {
             if let Some(root) = p.item.value.root_blob() {
                 out.push(root);

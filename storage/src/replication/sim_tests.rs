@@ -475,6 +475,34 @@ fn three_nodes_converge_over_a_bad_network_and_never_serve_what_they_lack() {
 }
 
 #[test]
+fn a_lost_blob_is_repaired_from_a_peer_that_has_it() {
+    let mut sim = Sim::new(11);
+    sim.loss = 0;
+    let file = sim.stores[0].put(b"precious".to_vec());
+    let mut manifest = b"M".to_vec();
+    manifest.extend_from_slice(file.as_bytes());
+    let m = sim.stores[0].put(manifest);
+    let item = sim.nodes[0]
+        .local("site/shop", Value::Site { manifest: m })
+        .unwrap();
+    // Node 2 has the site; node 1 has it but lost the file (a scrub put it
+    // aside). Node 1 asks node 2 first, which has nothing to give, then 0.
+    sim.stores[1] = sim.stores[0].clone();
+    sim.stores[1].blobs.remove(&file);
+    sim.nodes[1].applied(item);
+    sim.nodes[1].repair(file, [2, 0]);
+    assert_eq!(sim.nodes[1].repairs(), 1);
+    assert!(
+        sim.nodes[1].protected(&sim.stores[1]).contains(&file),
+        "kept from GC"
+    );
+    sim.work(1).unwrap();
+    sim.run(3_000, false).unwrap();
+    assert!(sim.stores[1].has(&file));
+    assert_eq!(sim.nodes[1].repairs(), 0);
+}
+
+#[test]
 fn a_corrupt_copy_is_refused_and_fetched_from_another_peer() {
     // Node 0 publishes, and its disk then damages one of the files; node 1
     // has a good copy. Node 2 asks node 0 first (the lower number), refuses

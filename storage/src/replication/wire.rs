@@ -84,12 +84,27 @@ pub enum Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Notice {
-    /// Something changed here: its catalog's root and clock now.
+    /// Something changed here: the changed items (a publish is pushed at
+    /// once, without waiting for the next sync), and the catalog's root and
+    /// clock now.
     Changed {
         protocol: u32,
         root: Hash,
         clock: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        items: Vec<Item>,
     },
+    /// The blob this peer sent does not match its hash: its copy is
+    /// damaged (it checks, puts it aside and fetches it again).
+    Damaged { protocol: u32, hash: Hash },
+}
+
+impl Notice {
+    pub fn protocol(&self) -> u32 {
+        match self {
+            Self::Changed { protocol, .. } | Self::Damaged { protocol, .. } => *protocol,
+        }
+    }
 }
 
 /// Why bytes are not a message.
@@ -211,7 +226,13 @@ mod tests {
         assert_eq!(items[0].key, "site/shop");
         assert!(matches!(items[0].value, Value::Site { .. }));
         assert_eq!(items[1].value, Value::Deleted);
-        let notice: Notice = decode(&read("notice.json")).unwrap();
-        assert!(matches!(notice, Notice::Changed { clock: 12, .. }));
+        let notices: Vec<Notice> = decode(&read("notice.json")).unwrap();
+        assert!(
+            matches!(&notices[0], Notice::Changed { clock: 12, items, .. } if items.is_empty())
+        );
+        assert!(
+            matches!(&notices[1], Notice::Changed { items, .. } if items[0].key == "site/shop")
+        );
+        assert!(matches!(notices[2], Notice::Damaged { .. }));
     }
 }
