@@ -26,42 +26,53 @@ struct Dns {
 
 impl Dns {
     fn start(dir: &Path, hosts: &str, srv: &[&str]) -> Self {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let hosts_file = dir.join("hosts");
         std::fs::write(&hosts_file, hosts).unwrap();
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-        ])
-        .args(["--listen-address=127.0.0.1", "--user=root", "--pid-file="])
-        .arg(format!("--port={port}"))
-        .arg(format!("--addn-hosts={}", hosts_file.display()))
-        .arg("--local-ttl=0");
-        for s in srv {
-            cmd.arg(format!("--srv-host={s}"));
+        // The port is chosen free for UDP and TCP, but another test may take
+        // its TCP side before dnsmasq binds it: dnsmasq then exits, and is
+        // started again on another port.
+        for _ in 0..10 {
+            let port = free_udp_and_tcp_port();
+            let mut cmd = Command::new("dnsmasq");
+            cmd.args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+            ])
+            .args(["--listen-address=127.0.0.1", "--user=root", "--pid-file="])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", hosts_file.display()))
+            .arg("--local-ttl=0");
+            for s in srv {
+                cmd.arg(format!("--srv-host={s}"));
+            }
+            let mut child = cmd
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("dnsmasq must be installed (the test command installs dnsmasq-base)");
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            // Ready once it answers on TCP too; or it has exited.
+            let up = wait_for("dnsmasq to listen or exit", || {
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Some(true);
+                }
+                child.try_wait().unwrap().map(|_| false)
+            });
+            if up {
+                return Self {
+                    child,
+                    addr,
+                    hosts: hosts_file,
+                };
+            }
+            let mut err = String::new();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            eprintln!("dnsmasq exited on port {port}: {}", err.trim());
         }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dnsmasq must be installed (the test command installs dnsmasq-base)");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        // Ready once it answers on TCP too.
-        wait_for("dnsmasq to listen", || {
-            std::net::TcpStream::connect(addr).ok().map(|_| ())
-        });
-        Self {
-            child,
-            addr,
-            hosts: hosts_file,
-        }
+        panic!("dnsmasq did not start in ten tries");
     }
 
     /// New hosts; dnsmasq reads them again on SIGHUP.
@@ -76,6 +87,17 @@ impl Drop for Dns {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A port free now for both UDP and TCP on 127.0.0.1.
+fn free_udp_and_tcp_port() -> u16 {
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -673,3 +673,64 @@ fn a_full_disk_on_a_peer_keeps_its_previous_generation_serving() {
     assert_eq!(g.site_generation(1), 1);
     assert_eq!(g.get(0, "/"), b"big v2");
 }
+
+#[test]
+fn a_large_blob_resumes_after_a_broken_link_and_the_cap_holds() {
+    let mut g = Group::new(2);
+    g.start(0);
+    // Node 1 fetches at 2 MB/s at most.
+    let mut slow = g.config(1, &[0]);
+    slow["replication"]["max_bytes_per_s"] = json!(2_000_000);
+    let dir = g.members[1].dir.take().unwrap();
+    g.members[1].eb = Some(Edgebox::start_in(dir, &slow, 1));
+    let scratch = tempfile::tempdir().unwrap();
+    let big = scratch.path().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::write(big.join("index.html"), "big").unwrap();
+    let bytes = noise(5, 8 << 20);
+    std::fs::write(big.join("movie.bin"), &bytes).unwrap();
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    ok(g.eb(0).publish(&big, "shop"));
+    // Cut the link (kill node 1) once a few MB are in.
+    let partial = g.eb(1).dir().join("data/store/partial").join(&hash);
+    let started = Instant::now();
+    let before = wait_for("a few MB to arrive", || {
+        let n = std::fs::metadata(&partial).ok()?.len();
+        (n >= 3 << 20).then_some(n)
+    });
+    let rate = before as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "fetched {before} bytes at {:.2} MB/s under a 2 MB/s cap",
+        rate / 1e6
+    );
+    assert!(rate < 2.6e6, "the cap holds: {rate:.0} B/s");
+    let dir = g.members[1].eb.take().unwrap().kill();
+    g.members[1].dir = Some(dir);
+    let kept = std::fs::metadata(
+        g.members[1]
+            .dir
+            .as_ref()
+            .unwrap()
+            .path()
+            .join("data/store/partial")
+            .join(&hash),
+    )
+    .unwrap()
+    .len();
+    assert!(kept >= 3 << 20, "the verified part is kept: {kept}");
+    g.restart(1);
+    g.wait_serves(1, "/", b"big");
+    assert!(g.get(1, "/movie.bin") == bytes);
+    // Only the rest came again (plus the outboard and messages).
+    let received = g.replication(1)["peers"][0]["bytes_received"]
+        .as_u64()
+        .unwrap();
+    println!(
+        "after the restart node1 received {received} bytes of a blob of {}",
+        bytes.len()
+    );
+    assert!(
+        received < bytes.len() as u64 - kept + (256 << 10),
+        "resumed, not started over: {received} bytes after keeping {kept}"
+    );
+}
