@@ -80,7 +80,13 @@ pub enum Boot {
 
 /// The command line for a direct boot at 10.0.2.15, plus `extra`.
 pub fn cmdline(extra: &str) -> String {
-    let [a, b, c, d] = testing::ADDRESS;
+    cmdline_at(testing::ADDRESS.into(), extra)
+}
+
+/// The command line for a direct boot at `addr` (on the test network's
+/// 10.0.2.0/24), plus `extra`.
+pub fn cmdline_at(addr: Ipv4Addr, extra: &str) -> String {
+    let [a, b, c, d] = addr.octets();
     let [g, h, i, j] = testing::GATEWAY;
     format!(
         "console=ttyS0,115200 loglevel=4 edgebox.net=eth0,{a}.{b}.{c}.{d}/{},gw={g}.{h}.{i}.{j} {extra}",
@@ -112,6 +118,18 @@ impl Appliance {
     /// Starts QEMU on `disk`, plugged into the test's bridge; the serial
     /// console goes to `<test dir>/<name>.serial.log`.
     pub fn boot(h: &mut Harness, name: &str, disk: &Path, how: Boot) -> Appliance {
+        Self::boot_at(h, name, disk, how, testing::ADDRESS.into())
+    }
+
+    /// [`Appliance::boot`] for an appliance at `addr`: a direct boot whose
+    /// command line is [`cmdline_at`] that address.
+    pub fn boot_at(
+        h: &mut Harness,
+        name: &str,
+        disk: &Path,
+        how: Boot,
+        addr: Ipv4Addr,
+    ) -> Appliance {
         let built = testing::shared_image().expect("the test image");
         let (ifname, mac) = h.net.tap().expect("a tap device");
         let serial = h.dir.join(format!("{name}.serial.log"));
@@ -135,7 +153,7 @@ impl Appliance {
         .expect("starting QEMU");
         Appliance {
             vm,
-            addr: testing::ADDRESS.into(),
+            addr,
             serial,
             netns: h.net.name().to_owned(),
         }

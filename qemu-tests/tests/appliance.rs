@@ -259,3 +259,77 @@ fn a_bad_network_setting_on_the_command_line_is_explained_on_the_console() {
             .unwrap();
     });
 }
+
+#[test]
+fn two_appliances_replicate_a_site_published_to_one_and_served_by_the_other() {
+    run("replication", |h| {
+        let (disk_a, disk_b) = (h.disk("a"), h.disk("b"));
+        let addr_b: std::net::Ipv4Addr = [10, 0, 2, 16].into();
+        let mut a = Appliance::boot(h, "a", &disk_a, Boot::Direct(cmdline("")));
+        let mut b = Appliance::boot_at(
+            h,
+            "b",
+            &disk_b,
+            Boot::Direct(qemu_tests::cmdline_at(addr_b, "")),
+            addr_b,
+        );
+        a.wait_ready();
+        b.wait_ready();
+        let fingerprint = |vm: &Appliance| {
+            let (status, r) = vm.api("GET", "/v1/replication", None);
+            assert_eq!(status, 200, "{r}");
+            r["fingerprint"].as_str().unwrap().to_owned()
+        };
+        let (fa, fb) = (fingerprint(&a), fingerprint(&b));
+        assert_ne!(fa, fb, "each appliance made its own identity");
+        let pair = |me: &Appliance, peer: &Appliance, pin: &str| {
+            json!({
+                "listen": format!("{}:7443", me.addr),
+                "peers": [{ "address": format!("{}:7443", peer.addr), "fingerprint": pin, "name": "peer" }],
+                "sync_interval_ms": 1000,
+            })
+        };
+        // B is paired without any other change; A also routes to the site,
+        // a shared setting that B must take from it.
+        b.change_config(|c| c["replication"] = pair(&b, &a, &fa));
+        a.change_config(|c| {
+            c["replication"] = pair(&a, &b, &fb);
+            c["routes"] =
+                json!([{ "path_prefix": "/", "action": { "static": { "site": "www" } } }]);
+        });
+
+        let site = h.dir.join("site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("index.html"), "published to A\n").unwrap();
+        let big = noise(11, 3 << 20);
+        std::fs::write(site.join("big.bin"), &big).unwrap();
+        let status = publish(&a, &site).wait().unwrap();
+        assert!(status.success(), "publish to A: {status}");
+        let published = Instant::now();
+        assert_eq!(body(&a, "/"), "published to A\n");
+        loop {
+            let (status, got) = b.get("/");
+            if status == 200 && got == b"published to A\n" {
+                break;
+            }
+            assert!(
+                published.elapsed() < Duration::from_secs(60),
+                "B never served the site: {status} {}",
+                String::from_utf8_lossy(&got)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = published.elapsed();
+        let (status, got) = b.get("/big.bin");
+        assert!(status == 200 && got == big, "B serves the 3 MiB file whole");
+        let (_, r) = b.api("GET", "/v1/replication", None);
+        assert_eq!(r["peers"][0]["state"], json!("connected"), "{r}");
+        let (_, ra) = a.api("GET", "/v1/replication", None);
+        assert_eq!(ra["catalog"]["root"], r["catalog"]["root"], "{ra} {r}");
+        eprintln!(
+            "a site published to A ({} bytes) served by B {:.2} s later (TCG VMs)",
+            big.len() + 15,
+            took.as_secs_f64()
+        );
+    });
+}
