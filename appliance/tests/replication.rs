@@ -734,3 +734,49 @@ fn a_large_blob_resumes_after_a_broken_link_and_the_cap_holds() {
         "resumed, not started over: {received} bytes after keeping {kept}"
     );
 }
+
+#[test]
+fn a_peer_that_starts_later_is_dialled_as_soon_as_it_calls() {
+    // Long timeouts and sync intervals: node0 learns that node1 is up from
+    // node1's own dial, not from its back-off or a timeout.
+    let mut g = Group::new(2);
+    let patient = |g: &Group, i: usize| {
+        let mut c = g.config(i, &[1 - i]);
+        c["replication"]["timeout_ms"] = json!(30_000);
+        c["replication"]["sync_interval_ms"] = json!(60_000);
+        c
+    };
+    let c0 = patient(&g, 0);
+    g.members[0].eb = Some(Edgebox::start_in(g.members[0].dir.take().unwrap(), &c0, 1));
+    // node0's dials fail meanwhile, its back-off grows: they are tried at
+    // 0, 0.25, 0.75, 1.75, 3.75 and next at 7.75 s.
+    std::thread::sleep(Duration::from_millis(4500));
+    let c1 = patient(&g, 1);
+    let started = Instant::now();
+    g.members[1].eb = Some(Edgebox::start_in(g.members[1].dir.take().unwrap(), &c1, 1));
+    let state = |i: usize| {
+        g.replication(i)["peers"][0]["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    wait_for("node0's link to node1", || {
+        (state(0) == "connected").then_some(())
+    });
+    let took = started.elapsed();
+    println!(
+        "node0 connected to node1 {} ms after node1 started",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "node0 waited out its back-off: {took:?}"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    ok(g.eb(0).publish(
+        &site(scratch.path(), "v1", "made while node1 was away", 1),
+        "shop",
+    ));
+    let served = g.wait_serves(1, "/", b"made while node1 was away");
+    println!("node1 served it {} ms later", served.as_millis());
+}

@@ -95,6 +95,9 @@ struct Link {
     conn: RefCell<Option<quinn::Connection>>,
     /// Sync now (the peer sent news it did not carry).
     wake: Notify,
+    /// The peer just connected to this appliance, so it is up: a dial that
+    /// waits for an answer or a back-off is cut short and tried again.
+    seen: Notify,
     stopped: Cell<bool>,
     /// What this appliance sends it and receives from it.
     send: RefCell<Bucket>,
@@ -264,6 +267,7 @@ fn reconfigure(net: &Rc<Net>) {
             settings: p.clone(),
             conn: RefCell::new(None),
             wake: Notify::new(),
+            seen: Notify::new(),
             stopped: Cell::new(false),
             send: RefCell::new(Bucket::new(settings.max_bytes_per_s, now)),
             recv: RefCell::new(Bucket::new(settings.max_bytes_per_s, now)),
@@ -331,12 +335,29 @@ async fn link_loop(net: Rc<Net>, link: Rc<Link>) {
     let mut logged = false;
     while !link.stopped.get() {
         match connect(&net, &link).await {
-            Ok(conn) => {
+            Ok(None) => continue,
+            Ok(Some(conn)) => {
                 backoff = Duration::from_millis(250);
                 logged = false;
                 tracing::info!(peer = link.settings.label(), address = %conn.remote_address(), "replication peer connected");
                 set_state(&net, link.id, "connected");
                 *link.conn.borrow_mut() = Some(conn.clone());
+                // Changes made here while this link was down were announced
+                // to no one: the peer is asked to pull.
+                let (root, clock) = {
+                    let c = net.control.borrow();
+                    (
+                        c.replica.node.catalog.root(),
+                        c.replica.node.catalog.clock(),
+                    )
+                };
+                let news = Notice::Changed {
+                    protocol: PROTOCOL,
+                    root,
+                    clock,
+                    items: Vec::new(),
+                };
+                send_notice(&net, &news, Some(link.id));
                 sync_while_up(&net, &link, &conn).await;
                 link.conn.borrow_mut().take();
                 net.control.borrow_mut().replica.node.peer_lost(link.id);
@@ -371,6 +392,7 @@ async fn link_loop(net: Rc<Net>, link: Rc<Link>) {
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = link.wake.notified() => {}
+                    _ = link.seen.notified() => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
@@ -378,7 +400,9 @@ async fn link_loop(net: Rc<Net>, link: Rc<Link>) {
     }
 }
 
-async fn connect(net: &Rc<Net>, link: &Link) -> Result<quinn::Connection, NetError> {
+/// A connection to the peer, or `None` when it turned out to be up while
+/// this dial waited: dial again at once.
+async fn connect(net: &Rc<Net>, link: &Link) -> Result<Option<quinn::Connection>, NetError> {
     let endpoint = net
         .endpoint
         .borrow()
@@ -400,7 +424,13 @@ async fn connect(net: &Rc<Net>, link: &Link) -> Result<quinn::Connection, NetErr
     let connecting = endpoint
         .connect_with(config, addr, SERVER_NAME)
         .map_err(link_err)?;
-    timed(limit, connecting).await?.map_err(link_err)
+    // A peer that starts after this one drops the first Initial packets
+    // (nothing listens yet), and the dial would wait out the timeout; its
+    // own dial to this appliance shows it is up, and the dial starts over.
+    tokio::select! {
+        r = timed(limit, connecting) => r?.map(Some).map_err(link_err),
+        _ = link.seen.notified() => Ok(None),
+    }
 }
 
 async fn sync_while_up(net: &Rc<Net>, link: &Rc<Link>, conn: &quinn::Connection) {
@@ -552,6 +582,9 @@ async fn serve(net: Rc<Net>, conn: quinn::Connection) {
         conn.close(CLOSE_REMOVED.into(), b"not a peer");
         return;
     };
+    if link.conn.borrow().is_none() {
+        link.seen.notify_one();
+    }
     loop {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
