@@ -503,6 +503,15 @@ impl Config {
                     "must not contain '?' or '#'",
                 ));
             }
+            let canonical = crate::router::routing_path(&r.path_prefix);
+            if canonical != r.path_prefix.as_str() {
+                return Err(ConfigError::new(
+                    at("path_prefix"),
+                    format!(
+                        "requests are matched in their decoded form, so this prefix would never match; write it as {canonical:?}"
+                    ),
+                ));
+            }
             if !seen.insert((host, r.path_prefix.trim_end_matches('/').to_owned())) {
                 return Err(ConfigError::new(
                     at("path_prefix"),

@@ -128,10 +128,15 @@ pub async fn forward<T: Transport>(
             return Err(last_error.unwrap_or_else(|| no_backend(pool, now)));
         };
         let started = timed.then(Instant::now);
-        let failure = match transport
+        let sent = transport
             .send(backend, pool, this_try, fresh_only, header_timeout)
-            .await
-        {
+            .await;
+        if sent.is_err() && progress.client_failed() {
+            // The client's body broke the exchange: its fault, not the
+            // backend's; nothing is counted against it and nothing retried.
+            return Err(ProxyError::ClientBody);
+        }
+        let failure = match sent {
             Ok(response) => {
                 if let Some(started) = started {
                     cb.observe_latency(started.elapsed(), crate::clock::now_us());

@@ -21,30 +21,32 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The protocol to upgrade to, when the request asks for a WebSocket (or other)
-/// upgrade in the HTTP/1.1 way.
-pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
-    let wants = headers
-        .get_all(header::CONNECTION)
+/// The comma-separated tokens of every `name` header, trimmed.
+fn tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a str> {
+    headers
+        .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if wants {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+        .map(str::trim)
+}
+
+/// `websocket`, when the request asks for a WebSocket upgrade in the
+/// HTTP/1.1 way.
+pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = tokens(headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade"));
+    // Only WebSocket: any other protocol (h2c above all) would turn the
+    // connection into a tunnel whose requests edgebox never sees, routes or
+    // limits. Its Upgrade header is dropped with the other hop-by-hop ones
+    // and the request goes on as an ordinary one.
+    let websocket = tokens(headers, &header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"));
+    (wants && websocket).then(|| HeaderValue::from_static("websocket"))
 }
 
 /// Removes hop-by-hop headers, then restores the upgrade pair if `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         // Never let a client make us drop the headers we set ourselves.
@@ -245,6 +247,23 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(requested_upgrade(&map(&[("upgrade", "websocket")])), None);
+    }
+
+    #[test]
+    fn only_websocket_upgrades_pass() {
+        for other in ["h2c", "TLS/1.0", "foo, bar"] {
+            let mut h = map(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", other),
+            ]);
+            let up = requested_upgrade(&h);
+            assert_eq!(up, None, "{other}");
+            strip_hop_by_hop(&mut h, up);
+            assert!(!h.contains_key("upgrade") && !h.contains_key("connection"));
+            assert!(!h.contains_key("http2-settings"));
+        }
+        let h = map(&[("connection", "upgrade"), ("upgrade", "h2c, WebSocket")]);
+        assert_eq!(requested_upgrade(&h).unwrap(), "websocket");
     }
 
     fn sent_by_client() -> HeaderMap {

@@ -142,6 +142,10 @@ pub enum ProxyError {
     /// The backend accepted the request but sent no response headers in time.
     #[error("backend {0}: no response headers within the timeout")]
     ResponseTimeout(Arc<str>),
+    /// The client's request body could not be read (malformed chunked
+    /// framing, a body shorter than its length, a reset).
+    #[error("the client's request body is malformed or was cut off")]
+    ClientBody,
     /// The backend broke the exchange (closed, sent garbage, reset).
     #[error("backend {backend}: {source}")]
     Backend {
@@ -162,12 +166,14 @@ impl ProxyError {
             }
             | Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Connect { .. } | Self::Backend { .. } => StatusCode::BAD_GATEWAY,
+            Self::ClientBody => StatusCode::BAD_REQUEST,
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
             Self::NoBackend(_) | Self::Overloaded { .. } => Blame::Edgebox,
+            Self::ClientBody => Blame::Client,
             _ => Blame::Backend,
         }
     }
@@ -339,9 +345,18 @@ async fn proxy_to(
             let body = match e.status() {
                 StatusCode::GATEWAY_TIMEOUT => "504 Gateway Timeout\n",
                 StatusCode::SERVICE_UNAVAILABLE => "503 Service Unavailable\n",
+                StatusCode::BAD_REQUEST => "400 Bad Request: malformed request body\n",
                 _ => "502 Bad Gateway\n",
             };
             let mut r = plain(e.status(), body);
+            if let ProxyError::ClientBody = e {
+                // Not the backend's response: counted under no backend.
+                record.backend = None;
+                // Where the body ended is not known: nothing more is read
+                // from this connection.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             if let ProxyError::Overloaded { .. } = e {
                 // As HAProxy and Envoy: come back in a moment.
                 r.headers_mut()
@@ -358,18 +373,33 @@ async fn proxy_to(
 /// drops the length, reads the body as chunked and closes the connection
 /// after the response (RFC 9112, 6.3), so a stale length is never forwarded.
 fn unsupported_transfer_coding(headers: &http::HeaderMap) -> Option<Response<ResBody>> {
-    let only_chunked = headers
+    let (mut chunked, mut other) = (0, false);
+    for coding in headers
         .get_all(header::TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .all(|c| c.trim().eq_ignore_ascii_case("chunked"));
-    if only_chunked {
-        return None;
+    {
+        if coding.trim().eq_ignore_ascii_case("chunked") {
+            chunked += 1;
+        } else {
+            other = true;
+        }
     }
-    let mut r = plain(
-        StatusCode::NOT_IMPLEMENTED,
-        "501 Not Implemented: transfer codings other than chunked\n",
-    );
+    let mut r = if other {
+        plain(
+            StatusCode::NOT_IMPLEMENTED,
+            "501 Not Implemented: transfer codings other than chunked\n",
+        )
+    } else if chunked > 1 {
+        // RFC 9112, 6.1: chunked is applied once; twice is a framing a
+        // server behind could read another way.
+        plain(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: chunked more than once\n",
+        )
+    } else {
+        return None;
+    };
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     Some(r)
@@ -516,10 +546,12 @@ fn backend_head(
 ) {
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
     headers::add_forwarded(&mut parts.headers, origin);
-    if !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(origin.host) {
-            parts.headers.insert(header::HOST, v);
-        }
+    // The authority the request was routed by, whatever Host said: an
+    // absolute-form URI's authority replaces Host (RFC 9112, 3.2.2), and a
+    // backend doing its own virtual hosting must see the host edgebox
+    // routed, not another.
+    if let Ok(v) = HeaderValue::from_str(origin.host) {
+        parts.headers.insert(header::HOST, v);
     }
     parts.uri = match parts.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),

@@ -26,6 +26,9 @@ pub struct Progress {
     waker: RefCell<Option<Waker>>,
     /// It had no body at all.
     empty: Cell<bool>,
+    /// Reading it from the client failed (bad chunked framing, a length
+    /// not kept, a reset): the client's fault, not the backend's.
+    client_failed: Cell<bool>,
 }
 
 impl Progress {
@@ -66,6 +69,11 @@ impl Progress {
         Rc::new(p)
     }
 
+    /// Whether reading the body from the client failed.
+    pub fn client_failed(&self) -> bool {
+        self.client_failed.get()
+    }
+
     /// Completes once the whole body has been handed on.
     pub fn finished(&self) -> Finished<'_> {
         Finished(self)
@@ -100,6 +108,11 @@ impl Tracker {
 
     pub fn state(&self) -> retry::Body {
         self.0.as_ref().map_or(retry::Body::Empty, |p| p.state())
+    }
+
+    /// Whether reading the body from the client failed.
+    pub fn client_failed(&self) -> bool {
+        self.0.as_ref().is_some_and(|p| p.client_failed())
     }
 
     /// Completes once the whole body has been handed on.
@@ -176,7 +189,8 @@ impl Body for ReqBody {
                     }
                 }
                 Poll::Ready(None) => p.finish(),
-                _ => {}
+                Poll::Ready(Some(Err(_))) => p.client_failed.set(true),
+                Poll::Pending => {}
             }
         }
         polled

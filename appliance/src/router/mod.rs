@@ -7,9 +7,14 @@
 //! matches `/api` and `/api/x`, not `/apix`). There is no fall-through to a less
 //! specific host, as in NGINX's `server_name` + `location`.
 //!
-//! Paths are matched after removing dot segments (RFC 3986, 5.2.4, with `%2e`
-//! decoded), so `/public/../admin` is routed as `/admin`, which is what the
-//! backend will see it as.
+//! Paths are matched in the form the most liberal backend would act on
+//! ([`routing_path`]): percent-encoded unreserved characters decoded (RFC
+//! 3986, 6.2.2.2, as NGINX does), `%2F` taken as `/`, `;` path parameters
+//! dropped from each segment (as Java servlet containers do), then dot
+//! segments removed (RFC 3986, 5.2.4). So `/%61dmin`, `/x/../admin`,
+//! `/admin;v=1/x`, `/..;/admin` and `/admin%2Fx` are all routed under
+//! `/admin`, whatever the backend makes of them. The request is forwarded
+//! as the client sent it.
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
@@ -183,12 +188,12 @@ impl<T> Router<T> {
     /// [`Router::route_inexact`].
     pub fn route_exact(&self, host: &str, path: &str) -> Option<Option<&T>> {
         let table = self.exact.get(host)?;
-        Some(table.lookup(&remove_dot_segments(path)))
+        Some(table.lookup(&routing_path(path)))
     }
 
     /// The wildcard and catch-all routes for a host that has no exact ones.
     pub fn route_inexact(&self, host: &str, path: &str) -> Option<&T> {
-        self.inexact_host(host)?.lookup(&remove_dot_segments(path))
+        self.inexact_host(host)?.lookup(&routing_path(path))
     }
 
     fn inexact_host(&self, host: &str) -> Option<&PathTable<T>> {
@@ -205,6 +210,59 @@ impl<T> Router<T> {
             }
         }
         self.any.as_ref()
+    }
+}
+
+/// The path a request is routed by (see the module's documentation).
+/// Borrows when there is nothing to decode, drop or remove (the common
+/// case).
+pub fn routing_path(path: &str) -> Cow<'_, str> {
+    if !path.bytes().any(|b| b == b'%' || b == b';') {
+        return remove_dot_segments(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut in_parameter = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let mut c = bytes[i];
+        let mut escape = None;
+        if c == b'%' {
+            let decoded = path
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .filter(|d| d.is_ascii_alphanumeric() || b"-._~/".contains(d));
+            if let Some(d) = decoded {
+                escape = Some(&path[i..i + 3]);
+                c = d;
+            }
+        }
+        i += escape.map_or(1, str::len);
+        match c {
+            b'/' => {
+                in_parameter = false;
+                out.push('/');
+            }
+            _ if in_parameter => {}
+            b';' if escape.is_none() => in_parameter = true,
+            _ => match escape {
+                Some(_) => out.push(char::from(c)),
+                // Anything else is kept as written (a byte of a UTF-8
+                // sequence is pushed with the rest of its character).
+                None => {
+                    let start = i - 1;
+                    let end = (start + 1..=bytes.len())
+                        .find(|&e| path.is_char_boundary(e))
+                        .unwrap_or(bytes.len());
+                    out.push_str(&path[start..end]);
+                    i = end;
+                }
+            },
+        }
+    }
+    match remove_dot_segments(&out) {
+        Cow::Borrowed(_) => Cow::Owned(out),
+        Cow::Owned(o) => Cow::Owned(o),
     }
 }
 

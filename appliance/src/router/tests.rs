@@ -138,3 +138,42 @@ fn percent_decoding() {
     assert_eq!(percent_decode("%4"), None);
     assert_eq!(percent_decode("%ff"), None, "not UTF-8");
 }
+
+#[test]
+fn routing_sees_what_a_liberal_backend_would_act_on() {
+    for (input, want) in [
+        ("/admin", "/admin"),
+        ("/%61dmin", "/admin"),
+        ("/%41DMIN", "/ADMIN"),
+        ("/adm%69n/x", "/admin/x"),
+        ("/admin%2Fsecret", "/admin/secret"),
+        ("/admin%2fsecret", "/admin/secret"),
+        ("/public%2F..%2Fadmin", "/admin"),
+        ("/admin;jsessionid=1/x", "/admin/x"),
+        ("/..;/admin", "/admin"),
+        ("/public/..;x=1/admin", "/admin"),
+        ("/%2e%2e/admin", "/admin"),
+        ("/a%3Bb", "/a%3Bb"),
+        ("/caf%C3%A9/%20x", "/caf%C3%A9/%20x"),
+        ("/café;p/x", "/café/x"),
+        ("/50%", "/50%"),
+        ("/%zz", "/%zz"),
+        ("/plain/path", "/plain/path"),
+    ] {
+        assert_eq!(routing_path(input), want, "{input}");
+    }
+    assert!(matches!(routing_path("/plain/path"), Cow::Borrowed(_)));
+    let mut r = Router::new();
+    r.insert(None, "/admin", "deny");
+    r.insert(None, "/", "proxy");
+    for sneaky in [
+        "/%61dmin",
+        "/admin%2Fx",
+        "/admin;x",
+        "/..;/admin",
+        "/x/%2e%2e/admin",
+    ] {
+        assert_eq!(r.route("a.test", sneaky), Some(&"deny"), "{sneaky}");
+    }
+    assert_eq!(r.route("a.test", "/administrator"), Some(&"proxy"));
+}

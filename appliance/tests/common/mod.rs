@@ -579,7 +579,7 @@ pub struct Backend {
 
 impl Backend {
     /// Routes: `/slow?ms=N` answers after N ms; `/echo` streams the request
-    /// body back; `/stream?chunks=N&ms=M` sends N chunks M ms apart; `/ws`
+    /// body back; `/sink` reads the body, then answers its length; `/stream?chunks=N&ms=M` sends N chunks M ms apart; `/ws`
     /// is a WebSocket echo; `/healthz` is 200 or, while not `healthy`, 503;
     /// anything else answers a JSON description of the request, naming this
     /// backend.
@@ -692,6 +692,14 @@ async fn backend_reply(
     }
     if path == "/slow" {
         tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(1000))).await;
+    }
+    if path == "/sink" {
+        // Reads the whole body first, then says how long it was.
+        let len = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len(),
+            Err(_) => return Ok(Response::builder().status(499).body(full("")).unwrap()),
+        };
+        return Ok(Response::new(full(format!("{len}\n"))));
     }
     if path == "/echo" {
         let body = req.into_body().map_err(std::io::Error::other).boxed();

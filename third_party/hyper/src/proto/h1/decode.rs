@@ -441,6 +441,12 @@ impl ChunkedState {
                 io::ErrorKind::InvalidData,
                 "invalid chunk extension contains newline",
             ))),
+            // edgebox: control bytes (but HTAB) fit no chunk-ext (RFC 9112,
+            // 7.1.1); a server behind could read them another way.
+            b if (b < 0x20 && b != b'\t') || b == 0x7f => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "invalid chunk extension contains a control byte",
+            ))),
             _ => {
                 *extensions_cnt += 1;
                 if *extensions_cnt >= CHUNKED_EXTENSIONS_LIMIT {
