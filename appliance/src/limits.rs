@@ -43,6 +43,52 @@ pub fn ensure_memlock(needed: u64) -> Result<(), MemlockError> {
     })
 }
 
+/// The open-files limit edgebox asks for when it may (as root, or PID 1):
+/// the kernel's default of 1 024 would stop it at about a thousand
+/// connections.
+pub const WANTED_NOFILE: u64 = 1 << 20;
+
+/// Raises the open-files limit: the soft one to the hard one, and the hard
+/// one to [`WANTED_NOFILE`] (at most the kernel's `fs.nr_open`) when
+/// privileged. Returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    let limit = getrlimit(Resource::Nofile);
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(WANTED_NOFILE);
+    let wanted = WANTED_NOFILE.min(nr_open);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    if hard < wanted {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: Some(wanted),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return wanted;
+        }
+    }
+    let soft = limit.current.unwrap_or(u64::MAX);
+    if soft < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
+        }
+    }
+    soft
+}
+
+/// Client connections an open-files limit of `nofile` leaves room for:
+/// a proxied connection holds a backend connection too, and a reserve is
+/// kept for listeners, the store, the admin API and replication.
+pub fn connections_for(nofile: u64) -> usize {
+    let usable = nofile.saturating_sub(256) / 2;
+    usize::try_from(usable).unwrap_or(usize::MAX).max(16)
+}
+
 /// The CPUs this process may run on, in order.
 pub fn allowed_cpus() -> Vec<usize> {
     match rustix::thread::sched_getaffinity(None) {

@@ -205,6 +205,10 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// `None`: as the open-files limit allows ([`Shared::auto_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// 0: no limit.
+    pub max_connections_per_address: usize,
 }
 
 /// How many times the config and the host map have been changed.
@@ -350,6 +354,11 @@ impl Snapshot {
             header_timeout: ms(config.client.header_timeout_ms),
             idle_timeout: ms(config.client.idle_timeout_ms),
             shutdown_grace: ms(config.client.shutdown_grace_ms),
+            max_connections: match config.client.max_connections {
+                0 => None,
+                n => Some(n as usize),
+            },
+            max_connections_per_address: config.client.max_connections_per_address as usize,
         };
         Ok(Self {
             generations,
@@ -503,6 +512,11 @@ pub struct Shared {
     /// Sockets bound by the control plane for listeners added at run time,
     /// waiting for their core to adopt them: (core, listener key) → socket.
     pub new_sockets: Mutex<HashMap<(usize, ListenerKey), OwnedFd>>,
+    /// Client connections open, on all cores (`client.max_connections`).
+    pub open_connections: std::sync::atomic::AtomicUsize,
+    /// `client.max_connections` when it is 0: what the open-files limit
+    /// leaves room for.
+    pub auto_max_connections: usize,
 }
 
 /// What identifies a listening socket: a listener with the same name and

@@ -21,10 +21,19 @@ fn send(shop: &Shop, raw: &[u8]) -> String {
     s.write_all(raw).unwrap();
     let mut out = Vec::new();
     // To the end: the server must close the connection itself.
-    let closed = s.read_to_end(&mut out).is_ok();
+    let read = s.read_to_end(&mut out);
     let mut text = String::from_utf8_lossy(&out).into_owned();
-    if !closed {
-        text.push_str("<the server did not close the connection within 10 s>");
+    match read {
+        Ok(_) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            text.push_str("<the server did not close the connection within 10 s>");
+        }
+        Err(e) => text.push_str(&format!("<{e}>")),
     }
     text
 }
@@ -177,4 +186,164 @@ fn a_malformed_chunked_body_is_the_clients_400_not_the_backends_502() {
         good.starts_with("HTTP/1.1 200") && good.ends_with("5\n"),
         "{good}"
     );
+}
+
+/// A connection to `addr` from `from`; whether the server closed it at once
+/// (it reads the end of the stream within `wait`).
+fn closed_at_once(from: std::net::IpAddr, addr: std::net::SocketAddr, wait: Duration) -> bool {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::new(from, 0).into())
+        .unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = socket.into();
+    s.set_read_timeout(Some(wait)).unwrap();
+    match s.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        // Nothing within `wait`: it is open.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(_) => true,
+    }
+}
+
+fn refused(shop: &Shop, reason: &str) -> u64 {
+    let metrics = shop.eb.api("GET", "/metrics", None, &[]).expect(200).body;
+    let prefix = format!("edgebox_connections_refused_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix}in {metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn connections_over_the_caps_are_closed_as_they_come_and_counted() {
+    let a = Backend::start("a");
+    let shop = Shop::start(&[a.addr], 1, |c| {
+        c["client"] = json!({"max_connections": 6, "max_connections_per_address": 3});
+    });
+    let addr = shop.eb.addr("http");
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let open = |from: std::net::IpAddr| {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&std::net::SocketAddr::new(from, 0).into())
+            .unwrap();
+        socket.connect(&addr.into()).unwrap();
+        let s: std::net::TcpStream = socket.into();
+        s
+    };
+    // Three from one address are served; a fourth is closed at once.
+    let mut held: Vec<_> = (0..3).map(|_| open(local)).collect();
+    wait_for("three open", || {
+        (shop.eb.api("GET", "/v1/status", None, &[]).json()["cores"][0]["connections_active"] == 3)
+            .then_some(())
+    });
+    assert!(
+        closed_at_once(local, addr, Duration::from_secs(2)),
+        "the 4th from 127.0.0.1"
+    );
+    assert_eq!(refused(&shop, "per_address"), 1);
+    // Another address still gets in, up to the global cap of 6.
+    held.extend((0..3).map(|_| open(other)));
+    wait_for("six open", || {
+        (shop.eb.api("GET", "/v1/status", None, &[]).json()["cores"][0]["connections_active"] == 6)
+            .then_some(())
+    });
+    let third: std::net::IpAddr = "127.0.0.3".parse().unwrap();
+    assert!(
+        closed_at_once(third, addr, Duration::from_secs(2)),
+        "the 7th"
+    );
+    assert_eq!(refused(&shop, "max_connections"), 1);
+    // A held connection still works, and a closed one frees its place.
+    let mut s = held.pop().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("five open", || {
+        (shop.eb.api("GET", "/v1/status", None, &[]).json()["cores"][0]["connections_active"] == 5)
+            .then_some(())
+    });
+    assert!(
+        closed_at_once(local, addr, Duration::from_secs(2)),
+        "127.0.0.1 has its 3"
+    );
+    let mut s = open(third);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "the freed place: {reply}"
+    );
+    assert_eq!(refused(&shop, "per_address"), 2);
+}
+
+/// Whether this process may raise its hard limits (CAP_SYS_RESOURCE).
+fn may_raise_hard_limits() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    eff & (1 << 24) != 0
+}
+
+#[test]
+fn the_open_files_limit_is_raised_at_start() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let a = Backend::start("a");
+    // Started with a soft limit of 1 024, as PID 1 and many shells give.
+    let before = getrlimit(Resource::Nofile);
+    let low = Rlimit {
+        current: Some(1024),
+        maximum: before.maximum,
+    };
+    setrlimit(Resource::Nofile, low).unwrap();
+    let shop = Shop::start(&[a.addr], 1, |_| {});
+    setrlimit(Resource::Nofile, before).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", shop.eb.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_owned();
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    println!("edgebox, started with a soft limit of 1024: {line}");
+    assert_eq!(numbers[0], numbers[1], "soft raised to hard: {line}");
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if may_raise_hard_limits() {
+        assert_eq!(
+            numbers[1],
+            nr_open.min(1 << 20),
+            "the hard limit raised: {line}"
+        );
+    } else {
+        assert_eq!(Some(numbers[1]), before.maximum, "{line}");
+    }
 }

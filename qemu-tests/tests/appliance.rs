@@ -26,6 +26,12 @@ fn boots_via_uefi_serves_https_on_its_address_and_refuses_a_wrong_token() {
             String::from_utf8_lossy(&body).contains("edgebox"),
             "the welcome page"
         );
+        // PID 1 raised the kernel's 1 024 open files for the server.
+        assert!(
+            vm.console().contains("open files: up to 1048576"),
+            "{}",
+            vm.console()
+        );
         let (status, reply) = vm.api_as("not-the-token", "GET", "/v1/status", None);
         assert_eq!(status, 401, "{reply}");
         let (status, _) = vm.api("GET", "/v1/status", None);

@@ -267,6 +267,14 @@ pub struct ClientSettings {
     pub idle_timeout_ms: u64,
     /// On shutdown, requests in flight get this long to finish.
     pub shutdown_grace_ms: u64,
+    /// Client connections open at once, at most; more are closed as they
+    /// come. 0: as many as the open-files limit leaves room for (half of
+    /// it less a reserve, a proxied connection also holding one to a
+    /// backend).
+    pub max_connections: u64,
+    /// Connections open at once from one client address, at most (shared
+    /// out between the cores); 0: no limit.
+    pub max_connections_per_address: u64,
 }
 
 impl Default for ClientSettings {
@@ -275,6 +283,8 @@ impl Default for ClientSettings {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             shutdown_grace_ms: 30_000,
+            max_connections: 0,
+            max_connections_per_address: 0,
         }
     }
 }
@@ -405,6 +415,18 @@ impl Config {
             self.client.shutdown_grace_ms,
             0,
             MAX_TIMEOUT_MS,
+        )?;
+        within(
+            "client.max_connections",
+            self.client.max_connections,
+            0,
+            10_000_000,
+        )?;
+        within(
+            "client.max_connections_per_address",
+            self.client.max_connections_per_address,
+            0,
+            10_000_000,
         )?;
         Ok(())
     }

@@ -332,6 +332,10 @@ fn configure_network(nets: &[NetConfig]) {
 /// ends unasked, powers off or reboots when it asks.
 fn supervise(data: &Path) -> ! {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    // The kernel gives PID 1 1 024 open files; the server inherits what is
+    // set here, and raises its soft limit to it.
+    let nofile = crate::limits::raise_nofile();
+    say(format_args!("open files: up to {nofile}"));
     let mut supervisor = Supervisor::default();
     loop {
         let started = Instant::now();

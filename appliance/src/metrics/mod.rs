@@ -255,6 +255,8 @@ pub struct CoreStats {
     pub all: Counters,
     connections_active: AtomicU64,
     connections_total: AtomicU64,
+    refused_max: AtomicU64,
+    refused_per_address: AtomicU64,
     handshakes_full: AtomicU64,
     handshakes_resumed: AtomicU64,
     handshake_failures: AtomicU64,
@@ -266,6 +268,19 @@ impl CoreStats {
     pub fn connection_opened(&self) {
         bump(&self.connections_active, 1);
         bump(&self.connections_total, 1);
+    }
+
+    /// A connection closed as it came, over `client.max_connections`
+    /// (`per_address` false) or `client.max_connections_per_address`.
+    pub fn connection_refused(&self, per_address: bool) {
+        bump(
+            if per_address {
+                &self.refused_per_address
+            } else {
+                &self.refused_max
+            },
+            1,
+        );
     }
 
     pub fn connection_closed(&self) {
@@ -331,6 +346,8 @@ impl CoreStats {
             all: self.all.snapshot(),
             connections_active: read(&self.connections_active),
             connections_total: read(&self.connections_total),
+            refused_max: read(&self.refused_max),
+            refused_per_address: read(&self.refused_per_address),
             handshakes_full: read(&self.handshakes_full),
             handshakes_resumed: read(&self.handshakes_resumed),
             handshake_failures: read(&self.handshake_failures),
@@ -352,6 +369,10 @@ pub struct CoreValues {
     pub all: CounterValues,
     pub connections_active: u64,
     pub connections_total: u64,
+    /// Refused over `client.max_connections`.
+    pub refused_max: u64,
+    /// Refused over `client.max_connections_per_address`.
+    pub refused_per_address: u64,
     pub handshakes_full: u64,
     pub handshakes_resumed: u64,
     pub handshake_failures: u64,

@@ -97,6 +97,22 @@ pub fn render_prometheus(
     }
     family(
         o,
+        "edgebox_connections_refused_total",
+        "counter",
+        "Client connections closed as they came: over client.max_connections, or over client.max_connections_per_address.",
+    );
+    let max: u64 = cores.iter().map(|c| c.refused_max).sum();
+    let per: u64 = cores.iter().map(|c| c.refused_per_address).sum();
+    let _ = writeln!(
+        o,
+        "edgebox_connections_refused_total{{reason=\"max_connections\"}} {max}"
+    );
+    let _ = writeln!(
+        o,
+        "edgebox_connections_refused_total{{reason=\"per_address\"}} {per}"
+    );
+    family(
+        o,
         "edgebox_tls_handshakes_total",
         "counter",
         "Completed TLS handshakes, full or resumed.",

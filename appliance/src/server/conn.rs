@@ -36,13 +36,25 @@ pub async fn serve(
     else {
         return;
     };
+    let limits = snap.snap.client.clone();
+    let max = limits
+        .max_connections
+        .unwrap_or(core.shared.auto_max_connections);
+    let Some(_slot) = super::admission::enter(&core.shared.open_connections, max) else {
+        // Closed at once: a client sees the connection end before any byte.
+        core.stats.connection_refused(false);
+        tracing::debug!(
+            listener = &*listener,
+            "closing a connection: client.max_connections ({max}) are open"
+        );
+        return;
+    };
     core.stats.connection_opened();
     let _open = OpenConnection(&core);
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
     let _ = stream.set_nodelay(true);
-    let limits = snap.snap.client.clone();
     let mut stream = stream;
     // A balancer in front says whom the connection is from.
     let (client, local, early) = if config.expects_proxy_header(peer.ip()) {
@@ -62,6 +74,20 @@ pub async fn serve(
         }
     } else {
         (peer, local, Vec::new())
+    };
+    let _address_slot = match limits.max_connections_per_address {
+        0 => None,
+        max => {
+            let share = super::admission::PerAddress::share(max, core.shared.stats.len());
+            match core.per_address.enter(client.ip(), share) {
+                Some(slot) => Some(slot),
+                None => {
+                    core.stats.connection_refused(true);
+                    tracing::debug!(%client, "closing a connection: client.max_connections_per_address ({max}) are open from it");
+                    return;
+                }
+            }
+        }
     };
     let activity = Activity::new();
     let io = TrackedIo::with_early(stream, activity.clone(), early);

@@ -30,6 +30,8 @@ pub struct Core {
     /// What this core knows of backends, across snapshots.
     registry: Registry,
     current: RefCell<Rc<CoreView>>,
+    /// Connections open on this core by client address.
+    pub per_address: super::admission::PerAddress,
 }
 
 impl Core {
@@ -52,6 +54,7 @@ impl Core {
             stats,
             registry,
             current: RefCell::new(Rc::new(view)),
+            per_address: Default::default(),
             shared,
         }
     }

@@ -6,6 +6,7 @@
 //! rotation), start one glommio executor per core. Nothing serves until all of
 //! it has succeeded.
 
+mod admission;
 pub mod conn;
 pub mod core;
 pub mod listeners;
@@ -250,6 +251,15 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     let mut snapshot = loaded.build(&hostmap, &sites, &tickets, generations, &mut upstreams)?;
 
     crate::limits::ensure_memlock(MEMLOCK_PER_CORE * opts.cores as u64)?;
+    let nofile = crate::limits::raise_nofile();
+    tracing::info!(
+        open_files = nofile,
+        max_connections = snapshot
+            .client
+            .max_connections
+            .unwrap_or_else(|| crate::limits::connections_for(nofile)),
+        "limits"
+    );
     let bound = listeners::bind(&snapshot.config.listeners, opts.cores)?;
     // The config served says which port a listener on port 0 got.
     for (l, addr) in snapshot.config.listeners.iter_mut().zip(&bound.addresses) {
@@ -306,6 +316,8 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         stats: (0..opts.cores).map(|_| Arc::default()).collect(),
         blobs: content.blobs().clone(),
         new_sockets: Mutex::default(),
+        open_connections: Default::default(),
+        auto_max_connections: crate::limits::connections_for(nofile),
     });
     let (rebind_tx, rebind_rx) = tokio::sync::mpsc::unbounded_channel();
     let control = crate::control::Control {
