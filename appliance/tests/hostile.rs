@@ -214,6 +214,24 @@ fn closed_at_once(from: std::net::IpAddr, addr: std::net::SocketAddr, wait: Dura
     }
 }
 
+/// One request on an open connection; the reply until the server closes.
+fn request_on(mut s: std::net::TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// Waits until the (one) core has `n` client connections open.
+fn wait_open(shop: &Shop, n: u64) {
+    wait_for(&format!("{n} connections open"), || {
+        let status = shop.eb.api("GET", "/v1/status", None, &[]).json();
+        (status["cores"][0]["connections_active"] == n).then_some(())
+    });
+}
+
 fn refused(shop: &Shop, reason: &str) -> u64 {
     let metrics = shop.eb.api("GET", "/metrics", None, &[]).expect(200).body;
     let prefix = format!("edgebox_connections_refused_total{{reason=\"{reason}\"}} ");
@@ -246,10 +264,7 @@ fn connections_over_the_caps_are_closed_as_they_come_and_counted() {
     };
     // Three from one address are served; a fourth is closed at once.
     let mut held: Vec<_> = (0..3).map(|_| open(local)).collect();
-    wait_for("three open", || {
-        (shop.eb.api("GET", "/v1/status", None, &[]).json()["cores"][0]["connections_active"] == 3)
-            .then_some(())
-    });
+    wait_open(&shop, 3);
     assert!(
         closed_at_once(local, addr, Duration::from_secs(2)),
         "the 4th from 127.0.0.1"
@@ -257,10 +272,7 @@ fn connections_over_the_caps_are_closed_as_they_come_and_counted() {
     assert_eq!(refused(&shop, "per_address"), 1);
     // Another address still gets in, up to the global cap of 6.
     held.extend((0..3).map(|_| open(other)));
-    wait_for("six open", || {
-        (shop.eb.api("GET", "/v1/status", None, &[]).json()["cores"][0]["connections_active"] == 6)
-            .then_some(())
-    });
+    wait_open(&shop, 6);
     let third: std::net::IpAddr = "127.0.0.3".parse().unwrap();
     assert!(
         closed_at_once(third, addr, Duration::from_secs(2)),
@@ -268,27 +280,14 @@ fn connections_over_the_caps_are_closed_as_they_come_and_counted() {
     );
     assert_eq!(refused(&shop, "max_connections"), 1);
     // A held connection still works, and a closed one frees its place.
-    let mut s = held.pop().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
+    let reply = request_on(held.pop().unwrap());
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("five open", || {
-        (shop.eb.api("GET", "/v1/status", None, &[]).json()["cores"][0]["connections_active"] == 5)
-            .then_some(())
-    });
+    wait_open(&shop, 5);
     assert!(
         closed_at_once(local, addr, Duration::from_secs(2)),
         "127.0.0.1 has its 3"
     );
-    let mut s = open(third);
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
+    let reply = request_on(open(third));
     assert!(
         reply.starts_with("HTTP/1.1 200"),
         "the freed place: {reply}"
