@@ -346,3 +346,136 @@ fn the_open_files_limit_is_raised_at_start() {
         assert_eq!(Some(numbers[1]), before.maximum, "{line}");
     }
 }
+
+#[test]
+fn the_admin_api_answers_while_a_scrub_runs_and_one_scrub_runs_at_a_time() {
+    let shop = Shop::start(&[closed_port()], 1, |c| {
+        c["routes"] = json!([{"action": {"static": {"site": "big"}}}]);
+    });
+    let site = tempfile::tempdir().unwrap();
+    for i in 0..4 {
+        std::fs::write(
+            site.path().join(format!("{i}.bin")),
+            noise(2 * i + 1, 16 << 20),
+        )
+        .unwrap();
+    }
+    ok(shop.eb.publish(site.path(), "big"));
+    // The scrub hashes blobs in order; the last "blob" is a FIFO, so it
+    // stops there until the test writes to it: a scrub as long as the test
+    // wants, whatever the disk's speed.
+    let last = "f".repeat(64);
+    let dir = shop.eb.dir().join("data/store/blobs").join(&last[..2]);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join(&last);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let eb = &shop.eb;
+    std::thread::scope(|s| {
+        let scrub = s.spawn(move || {
+            eb.api("POST", "/v1/store/scrub", None, &[])
+                .expect(200)
+                .json()
+        });
+        // Admin requests go on while it waits on the FIFO (without the
+        // scrub off the control thread, each would wait until --max-time).
+        let mut slowest = Duration::ZERO;
+        for _ in 0..5 {
+            let t = std::time::Instant::now();
+            eb.api("GET", "/v1/status", None, &["--max-time", "5"])
+                .expect(200);
+            slowest = slowest.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!scrub.is_finished(), "the scrub passed the FIFO");
+        let busy = eb.api("POST", "/v1/store/gc", None, &["--max-time", "5"]);
+        assert_eq!(busy.status, 409, "a GC while the scrub runs: {}", busy.body);
+        println!(
+            "5 status requests answered while a scrub ran, slowest {:.1} ms",
+            slowest.as_secs_f64() * 1e3
+        );
+        std::fs::write(&fifo, b"not what its name says").unwrap();
+        let report = scrub.join().unwrap();
+        assert_eq!(report["corrupt"], json!([last]), "{report}");
+        assert!(
+            report["checked_bytes"].as_u64().unwrap() >= 4 * (16 << 20),
+            "{report}"
+        );
+    });
+    eb.api("POST", "/v1/store/gc", None, &[]).expect(200);
+}
+
+#[test]
+fn silent_admin_connections_are_capped_per_address() {
+    let shop = Shop::start(&[closed_port()], 1, |_| {});
+    let admin = shop.eb.admin.unwrap();
+    let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let silent: Vec<_> = (0..8)
+        .map(|_| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&std::net::SocketAddr::new(local, 0).into()).unwrap();
+            s.connect(&admin.into()).unwrap();
+            std::net::TcpStream::from(s)
+        })
+        .collect();
+    // Eight handshakes in progress from 127.0.0.1: a ninth from it is closed
+    // at once, one from another address is not, and its request is served.
+    wait_for("the ninth to be closed", || {
+        closed_at_once(local, admin, Duration::from_millis(500)).then_some(())
+    });
+    let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    assert!(!closed_at_once(other, admin, Duration::from_millis(500)));
+    shop.eb
+        .api("GET", "/v1/status", None, &["--interface", "127.0.0.2"])
+        .expect(200);
+    drop(silent);
+    wait_for("127.0.0.1 let in again", || {
+        (shop.eb.api("GET", "/v1/status", None, &[]).status == 200).then_some(())
+    });
+}
+
+#[test]
+fn the_admin_api_answers_while_the_data_plane_is_saturated() {
+    // Both cores serving a bounded h2load run (a respond route, so the
+    // cores themselves are the bottleneck), the admin API asked meanwhile.
+    let shop = Shop::start(&[closed_port()], 2, |c| {
+        c["routes"] = json!([{"action": {"respond": {"status": 200, "body": "ok\n"}}}]);
+    });
+    let url = format!("https://127.0.0.1:{}/", shop.eb.addr("https").port());
+    let mut load = std::process::Command::new("h2load")
+        .args([
+            "-n", "300000", "-c", "64", "-m", "16", "-t", "2", "-D", "8", &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("h2load must be installed (the test command installs nghttp2-client)");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut times = Vec::new();
+    while load.try_wait().unwrap().is_none() && times.len() < 40 {
+        let t = std::time::Instant::now();
+        shop.eb
+            .api("GET", "/v1/status", None, &["--max-time", "5"])
+            .expect(200);
+        times.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = load.kill();
+    let out = load.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .unwrap_or("h2load was stopped");
+    times.sort();
+    assert!(times.len() >= 5, "too few answered under load: {times:?}");
+    println!(
+        "under load ({line}): {} admin requests answered, median {:.1} ms, slowest {:.1} ms",
+        times.len(),
+        times[times.len() / 2].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+}

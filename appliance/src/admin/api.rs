@@ -108,9 +108,9 @@ pub async fn dispatch(
             super::content::rollback(control, req, site).await
         }
         (["v1", "store", "gc"], &Method::POST) => {
-            super::content::gc(control, query(&req, "grace_s")?)
+            super::content::gc(control, query(&req, "grace_s")?).await
         }
-        (["v1", "store", "scrub"], &Method::POST) => super::content::scrub(control),
+        (["v1", "store", "scrub"], &Method::POST) => super::content::scrub(control).await,
         (["v1", "replication"], &Method::GET) => {
             let c = control.borrow();
             Ok(json_response(

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::{json_response, ApiError, Body};
 use crate::control::state::SiteOp;
-use crate::control::{ApplyError, Control};
+use crate::control::{maintenance, ApplyError, Control};
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
@@ -87,7 +87,11 @@ pub async fn blob(
                     }
                 }
             }
-            match writer.finish(Some(hash)) {
+            // The fsync and rename are made off the control thread.
+            let finished = tokio::task::spawn_blocking(move || writer.finish(Some(hash)))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+            match finished {
                 Ok((h, size)) => Ok(json_response(
                     StatusCode::CREATED,
                     &json!({ "hash": h, "size": size, "stored": true }),
@@ -209,9 +213,9 @@ fn publish_with(control: &Rc<RefCell<Control>>, name: &str, op: SiteOp) -> Resul
 }
 
 /// `POST /v1/store/gc?grace_s=N` (default an hour).
-pub fn gc(control: &Rc<RefCell<Control>>, grace_s: Option<u64>) -> Result<Response<Body>> {
+pub async fn gc(control: &Rc<RefCell<Control>>, grace_s: Option<u64>) -> Result<Response<Body>> {
     let grace = Duration::from_secs(grace_s.unwrap_or(3600));
-    let report = control.borrow().collect_garbage(grace)?;
+    let report = maintenance::collect_garbage(control, grace).await?;
     tracing::info!(
         removed = report.removed,
         bytes = report.removed_bytes,
@@ -221,12 +225,7 @@ pub fn gc(control: &Rc<RefCell<Control>>, grace_s: Option<u64>) -> Result<Respon
 }
 
 /// `POST /v1/store/scrub`.
-pub fn scrub(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
-    let mut c = control.borrow_mut();
-    let report = c.content.scrub()?;
-    if !report.corrupt.is_empty() {
-        tracing::error!(corrupt = report.corrupt.len(), lost = ?report.lost, "scrub found corrupt blobs and quarantined them; fetching them again from the peers");
-        c.replica.repair(&report.corrupt);
-    }
+pub async fn scrub(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
+    let report = maintenance::scrub(control).await?;
     Ok(json_response(StatusCode::OK, &report))
 }

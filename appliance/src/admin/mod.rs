@@ -111,6 +111,17 @@ impl From<crate::control::ApplyError> for ApiError {
     }
 }
 
+impl From<crate::control::maintenance::MaintenanceError> for ApiError {
+    fn from(e: crate::control::maintenance::MaintenanceError) -> Self {
+        use crate::control::maintenance::MaintenanceError as E;
+        match e {
+            E::Busy => Self::new(StatusCode::CONFLICT, e.to_string()),
+            E::Store(e) => e.into(),
+            E::Task(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
 impl From<edgebox_storage::SiteError> for ApiError {
     fn from(e: edgebox_storage::SiteError) -> Self {
         use edgebox_storage::SiteError as E;
@@ -150,6 +161,82 @@ pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Re
     r
 }
 
+/// Admin connections open at once, at most; more are closed as they come.
+const MAX_CONNECTIONS: usize = 256;
+/// From one client address.
+const MAX_PER_ADDRESS: usize = 32;
+/// TLS handshakes in progress at once, and from one address (each costs
+/// the control thread a signature, and a silent one holds its place for the
+/// handshake timeout): more connections are closed as they come.
+const MAX_HANDSHAKES: usize = 64;
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// What admin connections hold, so that a flood of them (or of handshakes)
+/// cannot take the control thread, which also applies config, runs health
+/// checks and replicates.
+#[derive(Debug, Default)]
+struct Gate {
+    open: usize,
+    handshakes: usize,
+    /// Connections and handshakes open, by client address.
+    by_address: std::collections::HashMap<std::net::IpAddr, (usize, usize)>,
+}
+
+/// An admitted connection's place; while `handshaking`, also a handshake's.
+struct Admitted {
+    gate: Rc<RefCell<Gate>>,
+    ip: std::net::IpAddr,
+    handshaking: bool,
+}
+
+impl Gate {
+    fn admit(gate: &Rc<RefCell<Gate>>, ip: std::net::IpAddr) -> Option<Admitted> {
+        let mut g = gate.borrow_mut();
+        let (open, shaking) = g.by_address.get(&ip).copied().unwrap_or((0, 0));
+        if g.open >= MAX_CONNECTIONS
+            || open >= MAX_PER_ADDRESS
+            || g.handshakes >= MAX_HANDSHAKES
+            || shaking >= MAX_HANDSHAKES_PER_ADDRESS
+        {
+            return None;
+        }
+        g.open += 1;
+        g.handshakes += 1;
+        g.by_address.insert(ip, (open + 1, shaking + 1));
+        Some(Admitted {
+            gate: Rc::clone(gate),
+            ip,
+            handshaking: true,
+        })
+    }
+}
+
+impl Admitted {
+    fn handshake_over(&mut self) {
+        if std::mem::replace(&mut self.handshaking, false) {
+            let mut g = self.gate.borrow_mut();
+            g.handshakes -= 1;
+            if let Some(e) = g.by_address.get_mut(&self.ip) {
+                e.1 -= 1;
+            }
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.handshake_over();
+        let mut g = self.gate.borrow_mut();
+        g.open -= 1;
+        if let Some(e) = g.by_address.get_mut(&self.ip) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                g.by_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Serves the admin API on `listener` (and on the listeners sent through
 /// `rebind` when the admin address changes) until the process exits.
 pub fn serve(
@@ -160,19 +247,26 @@ pub fn serve(
 ) -> std::io::Result<impl Future<Output = ()>> {
     let mut listener = tokio::net::TcpListener::from_std(listener)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let gate = Rc::new(RefCell::new(Gate::default()));
     Ok(async move {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        let Some(admitted) = Gate::admit(&gate, peer.ip()) else {
+                            tracing::debug!(%peer, "closing an admin connection: too many open ({MAX_CONNECTIONS}, {MAX_PER_ADDRESS} from one address) or in their TLS handshake ({MAX_HANDSHAKES}, {MAX_HANDSHAKES_PER_ADDRESS})");
+                            continue;
+                        };
                         let control = Rc::clone(&control);
                         let acceptor = acceptor.clone();
                         tokio::task::spawn_local(async move {
+                            let mut admitted = admitted;
                             let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
                             let Ok(Ok(tls)) = handshake.await else {
                                 tracing::debug!(%peer, "admin TLS handshake failed");
                                 return;
                             };
+                            admitted.handshake_over();
                             let svc = hyper::service::service_fn(move |req| {
                                 let control = Rc::clone(&control);
                                 async move { Ok::<_, std::convert::Infallible>(handle(control, req).await) }

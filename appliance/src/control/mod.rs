@@ -4,6 +4,7 @@
 //! keys; health checks, replication and failover will live here too.
 
 pub mod health;
+pub mod maintenance;
 pub mod state;
 
 use std::cell::RefCell;
@@ -108,12 +109,14 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
                 }
             },
             _ = collect.tick() => {
-                let report = control.borrow().collect_garbage(GC_EVERY);
-                match report {
-                    Ok(r) if r.removed > 0 => tracing::info!(removed = r.removed, bytes = r.removed_bytes, "garbage collected the store"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!("garbage collection failed: {e}"),
-                }
+                let control = Rc::clone(&control);
+                tokio::task::spawn_local(async move {
+                    match maintenance::collect_garbage(&control, GC_EVERY).await {
+                        Ok(r) if r.removed > 0 => tracing::info!(removed = r.removed, bytes = r.removed_bytes, "garbage collected the store"),
+                        Ok(_) | Err(maintenance::MaintenanceError::Busy) => {}
+                        Err(e) => tracing::error!("garbage collection failed: {e}"),
+                    }
+                });
             },
         }
     }

@@ -309,16 +309,6 @@ impl Control {
         Ok(self.content.site(name)?)
     }
 
-    /// Garbage-collects the content store, keeping what replication holds.
-    pub fn collect_garbage(
-        &self,
-        grace: std::time::Duration,
-    ) -> Result<edgebox_storage::GcReport, edgebox_storage::SiteError> {
-        let keep = self.replica.keep(&self.content);
-        self.content
-            .gc_keeping(grace, std::time::SystemTime::now(), &keep)
-    }
-
     /// The current snapshot with `map` as its host map, a generation on.
     fn snapshot_with_hostmap(&self, map: &HostMap) -> Result<Snapshot, ConfigError> {
         let gens = Generations {
