@@ -479,3 +479,57 @@ fn the_admin_api_answers_while_the_data_plane_is_saturated() {
         times[times.len() - 1].as_secs_f64() * 1e3
     );
 }
+
+#[test]
+fn malformed_http1_requests_are_refused_and_none_reaches_the_backend() {
+    let a = Backend::start("a");
+    let shop = Shop::start(&[a.addr], 1, |_| {});
+    let long_uri = format!(
+        "GET /{} HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: shop.test\r\n{}\r\n",
+        (0..120)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect::<String>()
+    );
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        ("conflicting lengths", "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".into(), &["400"]),
+        ("a list of lengths", "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5, 6\r\n\r\nhello!".into(), &["400"]),
+        ("a signed length", "POST / HTTP/1.1\r\nHost: shop.test\r\nContent-Length: +5\r\n\r\nhello".into(), &["400"]),
+        ("obs-fold", "GET / HTTP/1.1\r\nHost: shop.test\r\nX-A: a\r\n b\r\n\r\n".into(), &["400"]),
+        ("a bare CR in a value", "GET / HTTP/1.1\r\nHost: shop.test\r\nX-A: a\rb\r\n\r\n".into(), &["400"]),
+        ("bare LF line ends", "GET / HTTP/1.1\nHost: shop.test\n\n".into(), &["400"]),
+        ("a NUL in a value", "GET / HTTP/1.1\r\nHost: shop.test\r\nX-A: a\0b\r\n\r\n".into(), &["400"]),
+        ("a control byte in a value", "GET / HTTP/1.1\r\nHost: shop.test\r\nX-A: a\x01b\r\n\r\n".into(), &["400"]),
+        ("a space before the colon", "GET / HTTP/1.1\r\nHost : shop.test\r\n\r\n".into(), &["400"]),
+        ("a bad header name", "GET / HTTP/1.1\r\nHost: shop.test\r\nX@Y: 1\r\n\r\n".into(), &["400"]),
+        ("a bad method", "G@T / HTTP/1.1\r\nHost: shop.test\r\n\r\n".into(), &["400"]),
+        ("no Host", "GET / HTTP/1.1\r\n\r\n".into(), &["400"]),
+        ("two Hosts", "GET / HTTP/1.1\r\nHost: shop.test\r\nHost: other.test\r\n\r\n".into(), &["400"]),
+        ("a request line of 70 kB", long_uri, &["414", "431"]),
+        ("120 headers", many_headers, &["431"]),
+        ("chunked in HTTP/1.0", "POST / HTTP/1.0\r\nHost: shop.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".into(), &["400"]),
+        ("a bad version", "GET / HTTP/1.7\r\nHost: shop.test\r\n\r\n".into(), &["400", "505"]),
+        ("a TLS hello on the plain port", "\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03".into(), &["400"]),
+    ];
+    let mut wrong = Vec::new();
+    for (what, raw, want) in &cases {
+        let reply = send(&shop, raw.as_bytes());
+        let status = reply.get(9..12).unwrap_or("none");
+        let closed = !reply.contains("<the server did not close");
+        if !want.contains(&status) || !closed {
+            wrong.push(format!(
+                "{what}: {}",
+                reply.lines().next().unwrap_or("(nothing)")
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(
+        a.hits.load(Ordering::SeqCst),
+        0,
+        "something reached the backend"
+    );
+}

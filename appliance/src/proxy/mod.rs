@@ -232,18 +232,19 @@ async fn respond(
     }
 
     // 1. identify
-    let Some(authority) = authority(&req) else {
-        return plain(
+    let authority = authority(&req);
+    let Some(host) = authority.as_deref().and_then(normalize_host) else {
+        // A request with no clear target: nothing more is read from this
+        // connection.
+        let mut r = plain(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: missing or invalid Host\n",
         );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     };
-    let Some(host) = normalize_host(&authority) else {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: missing or invalid Host\n",
-        );
-    };
+    let authority = authority.as_deref().unwrap_or_default();
     record.host = host.clone().into_owned();
 
     // 2. listener policy
@@ -274,7 +275,7 @@ async fn respond(
         // open connection) as large.
         Some(Chosen::HostMap(pool)) => {
             return Box::pin(proxy_to(
-                svc, view, pool, conn, &authority, &host, req, record,
+                svc, view, pool, conn, authority, &host, req, record,
             ))
             .await
         }
@@ -285,7 +286,7 @@ async fn respond(
     match action {
         RouteAction::Proxy(index) => {
             Box::pin(proxy_to(
-                svc, view, *index, conn, &authority, &host, req, record,
+                svc, view, *index, conn, authority, &host, req, record,
             ))
             .await
         }

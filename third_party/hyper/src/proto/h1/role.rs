@@ -186,6 +186,18 @@ impl Http1Transaction for Server {
                         }
                     }
                     len = parsed_len;
+                    // edgebox: every line of a request head ends in CRLF; a
+                    // bare LF is refused (RFC 9112, 2.2 lets a server accept
+                    // it, and one behind that does not could split the head
+                    // elsewhere).
+                    let head = &bytes[..parsed_len];
+                    if head
+                        .iter()
+                        .enumerate()
+                        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+                    {
+                        return Err(Parse::Header(crate::error::Header::Token));
+                    }
                     let uri = req.path.expect("httparse completed");
                     if uri.len() > MAX_URI_LEN {
                         return Err(Parse::UriTooLong);
