@@ -533,3 +533,104 @@ fn malformed_http1_requests_are_refused_and_none_reaches_the_backend() {
         "something reached the backend"
     );
 }
+
+/// A backend that misbehaves by path: `/reset` resets the connection after
+/// reading the request, `/garbage` answers what is not HTTP, `/stall`
+/// sends a head and 10 of 100 body bytes, then nothing; anything else is a
+/// proper `200 fine`.
+fn faulty_backend() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head).into_owned();
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                match path.as_str() {
+                    "/reset" => {
+                        let s = socket2::SockRef::from(&conn);
+                        s.set_linger(Some(Duration::ZERO)).unwrap();
+                    }
+                    "/garbage" => {
+                        let _ = conn.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n");
+                    }
+                    "/stall" => {
+                        let _ = conn
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+                        std::thread::sleep(Duration::from_secs(30));
+                    }
+                    _ => {
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nfine\n",
+                        );
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_broken_backend_costs_only_its_own_request() {
+    let backend = faulty_backend();
+    let shop = Shop::start(&[backend], 1, |c| {
+        c["pools"][0]["timeouts"] = json!({"idle_ms": 1000});
+        // No retries, and no ejection: each request meets the fault itself.
+        c["pools"][0]["retries"] = json!({"max": 0});
+        c["pools"][0]["outlier_detection"] = json!({"consecutive_failures": 1000});
+    });
+    let reset = get(&shop, "/reset", "shop.test");
+    assert!(reset.starts_with("HTTP/1.1 502"), "reset: {reset}");
+    let garbage = get(&shop, "/garbage", "shop.test");
+    assert!(garbage.starts_with("HTTP/1.1 502"), "garbage: {garbage}");
+    // A response cut mid-body cannot become a 502 (its head is out): the
+    // client's connection is closed after the backend's idle time, so the
+    // client sees a short body, not a complete one.
+    let started = std::time::Instant::now();
+    let stalled = send(&shop, b"GET /stall HTTP/1.1\r\nHost: shop.test\r\n\r\n");
+    assert!(
+        stalled.starts_with("HTTP/1.1 200") && stalled.ends_with("0123456789"),
+        "stalled: {stalled}"
+    );
+    println!(
+        "a response stalled mid-body was cut after {:.1} s (idle_ms 1000)",
+        started.elapsed().as_secs_f64()
+    );
+    // Meanwhile and after, the same backend's good answers get through.
+    let fine = get(&shop, "/", "shop.test");
+    assert!(
+        fine.starts_with("HTTP/1.1 200") && fine.ends_with("fine\n"),
+        "{fine}"
+    );
+    // Over HTTP/2 a stalled stream ends alone; the connection's other
+    // streams are answered.
+    let out = shop.curl(&[
+        "--http2",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}:%{num_connects} ",
+        "--max-time",
+        "10",
+        &shop.url("/stall"),
+        "-o",
+        "/dev/null",
+        &shop.url("/"),
+        "-o",
+        "/dev/null",
+        &shop.url("/garbage"),
+    ]);
+    // The second and third on the first's connection (no new connect).
+    assert!(out.stdout.ends_with("200:0 502:0 "), "h2: {:?}", out.stdout);
+}
