@@ -29,6 +29,14 @@ pub type Sites = std::collections::BTreeMap<String, Arc<ServedSite>>;
 use crate::router::{HostPattern, Router};
 use crate::tls::tickets::TicketKeys;
 
+/// A route as requests meet it: what it does, and the
+/// `Strict-Transport-Security` value of its HTTPS responses.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    pub action: RouteAction,
+    pub hsts: Option<HeaderValue>,
+}
+
 /// What a route does, with every reference resolved.
 #[derive(Debug, Clone)]
 pub enum RouteAction {
@@ -224,7 +232,10 @@ pub struct Generations {
 pub struct Snapshot {
     pub generations: Generations,
     pub config: Config,
-    pub router: Router<RouteAction>,
+    pub router: Router<CompiledRoute>,
+    /// `tls.hsts`: for HTTPS responses whose route has none (host-map
+    /// entries included).
+    pub hsts: Option<HeaderValue>,
     /// The host map as requests see it.
     pub hostmap: HostIndex,
     pub pools: Vec<Pool>,
@@ -305,6 +316,7 @@ impl Snapshot {
             generations,
             config: self.config.clone(),
             router: self.router.clone(),
+            hsts: self.hsts.clone(),
             hostmap: HostIndex::new(hostmap, &self.config)?,
             pools: self.pools.clone(),
             tls: self.tls.clone(),
@@ -346,8 +358,14 @@ impl Snapshot {
             let host = r.host.as_deref().map(HostPattern::parse).transpose();
             let host = host.map_err(|e| ConfigError::new(format!("routes[{i}].host"), e))?;
             let action = compile_action(i, &r.action, &config.pools, sites)?;
-            router.insert(host.as_ref(), &r.path_prefix, action);
+            let hsts = r.hsts.as_ref().map(hsts_value).transpose()?;
+            router.insert(
+                host.as_ref(),
+                &r.path_prefix,
+                CompiledRoute { action, hsts },
+            );
         }
+        let hsts = config.tls.hsts.as_ref().map(hsts_value).transpose()?;
         let compiled = HostIndex::new(hostmap, &config)?;
         let client = ClientLimits {
             handshake_timeout: ms(config.tls.handshake_timeout_ms),
@@ -364,6 +382,7 @@ impl Snapshot {
             generations,
             config,
             router,
+            hsts,
             hostmap: compiled,
             pools,
             tls,
@@ -490,6 +509,10 @@ fn compile_action(
             served: sites.get(site).cloned(),
         },
     })
+}
+
+fn hsts_value(h: &config::Hsts) -> Result<HeaderValue, ConfigError> {
+    HeaderValue::from_str(&h.value()).map_err(|e| ConfigError::new("hsts", e))
 }
 
 /// What every thread shares. The control plane writes, cores read.

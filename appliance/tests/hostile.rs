@@ -634,3 +634,49 @@ fn a_broken_backend_costs_only_its_own_request() {
     // The second and third on the first's connection (no new connect).
     assert!(out.stdout.ends_with("200:0 502:0 "), "h2: {:?}", out.stdout);
 }
+
+#[test]
+fn hsts_is_sent_on_https_only_by_route_or_by_default() {
+    let a = Backend::start("a");
+    let shop = Shop::start(&[a.addr], 1, |c| {
+        c["tls"]["hsts"] = json!({"max_age_s": 300});
+        c["routes"] = json!([
+            {"path_prefix": "/shop", "action": {"proxy": {"pool": "app"}},
+             "hsts": {"max_age_s": 31536000, "include_subdomains": true, "preload": true}},
+            {"path_prefix": "/off", "action": "welcome", "hsts": {"max_age_s": 0}},
+            {"action": "welcome"},
+        ]);
+    });
+    let sts = |path: &str| {
+        let out = shop
+            .curl(&["-s", "-D", "-", "-o", "/dev/null", &shop.url(path)])
+            .stdout;
+        out.lines()
+            .find_map(|l| l.strip_prefix("strict-transport-security: "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(
+        sts("/shop/cart").as_deref(),
+        Some("max-age=31536000; includeSubDomains; preload")
+    );
+    assert_eq!(sts("/").as_deref(), Some("max-age=300"));
+    assert_eq!(sts("/off").as_deref(), Some("max-age=0"));
+    assert_eq!(sts("/nowhere-special").as_deref(), Some("max-age=300"));
+    // Never over plain HTTP (RFC 6797, 7.2).
+    let plain = get(&shop, "/shop/cart", "shop.test");
+    assert!(
+        !plain
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{plain}"
+    );
+    // Preload without its conditions is refused, naming the field.
+    let bad = shop.eb.api(
+        "PUT",
+        "/v1/routes",
+        Some(r#"[{"action": "welcome", "hsts": {"max_age_s": 60, "preload": true}}]"#),
+        &[],
+    );
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("routes[0].hsts.preload"), "{}", bad.body);
+}

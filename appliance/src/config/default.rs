@@ -56,6 +56,7 @@ fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Confi
             host: None,
             path_prefix: "/".into(),
             action: Action::Welcome,
+            hsts: None,
         }],
         client: ClientSettings::default(),
         admin: AdminSettings::default(),

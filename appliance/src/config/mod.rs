@@ -246,6 +246,49 @@ pub struct TlsSettings {
     /// Issue TLS session tickets, so clients can resume. Off: every handshake
     /// is full (the benchmarks' handshake scenario turns it off everywhere).
     pub session_tickets: bool,
+    /// `Strict-Transport-Security` on every HTTPS response whose route sets
+    /// none of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
+}
+
+/// `Strict-Transport-Security` (RFC 6797), sent on HTTPS responses only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hsts {
+    /// `max-age`; 0 tells browsers to forget the policy.
+    pub max_age_s: u64,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    /// Asks to be in browsers' preload lists (hstspreload.org requires
+    /// `include_subdomains` and a year or more).
+    #[serde(default)]
+    pub preload: bool,
+}
+
+impl Hsts {
+    /// The header's value.
+    pub fn value(&self) -> String {
+        let mut v = format!("max-age={}", self.max_age_s);
+        if self.include_subdomains {
+            v.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            v.push_str("; preload");
+        }
+        v
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        within(&format!("{at}.max_age_s"), self.max_age_s, 0, 63_072_000)?;
+        if self.preload && (!self.include_subdomains || self.max_age_s < 31_536_000) {
+            return Err(ConfigError::new(
+                format!("{at}.preload"),
+                "preload needs include_subdomains and a max_age_s of a year (31536000) or more",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TlsSettings {
@@ -254,6 +297,7 @@ impl Default for TlsSettings {
             handshake_timeout_ms: 10_000,
             ticket_rotation_s: 3_600,
             session_tickets: true,
+            hsts: None,
         }
     }
 }
@@ -301,6 +345,10 @@ pub struct Route {
     #[serde(default = "root")]
     pub path_prefix: String,
     pub action: Action,
+    /// `Strict-Transport-Security` for this route's HTTPS responses (else
+    /// `tls.hsts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
 }
 
 fn root() -> String {
@@ -388,6 +436,9 @@ impl Config {
             1,
             MAX_TICKET_ROTATION_S,
         )?;
+        if let Some(h) = &self.tls.hsts {
+            h.validate("tls.hsts")?;
+        }
         within(
             "client.header_timeout_ms",
             self.client.header_timeout_ms,
@@ -524,6 +575,9 @@ impl Config {
                     at("path_prefix"),
                     "must not contain '?' or '#'",
                 ));
+            }
+            if let Some(h) = &r.hsts {
+                h.validate(&at("hsts"))?;
             }
             let canonical = crate::router::routing_path(&r.path_prefix);
             if canonical != r.path_prefix.as_str() {

@@ -215,7 +215,7 @@ pub async fn handle(
 
 /// What routing chose: a route's action, or a pool from the host map.
 enum Chosen<'a> {
-    Action(&'a RouteAction),
+    Action(&'a snapshot::CompiledRoute),
     HostMap(usize),
 }
 
@@ -263,30 +263,65 @@ async fn respond(
             None => router.route_inexact(&host, path).map(Chosen::Action),
         },
     };
-    let action = match chosen {
-        None => {
-            return plain(
-                StatusCode::NOT_FOUND,
-                "404 Not Found: no route for this host and path\n",
-            )
-        }
+    let hsts = match chosen {
+        Some(Chosen::Action(route)) => route.hsts.as_ref(),
+        _ => None,
+    }
+    .or(view.snap.hsts.as_ref())
+    .filter(|_| conn.scheme == "https")
+    .cloned();
+    let mut response = match chosen {
+        None => plain(
+            StatusCode::NOT_FOUND,
+            "404 Not Found: no route for this host and path\n",
+        ),
         // Boxed: a proxied request's state is large, and would otherwise
         // make every request's future (which hyper keeps allocated for each
         // open connection) as large.
         Some(Chosen::HostMap(pool)) => {
-            return Box::pin(proxy_to(
+            Box::pin(proxy_to(
                 svc, view, pool, conn, authority, &host, req, record,
             ))
             .await
         }
-        Some(Chosen::Action(action)) => action,
+        Some(Chosen::Action(route)) => {
+            act(
+                svc,
+                view,
+                conn,
+                authority,
+                &host,
+                &route.action,
+                req,
+                record,
+            )
+            .await
+        }
     };
+    if let Some(v) = hsts {
+        response
+            .headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
+    response
+}
 
-    // 4. act
+/// 4. act: what the route's action makes of the request.
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    svc: &Services,
+    view: &CoreView,
+    conn: &ConnInfo,
+    authority: &str,
+    host: &str,
+    action: &RouteAction,
+    req: Request<Incoming>,
+    record: &mut AccessRecord,
+) -> Response<ResBody> {
     match action {
         RouteAction::Proxy(index) => {
             Box::pin(proxy_to(
-                svc, view, *index, conn, authority, &host, req, record,
+                svc, view, *index, conn, authority, host, req, record,
             ))
             .await
         }
