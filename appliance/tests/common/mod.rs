@@ -82,10 +82,33 @@ impl Pki {
     }
 
     pub fn leaf(&self, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_with(file, names, |_| {})
+    }
+
+    /// A leaf valid from yesterday for 90 days, as an ACME CA issues them.
+    pub fn leaf_90_days(&self, file: &str, names: &[&str]) -> Leaf {
+        self.leaf_with(file, names, |p| {
+            let now = rcgen::date_time_ymd(1970, 1, 1)
+                + std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+            let day = Duration::from_secs(86_400);
+            p.not_before = now - day;
+            p.not_after = now + 90 * day;
+        })
+    }
+
+    fn leaf_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Leaf {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        tweak(&mut params);
         let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         let leaf = Leaf {
