@@ -100,4 +100,42 @@ fn testssl_finds_no_weak_protocol_cipher_or_vulnerability() {
             offered(old)
         );
     }
+    // A certificate uploaded through the API (and one refused) leaves no
+    // key or certificate bytes in the log.
+    let other = pki.leaf("other", &["other.test"]);
+    let body = other.upload();
+    eb.api(
+        "PUT",
+        "/v1/certificates/other",
+        Some(&body.to_string()),
+        &[],
+    )
+    .expect(201);
+    let mut broken = body.clone();
+    broken["key"] = json!(std::fs::read_to_string(&leaf.key).unwrap());
+    eb.api(
+        "PUT",
+        "/v1/certificates/broken",
+        Some(&broken.to_string()),
+        &[],
+    )
+    .expect(422);
+    let key_line = |pem: &str| pem.lines().nth(1).unwrap().to_owned();
+    let secrets = [
+        key_line(body["key"].as_str().unwrap()),
+        key_line(body["cert"].as_str().unwrap()),
+        key_line(&std::fs::read_to_string(&leaf.key).unwrap()),
+    ];
+    for line in eb.logs() {
+        assert!(
+            !line.contains("PRIVATE KEY") && !line.contains("BEGIN CERTIFICATE"),
+            "{line}"
+        );
+        for s in &secrets {
+            assert!(
+                !line.contains(s.as_str()),
+                "key or certificate bytes logged: {line}"
+            );
+        }
+    }
 }
