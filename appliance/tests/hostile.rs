@@ -680,3 +680,89 @@ fn hsts_is_sent_on_https_only_by_route_or_by_default() {
     assert_eq!(bad.status, 422, "{}", bad.body);
     assert!(bad.body.contains("routes[0].hsts.preload"), "{}", bad.body);
 }
+
+/// The p50 and p99 of `n` requests for `/` on new connections, and how many
+/// failed.
+fn latencies(shop: &Shop, n: usize) -> (Duration, Duration, usize) {
+    let mut times = Vec::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        let reply = get(shop, "/", "shop.test");
+        times.push(t.elapsed());
+        if !reply.starts_with("HTTP/1.1 200") {
+            failed += 1;
+        }
+    }
+    times.sort();
+    (times[n / 2], times[n * 99 / 100], failed)
+}
+
+#[test]
+fn two_thousand_slowloris_connections_do_not_stop_normal_clients() {
+    let shop = Shop::start(&[closed_port()], 1, |c| {
+        c["client"] = json!({"header_timeout_ms": 3000});
+        c["routes"] = json!([{"action": {"respond": {"status": 200, "body": "ok\n"}}}]);
+    });
+    let addr = shop.eb.addr("http");
+    let (base50, base99, _) = latencies(&shop, 200);
+    // 2 000 connections that send half a head and then a byte a second.
+    let started = std::time::Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..2000)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: shop.test\r\nX-Slow: ")
+                .unwrap();
+            s
+        })
+        .collect();
+    let opened = started.elapsed();
+    let (p50, p99, failed) = latencies(&shop, 200);
+    for s in &mut slow {
+        let _ = s.write_all(b"a");
+    }
+    println!(
+        "2000 slowloris connections opened in {:.2} s; 200 normal requests meanwhile: p50 {:.2} ms, p99 {:.2} ms, {failed} failed (before: p50 {:.2} ms, p99 {:.2} ms)",
+        opened.as_secs_f64(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        base50.as_secs_f64() * 1e3,
+        base99.as_secs_f64() * 1e3,
+    );
+    assert_eq!(failed, 0);
+    // The header timeout ends them, trickle or not (timed from the
+    // connection's start).
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    }
+    let mut closed = 0;
+    for s in &mut slow {
+        let mut buf = [0u8; 512];
+        // A 408 or nothing, then the end (a read timeout is no end).
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break closed += 1,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(_) => break closed += 1,
+            }
+        }
+    }
+    let took = started.elapsed();
+    println!(
+        "all 2000 closed by the server {:.1} s after they opened (header_timeout_ms 3000)",
+        took.as_secs_f64()
+    );
+    assert_eq!(closed, 2000);
+    assert!(
+        took < Duration::from_secs(12),
+        "not cut by the header timeout: {took:?}"
+    );
+}
