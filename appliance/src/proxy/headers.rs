@@ -43,6 +43,24 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     (wants && websocket).then(|| HeaderValue::from_static("websocket"))
 }
 
+/// Joins split `cookie` fields into one, as an HTTP/1.1 backend needs it
+/// (RFC 9113, 8.2.3: HTTP/2 clients may send one field per cookie; RFC 6265
+/// allows one `Cookie` header).
+pub fn merge_cookies(headers: &mut HeaderMap) {
+    let mut all = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (all.next(), all.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
 /// Removes hop-by-hop headers, then restores the upgrade pair if `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     let named: Vec<HeaderName> = tokens(headers, &header::CONNECTION)
@@ -247,6 +265,17 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(requested_upgrade(&map(&[("upgrade", "websocket")])), None);
+    }
+
+    #[test]
+    fn split_cookies_are_joined_and_one_is_left_alone() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        merge_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+        let mut one = map(&[("cookie", "a=1; b=2")]);
+        merge_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1; b=2");
     }
 
     #[test]

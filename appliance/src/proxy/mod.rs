@@ -581,6 +581,7 @@ fn backend_head(
     origin: headers::Origin<'_>,
 ) {
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::merge_cookies(&mut parts.headers);
     headers::add_forwarded(&mut parts.headers, origin);
     // The authority the request was routed by, whatever Host said: an
     // absolute-form URI's authority replaces Host (RFC 9112, 3.2.2), and a
