@@ -1,16 +1,22 @@
-//! Each core's open blobs: memory-mapped, verified once, shared as `Bytes`.
+//! Each core's open blobs: read (up to 256 KiB) or memory-mapped, verified
+//! once, shared as `Bytes`.
 #![allow(unsafe_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 
 use bytes::Bytes;
 use edgebox_storage::{Blobs, Hash};
 
 /// Mapped bytes kept per core before the least recently used are dropped.
 const BUDGET: u64 = 512 << 20;
+
+/// Blobs up to this size are read into memory rather than mapped: a
+/// mapping of a file that something truncates raises SIGBUS when touched,
+/// and a copy cannot. Most of a site's files are this small.
+const READ_UP_TO: u64 = 256 << 10;
 
 /// Why a blob cannot be served.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +103,14 @@ impl BlobCache {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        if len <= READ_UP_TO {
+            let mut bytes = Vec::with_capacity(len as usize);
+            (&file)
+                .take(READ_UP_TO + 1)
+                .read_to_end(&mut bytes)
+                .map_err(io_err)?;
+            return Ok(Bytes::from(bytes));
+        }
         // SAFETY: blob files are immutable: the store writes a blob once under
         // a temporary name and renames it into place, and never writes to a
         // blob file again (removal and quarantine unlink or rename it, which
@@ -129,6 +143,32 @@ impl BlobCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_small_blob_truncated_after_it_was_served_is_still_served_whole() {
+        // Mapped, the truncation would make the next touch of its bytes a
+        // SIGBUS that kills the process (this test's too).
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let content = vec![7u8; 100_000];
+        let h = blobs.put(&content).unwrap();
+        let cache = BlobCache::new(blobs.clone());
+        let first = cache.get(&h).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(blobs.path(&h), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(blobs.path(&h))
+            .unwrap();
+        f.set_len(10).unwrap();
+        assert_eq!(first.iter().map(|&b| u64::from(b)).sum::<u64>(), 700_000);
+        assert_eq!(cache.get(&h).unwrap(), content);
+        // Another core, meeting it truncated, refuses it.
+        assert!(matches!(
+            BlobCache::new(blobs).get(&h),
+            Err(BlobError::Corrupt(_))
+        ));
+    }
 
     #[test]
     fn serves_verified_bytes_and_refuses_corrupt_ones() {
