@@ -129,3 +129,43 @@ fn split_cookie_fields_reach_an_http1_backend_as_one() {
     let seen: Value = serde_json::from_str(end["body"].as_str().unwrap()).unwrap_or(json!({}));
     assert_eq!(seen["headers"]["cookie"], "a=1; b=2", "{end}");
 }
+
+#[test]
+fn a_zero_window_client_holds_only_a_bounded_buffer_and_is_given_up_as_idle() {
+    let a = Backend::start("a");
+    let shop = Shop::start(&[a.addr], 1, |c| {
+        c["client"] = json!({"idle_timeout_ms": 2000});
+    });
+    let pid = shop.eb.pid();
+    let (_, before) = usage(pid);
+    let started = std::time::Instant::now();
+    let end = attack(&shop, "zero_window", 15.0);
+    let took = started.elapsed();
+    let (_, after) = usage(pid);
+    println!(
+        "zero window on a streamed response: ended {} after {:.1} s (idle_timeout_ms 2000); resident {:.1} → {:.1} MiB",
+        end["how"],
+        took.as_secs_f64(),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0
+    );
+    assert_eq!(
+        end["responses"], 1,
+        "its response began (head only: no window for DATA): {end}"
+    );
+    assert_ne!(end["how"], "open", "the stalled connection was kept: {end}");
+    assert!(
+        after < before + (32 << 20),
+        "it buffered the response: {before} → {after}"
+    );
+    let ok = shop.curl(&[
+        "--http2",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &shop.url("/"),
+    ]);
+    assert_eq!(ok.stdout, "200");
+}

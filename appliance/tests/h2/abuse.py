@@ -18,6 +18,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame
 
 host, port, scenario, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
@@ -158,6 +159,16 @@ try:
         stop = time.monotonic() + min(seconds, 2)
         while time.monotonic() < stop and pump():
             pass
+    elif scenario == "zero_window":
+        # A window of 0: the server may send no DATA, so a large response
+        # must wait (bounded) until the connection is given up as idle.
+        conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, REQUEST[:3] + [(":path", "/stream?chunks=200000&ms=0")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        sent = 1
+        while time.monotonic() < deadline and pump():
+            time.sleep(0.05)
     elif scenario == "cookies":
         # Two cookie fields, as HTTP/2 clients split them (RFC 9113, 8.2.3).
         sid = conn.get_next_available_stream_id()
