@@ -30,6 +30,15 @@ fn usage(pid: i32) -> (f64, u64) {
     (ticks / 100.0, rss_kb * 1024)
 }
 
+/// The status a normal HTTP/2 client (curl) gets for `/`.
+fn normal_client(shop: &Shop) -> String {
+    let args = ["--http2", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    let url = shop.url("/");
+    let mut all = args.to_vec();
+    all.push(&url);
+    shop.curl(&all).stdout
+}
+
 fn attack(shop: &Shop, scenario: &str, seconds: f64) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/abuse.py");
     let port = shop.eb.addr("https").port();
@@ -83,17 +92,7 @@ fn http2_floods_are_bounded_and_bad_requests_refused() {
             rss < rss_start + (64 << 20),
             "{scenario}: memory grew from {rss_start} to {rss}"
         );
-        // A normal client is served after it.
-        let ok = shop.curl(&[
-            "--http2",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &shop.url("/"),
-        ]);
-        assert_eq!(ok.stdout, "200", "after {scenario}");
+        assert_eq!(normal_client(&shop), "200", "after {scenario}");
         if matches!(
             scenario,
             "rapid_reset" | "continuation_flood" | "empty_data_flood"
@@ -158,14 +157,5 @@ fn a_zero_window_client_holds_only_a_bounded_buffer_and_is_given_up_as_idle() {
         after < before + (32 << 20),
         "it buffered the response: {before} → {after}"
     );
-    let ok = shop.curl(&[
-        "--http2",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &shop.url("/"),
-    ]);
-    assert_eq!(ok.stdout, "200");
+    assert_eq!(normal_client(&shop), "200");
 }
