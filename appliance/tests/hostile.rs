@@ -25,12 +25,7 @@ fn send(shop: &Shop, raw: &[u8]) -> String {
     let mut text = String::from_utf8_lossy(&out).into_owned();
     match read {
         Ok(_) => {}
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
+        Err(e) if timed_out(&e) => {
             text.push_str("<the server did not close the connection within 10 s>");
         }
         Err(e) => text.push_str(&format!("<{e}>")),
@@ -188,28 +183,34 @@ fn a_malformed_chunked_body_is_the_clients_400_not_the_backends_502() {
     );
 }
 
-/// A connection to `addr` from `from`; whether the server closed it at once
-/// (it reads the end of the stream within `wait`).
-fn closed_at_once(from: std::net::IpAddr, addr: std::net::SocketAddr, wait: Duration) -> bool {
+/// A TCP connection to `addr` from the local address `from`.
+fn connect_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> std::net::TcpStream {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
         .bind(&std::net::SocketAddr::new(from, 0).into())
         .unwrap();
     socket.connect(&addr.into()).unwrap();
-    let mut s: std::net::TcpStream = socket.into();
+    socket.into()
+}
+
+/// A read that ran out of its timeout (the connection is still open).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// A connection to `addr` from `from`; whether the server closed it at once
+/// (it reads the end of the stream within `wait`).
+fn closed_at_once(from: std::net::IpAddr, addr: std::net::SocketAddr, wait: Duration) -> bool {
+    let mut s = connect_from(from, addr);
     s.set_read_timeout(Some(wait)).unwrap();
     match s.read(&mut [0u8; 1]) {
         Ok(0) => true,
         Ok(_) => false,
         // Nothing within `wait`: it is open.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            false
-        }
+        Err(e) if timed_out(&e) => false,
         Err(_) => true,
     }
 }
@@ -252,16 +253,7 @@ fn connections_over_the_caps_are_closed_as_they_come_and_counted() {
     let addr = shop.eb.addr("http");
     let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let other: std::net::IpAddr = "127.0.0.2".parse().unwrap();
-    let open = |from: std::net::IpAddr| {
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket
-            .bind(&std::net::SocketAddr::new(from, 0).into())
-            .unwrap();
-        socket.connect(&addr.into()).unwrap();
-        let s: std::net::TcpStream = socket.into();
-        s
-    };
+    let open = |from: std::net::IpAddr| connect_from(from, addr);
     // Three from one address are served; a fourth is closed at once.
     let mut held: Vec<_> = (0..3).map(|_| open(local)).collect();
     wait_open(&shop, 3);
@@ -413,15 +405,7 @@ fn silent_admin_connections_are_capped_per_address() {
     let shop = Shop::start(&[closed_port()], 1, |_| {});
     let admin = shop.eb.admin.unwrap();
     let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
-    let silent: Vec<_> = (0..8)
-        .map(|_| {
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.bind(&std::net::SocketAddr::new(local, 0).into()).unwrap();
-            s.connect(&admin.into()).unwrap();
-            std::net::TcpStream::from(s)
-        })
-        .collect();
+    let silent: Vec<_> = (0..8).map(|_| connect_from(local, admin)).collect();
     // Eight handshakes in progress from 127.0.0.1: a ninth from it is closed
     // at once, one from another address is not, and its request is served.
     wait_for("the ninth to be closed", || {
@@ -743,14 +727,7 @@ fn two_thousand_slowloris_connections_do_not_stop_normal_clients() {
             match s.read(&mut buf) {
                 Ok(0) => break closed += 1,
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break
-                }
+                Err(e) if timed_out(&e) => break,
                 Err(_) => break closed += 1,
             }
         }

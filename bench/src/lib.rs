@@ -8,6 +8,9 @@
 //! - `cargo run -p bench --release --bin hostmap` (`src/bin/hostmap.rs`):
 //!   a 1 000 000-entry host map imported, changed an entry at a time and
 //!   loaded again at a restart, with the times and the memory it takes.
+//! - `cargo run -p bench --release --bin replication`
+//!   (`src/bin/replication.rs`): two edgeboxes replicating on loopback:
+//!   propagation of a small publish, 1 GiB of blobs, client latency meanwhile.
 //! - `cargo bench -p bench --bench micro` (`benches/micro.rs`, criterion):
 //!   host → pod lookup in a 1 000 000-entry host map, route matching, BLAKE3
 //!   hashing and manifest lookup, each on the code the data plane runs.
@@ -21,6 +24,43 @@ pub mod report;
 pub mod runner;
 pub mod servers;
 pub mod tls_client;
+
+/// What a starting `edgebox serve` printed before `data: …`: its admin URL
+/// and its listeners' addresses by scheme.
+#[derive(Debug, Default)]
+pub struct Banner {
+    /// `https://IP:PORT`.
+    pub admin: Option<String>,
+    /// `(scheme, address)` per listener, in order.
+    pub listeners: Vec<(String, std::net::SocketAddr)>,
+}
+
+/// Reads `child`'s banner from its piped stdout, up to the `data:` line.
+pub fn read_banner(child: &mut std::process::Child) -> Result<Banner> {
+    use std::io::BufRead;
+    let out = child
+        .stdout
+        .take()
+        .context("edgebox's stdout is not piped")?;
+    let mut banner = Banner::default();
+    for line in std::io::BufReader::new(out).lines() {
+        let line = line?;
+        if let Some(rest) = line.strip_prefix("admin: https://") {
+            banner.admin = rest.split('/').next().map(|a| format!("https://{a}"));
+        }
+        if let Some(rest) = line.strip_prefix("listening: ") {
+            if let Some((scheme, rest)) = rest.split_once("://") {
+                if let Some(addr) = rest.split('/').next().and_then(|a| a.parse().ok()) {
+                    banner.listeners.push((scheme.to_owned(), addr));
+                }
+            }
+        }
+        if line.starts_with("data: ") {
+            return Ok(banner);
+        }
+    }
+    bail!("edgebox ended before it served")
+}
 
 use std::path::PathBuf;
 

@@ -587,8 +587,15 @@ fn backend_head(
     // absolute-form URI's authority replaces Host (RFC 9112, 3.2.2), and a
     // backend doing its own virtual hosting must see the host edgebox
     // routed, not another.
-    if let Ok(v) = HeaderValue::from_str(origin.host) {
-        parts.headers.insert(header::HOST, v);
+    // (The usual request's Host is that authority already, and is kept.)
+    let same = parts
+        .headers
+        .get(header::HOST)
+        .is_some_and(|h| h.as_bytes() == origin.host.as_bytes());
+    if !same {
+        if let Ok(v) = HeaderValue::from_str(origin.host) {
+            parts.headers.insert(header::HOST, v);
+        }
     }
     parts.uri = match parts.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),

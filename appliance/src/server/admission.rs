@@ -61,6 +61,7 @@ impl PerAddress {
     }
 
     /// Addresses with a connection open here.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.0.borrow().len()
     }

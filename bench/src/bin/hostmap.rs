@@ -13,7 +13,7 @@
 //! Lookups are measured by `cargo bench -p bench --bench micro --
 //! host_to_pod` (criterion), on the same code.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,18 +59,9 @@ impl Edgebox {
             .stderr(Stdio::null())
             .spawn()
             .context("starting edgebox")?;
-        let out = child.stdout.take().context("no stdout")?;
-        let mut admin = None;
-        for line in BufReader::new(out).lines() {
-            let line = line?;
-            if let Some(rest) = line.strip_prefix("admin: https://") {
-                admin = rest.split('/').next().map(|a| format!("https://{a}"));
-            }
-            if line.starts_with("data: ") {
-                break;
-            }
-        }
-        let admin = admin.context("edgebox printed no admin address")?;
+        let admin = bench::read_banner(&mut child)?
+            .admin
+            .context("edgebox printed no admin address")?;
         Ok((Self { child, admin }, started.elapsed()))
     }
 

@@ -13,7 +13,7 @@
 //! Every scenario starts a fresh pair. All three processes share this
 //! machine's cores; nothing is pinned.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -64,23 +64,15 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .context("starting edgebox")?;
-        let out = child.stdout.take().context("no stdout")?;
-        let (mut admin, mut http) = (None, None);
-        for line in BufReader::new(out).lines() {
-            let line = line?;
-            if let Some(rest) = line.strip_prefix("admin: https://") {
-                admin = rest.split('/').next().map(|a| format!("https://{a}"));
-            }
-            if let Some(rest) = line.strip_prefix("listening: http://") {
-                http = rest.split('/').next().and_then(|a| a.parse().ok());
-            }
-            if line.starts_with("data: ") {
-                break;
-            }
-        }
+        let banner = bench::read_banner(&mut child)?;
+        let http = banner
+            .listeners
+            .iter()
+            .find(|(scheme, _)| scheme == "http")
+            .map(|(_, a)| *a);
         Ok(Self {
             child,
-            admin: admin.context("edgebox printed no admin address")?,
+            admin: banner.admin.context("edgebox printed no admin address")?,
             http: http.context("edgebox printed no HTTP listener")?,
         })
     }
