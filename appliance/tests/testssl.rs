@@ -26,15 +26,9 @@ const ALLOWED: &[(&str, &str)] = &[
     ("DNS_CAArecord", "the test name has no DNS"),
 ];
 
-#[test]
-fn testssl_finds_no_weak_protocol_cipher_or_vulnerability() {
-    let pki = Pki::new();
-    let leaf = pki.leaf_90_days("shop", &["localhost"]);
-    let mut cfg = config(&[&leaf], json!([]), json!([{"action": "welcome"}]));
-    cfg["tls"]["hsts"] = json!({"max_age_s": 31536000});
-    let eb = Edgebox::start(&cfg, 1);
-    let port = eb.addr("https").port();
-    let report = eb.dir().join("testssl.json");
+/// One testssl.sh scan of `localhost:port`: its JSON report.
+fn scan(eb: &Edgebox, pki: &Pki, port: u16, n: u32) -> Value {
+    let report = eb.dir().join(format!("testssl-{n}.json"));
     let out = std::process::Command::new("testssl")
         .args(["--quiet", "--color", "0", "--warnings", "off", "--add-ca"])
         .arg(&pki.ca_pem)
@@ -46,14 +40,45 @@ fn testssl_finds_no_weak_protocol_cipher_or_vulnerability() {
         .arg(format!("localhost:{port}"))
         .output()
         .expect("testssl must be installed (the test command installs testssl.sh)");
-    let findings: Value = serde_json::from_slice(&std::fs::read(&report).unwrap_or_else(|e| {
+    let bytes = std::fs::read(&report).unwrap_or_else(|e| {
         panic!(
             "no report ({e}): {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         )
-    }))
-    .unwrap();
+    });
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The checks a report says it could not finish.
+fn warnings(findings: &Value) -> Vec<String> {
+    findings["scanResult"][0]
+        .as_object()
+        .into_iter()
+        .flat_map(|r| r.values())
+        .flat_map(|section| section.as_array().into_iter().flatten())
+        .filter(|f| f["severity"] == "WARN")
+        .map(|f| format!("{}: {}", f["id"], f["finding"]))
+        .collect()
+}
+
+#[test]
+fn testssl_finds_no_weak_protocol_cipher_or_vulnerability() {
+    let pki = Pki::new();
+    let leaf = pki.leaf_90_days("shop", &["localhost"]);
+    let mut cfg = config(&[&leaf], json!([]), json!([{"action": "welcome"}]));
+    cfg["tls"]["hsts"] = json!({"max_age_s": 31536000});
+    let eb = Edgebox::start(&cfg, 1);
+    let port = eb.addr("https").port();
+    // A WARN is a check testssl could not finish (a connection of its own
+    // failed, as under a loaded machine), not a finding: the scan is made
+    // once more, at most.
+    let mut findings = scan(&eb, &pki, port, 1);
+    let unfinished = warnings(&findings);
+    if !unfinished.is_empty() {
+        println!("testssl could not finish {unfinished:?}; scanning again");
+        findings = scan(&eb, &pki, port, 2);
+    }
     let result = &findings["scanResult"][0];
     let mut counted = std::collections::BTreeMap::<String, usize>::new();
     let mut bad = Vec::new();
