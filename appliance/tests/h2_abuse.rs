@@ -73,6 +73,7 @@ fn http2_floods_are_bounded_and_bad_requests_refused() {
         "continuation_flood",
         "ping_flood",
         "settings_flood",
+        "priority_flood",
         "empty_data_flood",
     ] {
         let (cpu0, _) = usage(pid);
@@ -93,13 +94,20 @@ fn http2_floods_are_bounded_and_bad_requests_refused() {
             "{scenario}: memory grew from {rss_start} to {rss}"
         );
         assert_eq!(normal_client(&shop), "200", "after {scenario}");
-        if matches!(
-            scenario,
-            "rapid_reset" | "continuation_flood" | "empty_data_flood"
-        ) {
-            assert_ne!(end["how"], "open", "{scenario} was not cut off: {end}");
-        }
+        assert_ne!(end["how"], "open", "{scenario} was not cut off: {end}");
     }
+    // PING, SETTINGS and PRIORITY spent the frame budget (h2 itself ends
+    // the rapid resets, the CONTINUATION and the empty DATA sooner).
+    let metrics = shop.eb.api("GET", "/metrics", None, &[]).expect(200).body;
+    assert!(
+        metrics.lines().any(|l| l == "edgebox_http2_floods_total 3"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("http2"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // Duplicate or missing pseudo-headers, a connection-specific header, a
     // response pseudo-header, a pseudo-header after a regular one, an empty
     // :path, an uppercase name: each on a connection of its own.

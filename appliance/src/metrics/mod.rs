@@ -260,6 +260,7 @@ pub struct CoreStats {
     handshakes_full: AtomicU64,
     handshakes_resumed: AtomicU64,
     handshake_failures: AtomicU64,
+    http2_floods: AtomicU64,
     backends: Mutex<Vec<(BackendKey, Arc<BackendCounters>)>>,
     pools: Mutex<Vec<(Arc<str>, Arc<PoolCounters>)>>,
 }
@@ -301,6 +302,11 @@ impl CoreStats {
 
     pub fn handshake_failed(&self) {
         bump(&self.handshake_failures, 1);
+    }
+
+    /// An HTTP/2 connection closed for spending its frame budget.
+    pub fn http2_flood(&self) {
+        bump(&self.http2_floods, 1);
     }
 
     /// Registers the counters of a (pool, backend) pair; the core keeps the
@@ -351,6 +357,7 @@ impl CoreStats {
             handshakes_full: read(&self.handshakes_full),
             handshakes_resumed: read(&self.handshakes_resumed),
             handshake_failures: read(&self.handshake_failures),
+            http2_floods: read(&self.http2_floods),
             backends: backends
                 .iter()
                 .map(|(k, c)| (k.clone(), c.snapshot()))
@@ -376,6 +383,8 @@ pub struct CoreValues {
     pub handshakes_full: u64,
     pub handshakes_resumed: u64,
     pub handshake_failures: u64,
+    /// HTTP/2 connections closed for spending their frame budget.
+    pub http2_floods: u64,
     pub backends: Vec<(BackendKey, BackendValues)>,
     pub pools: Vec<(Arc<str>, PoolValues)>,
 }

@@ -132,6 +132,14 @@ pub fn render_prometheus(
     );
     let failed: u64 = cores.iter().map(|c| c.handshake_failures).sum();
     let _ = writeln!(o, "edgebox_tls_handshake_failures_total {failed}");
+    family(
+        o,
+        "edgebox_http2_floods_total",
+        "counter",
+        "HTTP/2 connections closed for sending too many frames of no use (PING, SETTINGS, PRIORITY, RST_STREAM, empty or unknown frames).",
+    );
+    let floods: u64 = cores.iter().map(|c| c.http2_floods).sum();
+    let _ = writeln!(o, "edgebox_http2_floods_total {floods}");
 
     let mut all_backends: BTreeMap<&BackendKey, BackendValues> = BTreeMap::new();
     let mut pools: BTreeMap<&str, PoolValues> = BTreeMap::new();

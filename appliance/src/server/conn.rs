@@ -1,5 +1,6 @@
 //! One client connection: TLS handshake, HTTP/1.1 or HTTP/2, graceful close.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 
 use super::core::Core;
+use super::frame_budget::Budgeted;
 use crate::config::Protocol;
 use crate::proxy::tunnel::{self, Prefixed};
 use crate::proxy::{self, ConnInfo};
@@ -151,14 +153,20 @@ pub async fn serve(
             let info = Rc::new(info);
             let svc = service(core.clone(), Rc::clone(&info));
             if h2 {
+                let flood = Rc::new(Cell::new(None));
+                let io = Budgeted::new(tls, Rc::clone(&flood));
                 let conn = Box::pin(
                     http2::Builder::new(LocalExec)
                         .timer(CoreTimer)
                         .max_header_list_size(MAX_HEAD as u32)
-                        .serve_connection(HyperIo::new(tls), svc),
+                        .serve_connection(HyperIo::new(io), svc),
                 );
                 let mut conn = CountPolls::new(conn, polls);
                 watch.drive(Pin::new(&mut conn)).await;
+                if let Some(flood) = flood.get() {
+                    core.stats.http2_flood();
+                    tracing::info!(client = %info.client, "closed an HTTP/2 connection: {flood}");
+                }
             } else {
                 let conn =
                     http1_builder(limits.header_timeout).serve_connection(HyperIo::new(tls), svc);

@@ -9,6 +9,7 @@
 mod admission;
 pub mod conn;
 pub mod core;
+pub mod frame_budget;
 pub mod listeners;
 
 use std::path::{Path, PathBuf};

@@ -19,7 +19,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, SettingsFrame
+from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, PriorityFrame, SettingsFrame
 
 host, port, scenario, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 scenario, _, scenario_arg = scenario.partition(":")
@@ -115,7 +115,7 @@ try:
             sent += 1
             if sent % 20 == 0 and not pump():
                 break
-    elif scenario in ("ping_flood", "settings_flood", "empty_data_flood"):
+    elif scenario in ("ping_flood", "settings_flood", "priority_flood", "empty_data_flood"):
         # Frames that cost the server an answer or a wake-up, none the client.
         sid = None
         if scenario == "empty_data_flood":
@@ -129,6 +129,9 @@ try:
                 frame = PingFrame(0, opaque_data=sent.to_bytes(8, "big"))
             elif scenario == "settings_flood":
                 frame = SettingsFrame(0, settings={SettingsFrame.MAX_CONCURRENT_STREAMS: 100})
+            elif scenario == "priority_flood":
+                # For streams never opened: allowed, and of no use.
+                frame = PriorityFrame(2 * (sent % 1000) + 101, depends_on=0, stream_weight=16)
             else:
                 frame = DataFrame(sid, data=b"")
             # Not read: the answers pile up on the server's side, if anywhere.
@@ -138,7 +141,7 @@ try:
                 end["how"] = "closed"
                 break
             sent += 1
-            if sent % 1000 == 0 and not pump():
+            if sent % 100 == 0 and not pump():
                 break
     elif scenario == "bad_pseudo_headers":
         # Each on its own stream: the server must refuse it (a stream error
