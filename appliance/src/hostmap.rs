@@ -274,6 +274,12 @@ impl Importer {
             line: self.line,
             reason,
         };
+        // Also checked here, not only on a partial line in `push`, so that
+        // whether a long line is taken does not depend on how the stream was
+        // cut (found by fuzz/, hostmap_import).
+        if bytes.len() > MAX_LINE {
+            return Err(fail(format!("line longer than {MAX_LINE} bytes")));
+        }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
@@ -378,6 +384,13 @@ mod tests {
         assert_eq!(twice.line, 2);
         assert!(twice.reason.contains("twice"));
         assert_eq!(bad(&vec![b'x'; MAX_LINE + 10]).line, 1);
+        // A valid entry padded past the limit, whole or cut short of its end.
+        let mut long = b"{\"host\":\"a.test\",".to_vec();
+        long.resize(MAX_LINE + 1 - 11, b' ');
+        long.extend_from_slice(b"\"pool\":\"p\"}\n");
+        assert_eq!(long.len(), MAX_LINE + 2);
+        assert_eq!(bad(&long).line, 1);
+        assert_eq!(import(&[&long[..4000], &long[4000..]]).unwrap_err().line, 1);
     }
 
     #[test]

@@ -70,6 +70,13 @@ fn an_encoded_path_cannot_get_past_a_route_meant_to_stop_it() {
         let reply = get(&shop, sneaky, "shop.test");
         assert!(reply.starts_with("HTTP/1.1 403"), "{sneaky}: {reply}");
     }
+    // A % that does not begin an escape: routed, it would be /%6admin; a
+    // backend decoding twice would read /jdmin (found by fuzz/).
+    for malformed in ["/%6%61dmin", "/%%361dmin", "/50%", "/%zz/admin"] {
+        let reply = get(&shop, malformed, "shop.test");
+        assert!(reply.starts_with("HTTP/1.1 400"), "{malformed}: {reply}");
+        assert!(reply.contains("connection: close"), "{malformed}: {reply}");
+    }
     assert_eq!(a.hits.load(Ordering::SeqCst), 0, "none reached the backend");
     // What is not under /admin goes on, as the client wrote it.
     let reply = get(&shop, "/administrator/%61;x", "shop.test");

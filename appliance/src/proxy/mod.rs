@@ -213,6 +213,14 @@ pub async fn handle(
     response.map(|body| Logged::new(body, record))
 }
 
+/// A 400 after which nothing more is read from the connection.
+fn refused_and_closed(message: &'static str) -> Response<ResBody> {
+    let mut r = plain(StatusCode::BAD_REQUEST, message);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// What routing chose: a route's action, or a pool from the host map.
 enum Chosen<'a> {
     Action(&'a snapshot::CompiledRoute),
@@ -236,13 +244,7 @@ async fn respond(
     let Some(host) = authority.as_deref().and_then(normalize_host) else {
         // A request with no clear target: nothing more is read from this
         // connection.
-        let mut r = plain(
-            StatusCode::BAD_REQUEST,
-            "400 Bad Request: missing or invalid Host\n",
-        );
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
+        return refused_and_closed("400 Bad Request: missing or invalid Host\n");
     };
     let authority = authority.as_deref().unwrap_or_default();
     record.host = host.clone().into_owned();
@@ -256,6 +258,12 @@ async fn respond(
     // catch-all routes.
     let router = &view.snap.router;
     let path = req.uri().path();
+    if !crate::router::valid_escapes(path) {
+        // Routing and the backend could read such a path differently.
+        return refused_and_closed(
+            "400 Bad Request: a % in the path not followed by two hex digits\n",
+        );
+    }
     let chosen = match router.route_exact(&host, path) {
         Some(found) => found.map(Chosen::Action),
         None => match view.snap.hostmap.get(&host) {

@@ -230,6 +230,7 @@ pub fn routing_path(path: &str) -> Cow<'_, str> {
         if c == b'%' {
             let decoded = path
                 .get(i + 1..i + 3)
+                .filter(|hex| hex.bytes().all(|h| h.is_ascii_hexdigit()))
                 .and_then(|hex| u8::from_str_radix(hex, 16).ok())
                 .filter(|d| d.is_ascii_alphanumeric() || b"-._~/".contains(d));
             if let Some(d) = decoded {
@@ -266,6 +267,21 @@ pub fn routing_path(path: &str) -> Cow<'_, str> {
     }
 }
 
+/// Whether every `%` in `path` begins an escape: `%` and two hex digits
+/// (RFC 3986, 2.1). A request whose path has another is refused with 400, as
+/// NGINX does: `/%6%61dmin` would be routed as `/%6admin` and read as
+/// `/jdmin` by a backend that decodes twice. With only valid escapes,
+/// [`routing_path`] is idempotent.
+pub fn valid_escapes(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    })
+}
+
 /// Decodes `%XX` escapes; `None` for a bad escape or a non-UTF-8 result.
 pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
@@ -277,6 +293,9 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = s.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
