@@ -25,6 +25,7 @@ pub mod control;
 pub mod ctl;
 pub mod discovery;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod hostmap;
 pub mod init;
 pub mod limits;

@@ -300,23 +300,21 @@ pub(super) async fn read_json<T: DeserializeOwned>(
 ) -> Result<(HeaderMap, T)> {
     let (parts, body) = req.into_parts();
     let bytes = read_body(body, MAX_JSON).await?;
-    let de = &mut serde_json::Deserializer::from_slice(&bytes);
-    match serde_path_to_error::deserialize(de) {
-        Ok(v) => Ok((parts.headers, v)),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            match inner.classify() {
-                serde_json::error::Category::Data => {
-                    Err(ApiError::invalid(path, inner.to_string()))
-                }
-                _ => Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("malformed JSON: {inner}"),
-                )),
-            }
+    Ok((parts.headers, decode_json(&bytes)?))
+}
+
+/// A body as JSON of type `T`: 400 when not JSON, 422 (with the field) when
+/// JSON of the wrong shape.
+pub(super) fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => ApiError::invalid(path, inner.to_string()),
+            _ => ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {inner}")),
         }
-    }
+    })
 }
 
 async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes> {
@@ -465,7 +463,7 @@ fn certificates(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CertUpload {
+pub(super) struct CertUpload {
     /// PEM chain, leaf first.
     cert: String,
     /// PEM private key.
@@ -592,7 +590,7 @@ async fn import_hostmap(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PoolRef {
+pub(super) struct PoolRef {
     pool: String,
 }
 

@@ -141,13 +141,13 @@ pub fn sites(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Publish {
+pub(super) struct Publish {
     manifest: Hash,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Rollback {
+pub(super) struct Rollback {
     generation: u64,
 }
 

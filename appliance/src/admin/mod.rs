@@ -323,3 +323,57 @@ async fn handle(
     tracing::debug!(%method, path, status = response.status().as_u16(), "admin request");
     response
 }
+
+/// For `fuzz/`: decodes `body` as the JSON body of one admin endpoint
+/// (`kind` picks which) the way its handler does, and checks what the
+/// handler checks without IO. A body is either taken or refused with 400 or
+/// 422; this never panics.
+pub fn fuzz_body(kind: u8, body: &[u8]) -> Result<(), ApiError> {
+    use crate::config::{Backend, Config, Listener, Pool, Route};
+    use std::path::Path;
+    // The embedded default, with a pool for routes and backends to name.
+    let mut config = crate::config::embedded_default(Path::new("c.pem"), Path::new("k.pem"));
+    config.pools.push(
+        serde_json::from_str(r#"{"name": "app", "backends": [{"address": "127.0.0.1:3000"}]}"#)
+            .expect("a valid pool"),
+    );
+    let validate = |c: &Config| {
+        c.validate()
+            .map_err(|e| ApiError::invalid(e.path, e.reason))
+    };
+    let decoded = match kind % 10 {
+        0 => validate(&api::decode_json::<Config>(body)?),
+        1 => {
+            config.listeners = api::decode_json::<Vec<Listener>>(body)?;
+            validate(&config)
+        }
+        2 => {
+            config.routes = api::decode_json::<Vec<Route>>(body)?;
+            validate(&config)
+        }
+        3 => {
+            config.pools.push(api::decode_json::<Pool>(body)?);
+            validate(&config)
+        }
+        4 => {
+            let backend = api::decode_json::<Backend>(body)?;
+            if let Some(pool) = config.pools.first_mut() {
+                pool.backends.push(backend);
+            }
+            validate(&config)
+        }
+        5 => api::decode_json::<api::CertUpload>(body).map(drop),
+        6 => api::decode_json::<api::PoolRef>(body).map(drop),
+        7 => api::decode_json::<content::Publish>(body).map(drop),
+        8 => api::decode_json::<content::Rollback>(body).map(drop),
+        _ => api::decode_json::<pools::BackendPatch>(body).map(drop),
+    };
+    if let Err(e) = &decoded {
+        assert!(
+            matches!(e.status.as_u16(), 400 | 422),
+            "a bad body must be refused with 400 or 422, not {}",
+            e.status
+        );
+    }
+    decoded
+}

@@ -340,7 +340,7 @@ pub(super) fn health_rows(snap: &Snapshot) -> Vec<BackendHealth> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BackendPatch {
+pub(super) struct BackendPatch {
     weight: Option<u32>,
     state: Option<BackendState>,
 }
