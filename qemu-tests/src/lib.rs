@@ -130,6 +130,18 @@ impl Appliance {
         how: Boot,
         addr: Ipv4Addr,
     ) -> Appliance {
+        Self::boot_sized(h, name, disk, how, addr, 512)
+    }
+
+    /// [`Appliance::boot_at`] with `memory_mib` of memory (512 otherwise).
+    pub fn boot_sized(
+        h: &mut Harness,
+        name: &str,
+        disk: &Path,
+        how: Boot,
+        addr: Ipv4Addr,
+        memory_mib: u32,
+    ) -> Appliance {
         let built = testing::shared_image().expect("the test image");
         let (ifname, mac) = h.net.tap().expect("a tap device");
         let serial = h.dir.join(format!("{name}.serial.log"));
@@ -138,7 +150,7 @@ impl Appliance {
             net: Net::Tap { ifname, mac },
             serial: Serial::File(serial.clone()),
             accel: Accel::Auto,
-            memory_mib: 512,
+            memory_mib,
             cpus: 1,
             snapshot: false,
             direct: match how {
@@ -202,6 +214,28 @@ impl Appliance {
         .unwrap_or_else(|e| panic!("{method} {path}: {e:#}"));
         let json = serde_json::from_slice(&reply).unwrap_or(serde_json::Value::Null);
         (status, json)
+    }
+
+    /// The admin API's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, text) = boot::https_request(
+            (self.addr, 9443).into(),
+            "GET",
+            "/metrics",
+            Some(testing::TOKEN),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("GET /metrics: {e:#}"));
+        assert_eq!(status, 200, "GET /metrics");
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    /// One value of [`Appliance::metrics`]: the sample named `series`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{text}"))
     }
 
     /// An HTTPS GET of the data plane; status and body.

@@ -39,6 +39,77 @@ fn boots_via_uefi_serves_https_on_its_address_and_refuses_a_wrong_token() {
     });
 }
 
+#[test]
+fn twenty_thousand_idle_tls_connections_on_one_appliance() {
+    run("idle", |h| {
+        const PER_CLIENT: usize = 10_000;
+        const CLIENTS: usize = 2;
+        let disk = h.disk("vm");
+        let addr = edgebox_image::testing::ADDRESS.into();
+        let mut vm = Appliance::boot_sized(h, "vm", &disk, Boot::Direct(cmdline("")), addr, 1024);
+        vm.wait_ready();
+        // Held idle for as long as the test takes.
+        vm.change_config(|c| c["client"]["idle_timeout_ms"] = json!(900_000));
+        let before = vm.metric("process_resident_memory_bytes");
+        let started = Instant::now();
+        // Each client process holds 10 000: the test's own open-files limit
+        // is below 20 000 connections.
+        let mut clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_qt-idle"))
+                    .args([format!("{}:443", vm.addr), PER_CLIENT.to_string()])
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("qt-idle")
+            })
+            .collect();
+        let mut lines: Vec<_> = clients
+            .iter_mut()
+            .map(|c| {
+                use std::io::BufRead;
+                std::io::BufReader::new(c.stdout.take().unwrap()).lines()
+            })
+            .collect();
+        for l in &mut lines {
+            let line = l.next().expect("qt-idle to report").unwrap();
+            assert_eq!(line, format!("open {PER_CLIENT}"));
+        }
+        let opened = started.elapsed();
+        let after = vm.metric("process_resident_memory_bytes");
+        let fds = vm.metric("process_open_fds");
+        let total = (PER_CLIENT * CLIENTS) as f64;
+        assert!(fds >= total, "edgebox holds {fds} descriptors");
+        // The appliance still serves a new client at once.
+        let t = Instant::now();
+        assert_eq!(vm.get("/").0, 200);
+        let new_client = t.elapsed();
+        for (c, l) in clients.iter_mut().zip(&mut lines) {
+            use std::io::Write;
+            writeln!(c.stdin.as_mut().unwrap(), "check").unwrap();
+            let line = l.next().expect("qt-idle to report").unwrap();
+            assert_eq!(
+                line,
+                format!("still open {PER_CLIENT}"),
+                "connections were closed"
+            );
+        }
+        eprintln!(
+            "{total} idle TLS connections: opened in {:.1} s; edgebox resident {:.1} -> {:.1} MiB \
+             ({:.1} KiB a connection), {fds} open descriptors; a new client answered in {:.0} ms",
+            opened.as_secs_f64(),
+            before / 1048576.0,
+            after / 1048576.0,
+            (after - before) / total / 1024.0,
+            new_client.as_secs_f64() * 1000.0
+        );
+        for mut c in clients {
+            drop(c.stdin.take());
+            assert!(c.wait().unwrap().success());
+        }
+    });
+}
+
 fn proxy_to(vm: &Appliance, backends: &[&Backend]) {
     let list: Vec<_> = backends
         .iter()

@@ -380,6 +380,7 @@ fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
         c.started.elapsed().as_secs_f64(),
     );
     crate::replication::status::render_prometheus(&crate::replication::status::view(&c), &mut text);
+    crate::metrics::Process::read().render(&mut text);
     let mut r = Response::new(Body::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -9,8 +9,10 @@
 //! and on scrapes, never on the steady request path.
 #![forbid(unsafe_code)]
 
+mod process;
 mod prometheus;
 
+pub use process::Process;
 pub use prometheus::{escape, family, render_prometheus, BackendHealth};
 
 use std::sync::atomic::{AtomicU64, Ordering};
