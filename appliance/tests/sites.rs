@@ -260,3 +260,74 @@ fn a_blob_that_does_not_match_its_hash_is_refused() {
         r.body
     );
 }
+
+#[test]
+fn a_large_blob_truncated_under_the_running_server_is_cut_off_and_never_served() {
+    let shop = Shop::start(&[], 1, www);
+    let eb = &shop.eb;
+    let dir = eb.dir().join("site");
+    let big = noise(3, 16 << 20);
+    let mut files = BTreeMap::new();
+    files.insert("big.bin".to_owned(), big.clone());
+    files.insert("index.html".to_owned(), b"<h1>still here</h1>\n".to_vec());
+    write_site(&dir, &files);
+    assert!(eb.publish(&dir, "www").status.success());
+    let got = eb.dir().join("got");
+    let whole = shop.curl(&[
+        "-o",
+        &path_of(&got),
+        "-w",
+        "%{http_code}",
+        &shop.url("/big.bin"),
+    ]);
+    assert_eq!(whole.stdout, "200");
+    assert!(std::fs::read(&got).unwrap() == big);
+
+    // A download under way (its first MiB read, the client reading no
+    // more for now) when the blob's file is cut to 1 MiB.
+    let hash = blake3::hash(&big).to_hex().to_string();
+    let blob = eb
+        .dir()
+        .join("data/store/blobs")
+        .join(&hash[..2])
+        .join(&hash);
+    let config = std::sync::Arc::new(tls_client(&shop.pki, &[b"http/1.1"]));
+    let mut conn = rustls::ClientConnection::new(config, server_name("shop.test")).unwrap();
+    let tcp = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small window, so that little of the file is on its way ahead.
+    tcp.set_recv_buffer_size(64 << 10).unwrap();
+    tcp.connect(&eb.addr("https").into()).unwrap();
+    let mut tcp: std::net::TcpStream = tcp.into();
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    use std::io::Write;
+    tls.write_all(b"GET /big.bin HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut first = vec![0u8; 1 << 20];
+    tls.read_exact(&mut first).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&blob, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest);
+    let head = first.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let body = first.len() - head + rest.len();
+    assert!(
+        body < big.len(),
+        "the download was cut: {body} of {} bytes",
+        big.len()
+    );
+    eprintln!("cut after {body} of {} bytes", big.len());
+    // The process lives (a mapping would have raised SIGBUS), the next
+    // request for the blob is refused, and the rest of the site is served.
+    assert_eq!(shop.status(&[&shop.url("/big.bin")]), "500");
+    assert_eq!(shop.status(&[&shop.url("/")]), "200");
+    assert!(eb
+        .logs()
+        .iter()
+        .any(|l| l.contains("does not match its name")));
+}

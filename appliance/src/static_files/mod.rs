@@ -14,7 +14,7 @@ use edgebox_storage::Manifest;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use crate::response::ResBody;
+use crate::response::{FileRange, ResBody};
 pub use plan::{plan, Plan};
 
 /// A published site as the data plane serves it.
@@ -63,18 +63,20 @@ pub fn respond(
             r.headers_mut().append(name.clone(), v);
         }
     }
-    let (start, end) = p.range;
-    if let Some(bytes) = body {
-        let start = usize::try_from(start)
-            .unwrap_or(usize::MAX)
-            .min(bytes.len());
-        let end = usize::try_from(end).unwrap_or(usize::MAX).min(bytes.len());
-        let part = bytes.slice(start..end);
+    if let Some(blob) = body {
+        let (start, end) = p.range;
+        let end = end.min(blob.len());
+        let start = start.min(end);
         if p.head_only {
             r.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(part.len()));
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
         } else {
-            *r.body_mut() = ResBody::from(part);
+            *r.body_mut() = match blob {
+                cache::Blob::Bytes(bytes) => {
+                    ResBody::from(bytes.slice(start as usize..end as usize))
+                }
+                cache::Blob::File { file, .. } => ResBody::File(FileRange::new(file, start, end)),
+            };
         }
     }
     r
