@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod ctl;
 pub mod discovery;
+pub mod failover;
 pub mod fsutil;
 pub mod fuzzing;
 pub mod hostmap;

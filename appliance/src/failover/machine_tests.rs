@@ -1,0 +1,335 @@
+//! Every transition of RFC 5798, 6.4, in simulated time: routers joined by a
+//! wire that can be cut, adverts delivered at once, time advanced from one
+//! deadline to the next.
+
+use super::*;
+use crate::failover::packet::GROUP_V4;
+
+const MS: u64 = 1000;
+
+fn params(last_octet: u8, priority: u8) -> Params {
+    Params {
+        vrid: 51,
+        priority,
+        advert_cs: 10,
+        preempt: true,
+        preempt_delay_us: 0,
+        addresses: vec!["10.0.2.100".parse().unwrap()],
+        primary: IpAddr::from([10, 0, 2, last_octet]),
+    }
+}
+
+/// Routers on one wire.
+struct Sim {
+    now: u64,
+    nodes: Vec<Machine>,
+    up: Vec<bool>,
+    linked: bool,
+    /// Whether each holds the addresses.
+    holds: Vec<bool>,
+    log: Vec<(u64, usize, State, Reason)>,
+    announced: Vec<Vec<u64>>,
+}
+
+impl Sim {
+    fn new(nodes: Vec<Params>) -> Self {
+        let n = nodes.len();
+        Self {
+            now: 0,
+            nodes: nodes.into_iter().map(Machine::new).collect(),
+            up: vec![true; n],
+            linked: true,
+            holds: vec![false; n],
+            log: Vec::new(),
+            announced: vec![Vec::new(); n],
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let out = self.nodes[i].start(self.now);
+        self.apply(i, out);
+    }
+
+    fn apply(&mut self, i: usize, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Send(advert) => {
+                    let src = self.nodes[i].params().primary;
+                    let dst = IpAddr::V4(GROUP_V4);
+                    let bytes = advert.encode(src, dst);
+                    for j in 0..self.nodes.len() {
+                        if j != i && self.up[j] && self.up[i] && self.linked {
+                            let out = self.nodes[j].receive(self.now, src, dst, 255, &bytes);
+                            self.apply(j, out);
+                        }
+                    }
+                }
+                Action::Take => self.holds[i] = true,
+                Action::Release => self.holds[i] = false,
+                Action::Announce => self.announced[i].push(self.now),
+                Action::Changed { to, why, .. } => self.log.push((self.now, i, to, why)),
+            }
+        }
+    }
+
+    /// Runs until `until`, from deadline to deadline.
+    fn run_until(&mut self, until: u64) {
+        loop {
+            let next = (0..self.nodes.len())
+                .filter(|&i| self.up[i])
+                .filter_map(|i| self.nodes[i].deadline().map(|d| (d, i)))
+                .min();
+            match next {
+                Some((at, i)) if at <= until => {
+                    self.now = self.now.max(at);
+                    let out = self.nodes[i].tick(self.now);
+                    self.apply(i, out);
+                }
+                _ => break,
+            }
+        }
+        self.now = until;
+    }
+
+    /// A hard death: no more adverts, and (for the test) its addresses gone.
+    fn kill(&mut self, i: usize) {
+        self.up[i] = false;
+        self.holds[i] = false;
+    }
+
+    fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.up[i] && self.nodes[i].state() == State::Master)
+            .collect()
+    }
+
+    /// When node `i` last became master.
+    fn became_master(&self, i: usize) -> Option<u64> {
+        self.log
+            .iter()
+            .rev()
+            .find(|(_, n, s, _)| *n == i && *s == State::Master)
+            .map(|(t, ..)| *t)
+    }
+}
+
+#[test]
+fn a_lone_backup_becomes_master_after_the_master_down_interval() {
+    let mut s = Sim::new(vec![params(15, 100)]);
+    s.start(0);
+    assert_eq!(s.nodes[0].state(), State::Backup);
+    // 3 × 100 ms + (256 − 100) × 100 ms / 256 = 300 + 60.9 ms.
+    s.run_until(360 * MS);
+    assert_eq!(s.nodes[0].state(), State::Backup);
+    s.run_until(361 * MS);
+    assert_eq!(s.nodes[0].state(), State::Master);
+    assert!(s.holds[0]);
+    assert_eq!(s.log.last().unwrap().3, Reason::MasterDown);
+}
+
+#[test]
+fn the_owner_is_master_at_once_and_announces_repeatedly() {
+    let mut s = Sim::new(vec![params(15, 255)]);
+    s.start(0);
+    assert_eq!(s.nodes[0].state(), State::Master);
+    assert_eq!(s.log[0].3, Reason::Owner);
+    s.run_until(3000 * MS);
+    assert_eq!(
+        s.announced[0],
+        vec![0, 100 * MS, 500 * MS, 2000 * MS],
+        "announced at the takeover, then again"
+    );
+}
+
+#[test]
+fn a_backup_hearing_the_master_stays_backup_and_takes_over_when_it_dies() {
+    let mut s = Sim::new(vec![params(15, 150), params(16, 100)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(1000 * MS);
+    assert_eq!(s.masters(), vec![0]);
+    assert_eq!(s.nodes[1].state(), State::Backup);
+    assert_eq!(s.nodes[1].master(), Some(IpAddr::from([10, 0, 2, 15])));
+    // Killed just after an advert: the backup waits its whole
+    // master-down interval from that advert.
+    s.kill(0);
+    let died = s.now;
+    s.run_until(died + 2000 * MS);
+    assert_eq!(s.masters(), vec![1]);
+    let gap = s.became_master(1).unwrap() - died;
+    assert!(gap <= 361 * MS, "took over after {gap} µs");
+    assert!(s.holds[1]);
+}
+
+#[test]
+fn a_stopping_master_hands_over_after_the_skew_time_only() {
+    let mut s = Sim::new(vec![params(15, 150), params(16, 100)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(1005 * MS);
+    let out = s.nodes[0].shutdown(s.now);
+    assert!(out.contains(&Action::Release));
+    let stopped = s.now;
+    s.apply(0, out);
+    s.up[0] = false;
+    s.run_until(stopped + 1000 * MS);
+    // Skew: (256 − 100) × 100 ms / 256 = 60.9 ms.
+    let gap = s.became_master(1).unwrap() - stopped;
+    assert_eq!(gap, 60_937, "{gap} µs");
+    let last = s.log.iter().rev().find(|l| l.1 == 0).unwrap();
+    assert_eq!((last.2, last.3), (State::Initialize, Reason::Shutdown));
+    assert!(!s.holds[0]);
+}
+
+#[test]
+fn a_higher_priority_preempts_and_without_preemption_waits() {
+    for preempt in [true, false] {
+        let mut s = Sim::new(vec![params(15, 100), params(16, 200)]);
+        s.nodes[1].p.preempt = preempt;
+        s.start(0);
+        s.run_until(1000 * MS);
+        assert_eq!(s.masters(), vec![0]);
+        s.start(1);
+        s.run_until(3000 * MS);
+        if preempt {
+            assert_eq!(s.masters(), vec![1], "preempted");
+            assert!(!s.holds[0] && s.holds[1]);
+            assert!(s.log.iter().any(|l| l.1 == 0 && l.3 == Reason::Preempted));
+        } else {
+            assert_eq!(s.masters(), vec![0], "no preemption");
+            assert_eq!(s.nodes[1].state(), State::Backup);
+        }
+    }
+}
+
+#[test]
+fn preemption_waits_its_delay_after_start() {
+    let mut s = Sim::new(vec![params(15, 100), params(16, 200)]);
+    s.nodes[1].p.preempt_delay_us = 5000 * MS;
+    s.start(0);
+    s.run_until(1000 * MS);
+    s.start(1);
+    s.run_until(5000 * MS);
+    assert_eq!(s.masters(), vec![0], "still within the delay");
+    s.run_until(7000 * MS);
+    assert_eq!(s.masters(), vec![1], "after it");
+}
+
+#[test]
+fn equal_priorities_are_settled_by_the_higher_address() {
+    let mut s = Sim::new(vec![params(15, 100), params(16, 100)]);
+    // Both start cut off from each other, so both become master.
+    s.linked = false;
+    s.start(0);
+    s.start(1);
+    s.run_until(1000 * MS);
+    assert_eq!(s.masters(), vec![0, 1], "split brain while partitioned");
+    // The partition heals: the lower address gives way at the next advert.
+    s.linked = true;
+    s.run_until(1200 * MS);
+    assert_eq!(s.masters(), vec![1]);
+    assert!(!s.holds[0], "the loser released its addresses");
+    assert!(s.nodes[0].counts().other_master >= 1);
+    s.run_until(10_000 * MS);
+    assert_eq!(s.masters(), vec![1], "and it stays settled");
+}
+
+#[test]
+fn a_master_whose_health_lowers_its_priority_gives_way() {
+    let mut s = Sim::new(vec![params(15, 150), params(16, 100)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(1000 * MS);
+    assert_eq!(s.masters(), vec![0]);
+    s.nodes[0].set_priority(50);
+    s.run_until(2000 * MS);
+    assert_eq!(s.masters(), vec![1]);
+    s.nodes[0].set_priority(150);
+    s.run_until(3000 * MS);
+    assert_eq!(s.masters(), vec![0], "back when healthy (preempt)");
+}
+
+#[test]
+fn a_backup_follows_the_masters_interval() {
+    // A keepalived master at 1 s: the backup's master-down interval is
+    // 3 s + skew, not 300 ms + skew.
+    let mut b = Machine::new(params(16, 100));
+    b.start(0);
+    let src = IpAddr::from([10, 0, 2, 15]);
+    let dst = IpAddr::V4(GROUP_V4);
+    let slow = Advert {
+        vrid: 51,
+        priority: 200,
+        interval_cs: 100,
+        addresses: vec!["10.0.2.100".parse().unwrap()],
+    };
+    b.receive(10 * MS, src, dst, 255, &slow.encode(src, dst));
+    assert_eq!(b.deadline(), Some(10 * MS + 3_000 * MS + 609_375));
+}
+
+#[test]
+fn a_flood_of_bad_packets_changes_nothing_and_is_counted() {
+    let mut s = Sim::new(vec![params(15, 150), params(16, 100)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(1000 * MS);
+    let src = IpAddr::from([10, 0, 2, 99]);
+    let dst = IpAddr::V4(GROUP_V4);
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let winner = Advert {
+        vrid: 51,
+        priority: 254,
+        interval_cs: 10,
+        addresses: vec![],
+    };
+    let mut wrong_vrid = winner.clone();
+    wrong_vrid.vrid = 52;
+    for i in 0..100_000u64 {
+        let n = (next() % 40) as usize;
+        let mut junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+        let ttl = match i % 3 {
+            0 => 255,
+            _ => next() as u8,
+        };
+        if i % 5 == 0 {
+            // Well-formed but for another VRID, or routed (TTL 254).
+            junk = wrong_vrid.encode(src, dst);
+        } else if i % 7 == 0 {
+            junk = winner.encode(src, dst);
+            let out = s.nodes[1].receive(s.now, src, dst, 254, &junk);
+            assert!(out.is_empty());
+            continue;
+        }
+        for node in 0..2 {
+            let out = s.nodes[node].receive(s.now, src, dst, ttl, &junk);
+            assert!(out.is_empty(), "a bad packet made {node} act: {out:?}");
+        }
+    }
+    let c = s.nodes[1].counts();
+    assert!(c.malformed > 10_000 && c.wrong_ttl > 10_000 && c.wrong_vrid > 1_000, "{c:?}");
+    s.run_until(3000 * MS);
+    assert_eq!(s.masters(), vec![0], "the pair is as it was");
+}
+
+#[test]
+fn a_master_hearing_a_stopping_router_asserts_itself_at_once() {
+    let mut m = Machine::new(params(15, 255));
+    m.start(0);
+    let src = IpAddr::from([10, 0, 2, 16]);
+    let dst = IpAddr::V4(GROUP_V4);
+    let stop = Advert {
+        vrid: 51,
+        priority: 0,
+        interval_cs: 10,
+        addresses: vec![],
+    };
+    let out = m.receive(50 * MS, src, dst, 255, &stop.encode(src, dst));
+    assert!(matches!(&out[..], [Action::Send(a)] if a.priority == 255));
+    assert_eq!(m.state(), State::Master);
+}

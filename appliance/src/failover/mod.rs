@@ -1,0 +1,7 @@
+//! Active-backup failover of virtual addresses by VRRPv3 (RFC 5798),
+//! interoperable with keepalived: [`packet`] (the adverts' bytes) and
+//! [`machine`] (the state machine) are pure; the IO that sends, receives
+//! and moves addresses drives them.
+
+pub mod machine;
+pub mod packet;
