@@ -540,6 +540,8 @@ pub struct Shared {
     /// `client.max_connections` when it is 0: what the open-files limit
     /// leaves room for.
     pub auto_max_connections: usize,
+    /// VRRP, when the config has a `failover` section.
+    pub failover: crate::failover::Slot,
 }
 
 /// What identifies a listening socket: a listener with the same name and

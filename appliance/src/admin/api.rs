@@ -118,6 +118,14 @@ pub async fn dispatch(
                 &crate::replication::status::view(&c),
             ))
         }
+        (["v1", "failover"], &Method::GET) => {
+            let c = control.borrow();
+            let status = c.shared.failover.status();
+            Ok(json_response(
+                StatusCode::OK,
+                &status.map_or_else(|| json!({ "state": "disabled" }), |s| json!(s)),
+            ))
+        }
         (["v1", "logs"], &Method::GET) => {
             let limit = query(&req, "limit")?.unwrap_or(100);
             if limit > crate::logging::RING_LINES as u64 {
@@ -179,6 +187,7 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         | ["v1", "status"]
         | ["v1", "logs"]
         | ["v1", "replication"]
+        | ["v1", "failover"]
         | ["v1", "certificates"]
         | ["v1", "pools"]
         | ["v1", "pools", _, "status"]
@@ -380,6 +389,9 @@ fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
         c.started.elapsed().as_secs_f64(),
     );
     crate::replication::status::render_prometheus(&crate::replication::status::view(&c), &mut text);
+    if let Some(f) = c.shared.failover.status() {
+        crate::failover::io::render_prometheus(&f, &mut text);
+    }
     crate::metrics::Process::read().render(&mut text);
     let mut r = Response::new(Body::full(Bytes::from(text)));
     r.headers_mut().insert(

@@ -62,6 +62,7 @@ fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Confi
         admin: AdminSettings::default(),
         dns: Default::default(),
         replication: Default::default(),
+        failover: None,
         network: Vec::new(),
     }
 }

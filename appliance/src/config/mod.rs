@@ -9,10 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod default;
+mod failover;
 mod pool;
 mod replication;
 
 pub use default::{appliance_default, embedded_default};
+pub use failover::Failover;
 pub use pool::*;
 pub use replication::{is_fingerprint, PeerSettings, ReplicationSettings};
 
@@ -73,6 +75,9 @@ pub struct Config {
     /// Replication with other appliances.
     #[serde(default)]
     pub replication: ReplicationSettings,
+    /// This appliance's part in an active-backup pair (VRRP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
     /// On the appliance: static addresses PID 1 gives the interfaces at boot
     /// (when the kernel command line names none). Changes apply at reboot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -413,6 +418,9 @@ impl Config {
         pool::validate_pools(&self.pools)?;
         self.validate_routes()?;
         self.replication.validate()?;
+        if let Some(f) = &self.failover {
+            f.validate()?;
+        }
         let mut interfaces = HashSet::new();
         for (i, n) in self.network.iter().enumerate() {
             n.to_net()

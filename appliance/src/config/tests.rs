@@ -165,3 +165,49 @@ fn network_settings_are_checked_as_on_the_command_line() {
         "network[0].addr"
     );
 }
+
+#[test]
+fn failover_settings_are_checked_naming_the_field() {
+    let with = |failover: &str| MINIMAL.replacen('{', &format!("{{\"failover\": {failover},"), 1);
+    let good = r#"{"interface": "eth0", "vrid": 51, "virtual_addresses": ["10.0.2.100/24"], "peers": ["10.0.2.16"]}"#;
+    let c = parse(&with(good)).unwrap();
+    let f = c.failover.unwrap();
+    assert_eq!((f.priority, f.advert_ms, f.preempt), (100, 50, true));
+    for (bad, path) in [
+        (good.replace("51", "0"), "failover.vrid"),
+        (
+            good.replace("\"vrid\"", "\"advert_ms\": 55, \"vrid\""),
+            "failover.advert_ms",
+        ),
+        (
+            good.replace("\"vrid\"", "\"advert_ms\": 5, \"vrid\""),
+            "failover.advert_ms",
+        ),
+        (good.replace("\"eth0\"", "\"\""), "failover.interface"),
+        (
+            good.replace("[\"10.0.2.100/24\"]", "[]"),
+            "failover.virtual_addresses",
+        ),
+        (
+            good.replace(
+                "[\"10.0.2.100/24\"]",
+                "[\"10.0.2.100/24\", \"2001:db8::1/64\"]",
+            ),
+            "failover.virtual_addresses[1]",
+        ),
+        (
+            good.replace("10.0.2.16", "2001:db8::2"),
+            "failover.peers[0]",
+        ),
+        (
+            good.replace("\"vrid\"", "\"priority\": 0, \"vrid\""),
+            "failover.priority",
+        ),
+        (
+            good.replace("\"vrid\"", "\"colour\": 1, \"vrid\""),
+            "failover.colour",
+        ),
+    ] {
+        assert_eq!(err_path(&with(&bad)), path, "{bad}");
+    }
+}

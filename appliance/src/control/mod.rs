@@ -134,4 +134,6 @@ pub fn begin_shutdown(shared: &Shared, why: &str) {
         "{why}: shutting down; no new connections, requests in flight get up to {} ms",
         grace.as_millis()
     );
+    // A master hands the virtual addresses over first (priority 0).
+    shared.failover.stop();
 }

@@ -417,6 +417,9 @@ impl Control {
                 }
                 self.upstreams.resolved.extend(resolved);
                 self.publish(prepared.snapshot);
+                if config.failover != self.config.failover {
+                    self.shared.failover.apply(config.failover.as_ref());
+                }
                 self.config = *config;
                 if let Some(listener) = admin {
                     let _ = self.admin_rebind.send(listener);

@@ -66,11 +66,7 @@ pub enum Action {
     /// Remove the virtual addresses.
     Release,
     /// The state changed.
-    Changed {
-        from: State,
-        to: State,
-        why: Reason,
-    },
+    Changed { from: State, to: State, why: Reason },
 }
 
 /// Counts of what was received.

@@ -312,7 +312,10 @@ fn a_flood_of_bad_packets_changes_nothing_and_is_counted() {
         }
     }
     let c = s.nodes[1].counts();
-    assert!(c.malformed > 10_000 && c.wrong_ttl > 10_000 && c.wrong_vrid > 1_000, "{c:?}");
+    assert!(
+        c.malformed > 10_000 && c.wrong_ttl > 10_000 && c.wrong_vrid > 1_000,
+        "{c:?}"
+    );
     s.run_until(3000 * MS);
     assert_eq!(s.masters(), vec![0], "the pair is as it was");
 }

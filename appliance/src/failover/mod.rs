@@ -3,5 +3,10 @@
 //! [`machine`] (the state machine) are pure; the IO that sends, receives
 //! and moves addresses drives them.
 
+mod arp;
+pub mod io;
 pub mod machine;
+mod netlink;
 pub mod packet;
+
+pub use io::{Slot, Status};

@@ -6,7 +6,7 @@
 //! **Shared** (the same on every peer): `certificates` (with their keys,
 //! carried inline), `tls`, `pools`, `routes`, `client`, and the host map.
 //! **Local** (each appliance its own): `listeners`, `admin`, `dns`,
-//! `network`, `replication`. A replicated config is this appliance's local
+//! `network`, `replication`, `failover`. A replicated config is this appliance's local
 //! part with the peer's shared part: [`merge`].
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 mod io;
+pub mod packet;
 
 pub use io::{Activity, CountPolls, HyperIo, Polls, TrackedIo, WriteBuffer};
 

@@ -319,6 +319,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         new_sockets: Mutex::default(),
         open_connections: Default::default(),
         auto_max_connections: crate::limits::connections_for(nofile),
+        failover: Default::default(),
     });
     let (rebind_tx, rebind_rx) = tokio::sync::mpsc::unbounded_channel();
     let control = crate::control::Control {
@@ -385,6 +386,10 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         }
         handles.push(handle);
     }
+    // The virtual addresses are taken only once every core serves.
+    shared
+        .failover
+        .apply(shared.snapshot.load().config.failover.as_ref());
     print!("{banner}");
     let mut failed = None;
     for (id, h) in handles.into_iter().enumerate() {
@@ -396,6 +401,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
             });
         }
     }
+    shared.failover.stop();
     match failed {
         Some(e) => Err(e),
         None => {

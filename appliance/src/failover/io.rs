@@ -1,0 +1,537 @@
+//! The failover thread: a raw VRRP socket, the machine's timers, and the
+//! virtual addresses moved through netlink and announced by gratuitous ARP.
+//!
+//! It is a thread of its own (not a data-plane core, not the control
+//! plane's runtime), so that neither a saturated data plane nor a slow
+//! admin request can delay an advert: a late advert is a spurious failover.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::machine::{Action, Counts, Machine, Params, Reason, State};
+use super::packet::{GROUP_V4, PROTOCOL, TTL};
+use crate::config::Failover;
+
+/// What the admin API and `/metrics` show; updated by the thread.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub interface: String,
+    pub vrid: u8,
+    pub state: State,
+    /// The master as this appliance knows it.
+    pub master: Option<IpAddr>,
+    pub priority: u8,
+    pub configured_priority: u8,
+    pub advert_ms: u32,
+    pub virtual_addresses: Vec<String>,
+    pub counts: Counts,
+    /// The last transitions, newest last.
+    pub transitions: Vec<Transition>,
+    /// Why the thread stopped, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Transition {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub from: State,
+    pub to: State,
+    pub why: Reason,
+}
+
+/// The status of the running failover, if any; shared with the control plane.
+pub type Report = Arc<Mutex<Option<Status>>>;
+
+/// The process's failover: started for the config's `failover` section,
+/// replaced when the section changes, stopped (handing over) when the
+/// server starts to shut down.
+#[derive(Debug, Default)]
+pub struct Slot {
+    running: Mutex<Option<(Failover, Handle)>>,
+    report: Report,
+}
+
+impl Slot {
+    /// Runs VRRP as `cfg` says (none: not at all). A failure to start (no
+    /// such interface, no raw sockets) is logged and shown in the status;
+    /// the appliance serves on its own addresses meanwhile.
+    pub fn apply(&self, cfg: Option<&Failover>) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.as_ref().map(|(c, _)| c) == cfg {
+            return;
+        }
+        if let Some((_, old)) = running.take() {
+            tracing::info!("failover: settings changed; restarting VRRP");
+            old.stop();
+        }
+        *self.report.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let Some(cfg) = cfg else {
+            return;
+        };
+        match start(cfg, Arc::clone(&self.report)) {
+            Ok(h) => *running = Some((cfg.clone(), h)),
+            Err(e) => tracing::error!("failover not started: {e}"),
+        }
+    }
+
+    /// Stops it: a master sends priority 0 and removes its addresses.
+    pub fn stop(&self) {
+        let old = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((_, h)) = old {
+            h.stop();
+        }
+    }
+
+    pub fn status(&self) -> Option<Status> {
+        self.report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A running failover thread.
+#[derive(Debug)]
+pub struct Handle {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stops it: a master sends priority 0 and gives up its addresses first.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts VRRP for `cfg`, reporting into `report`.
+pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
+    let link = Link::open(cfg)?;
+    let params = Params {
+        vrid: cfg.vrid,
+        priority: cfg.priority,
+        advert_cs: (cfg.advert_ms / 10) as u16,
+        preempt: cfg.preempt,
+        preempt_delay_us: cfg.preempt_delay_ms * 1000,
+        addresses: cfg.virtual_addresses.iter().map(|n| n.addr()).collect(),
+        primary: link.primary,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Status {
+        interface: cfg.interface.clone(),
+        vrid: cfg.vrid,
+        state: State::Initialize,
+        master: None,
+        priority: cfg.priority,
+        configured_priority: cfg.priority,
+        advert_ms: cfg.advert_ms,
+        virtual_addresses: cfg
+            .virtual_addresses
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        counts: Counts::default(),
+        transitions: Vec::new(),
+        error: None,
+    };
+    *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+    let thread = {
+        let stop = Arc::clone(&stop);
+        let cfg = cfg.clone();
+        std::thread::Builder::new()
+            .name("failover".into())
+            .spawn(move || {
+                let mut run = Run {
+                    machine: Machine::new(params),
+                    link,
+                    cfg,
+                    report,
+                };
+                if let Err(e) = run.run(&stop) {
+                    tracing::error!("failover stopped: {e}");
+                    run.release();
+                    run.update(|s| s.error = Some(e));
+                }
+            })
+            .map_err(|e| format!("starting the failover thread: {e}"))?
+    };
+    Ok(Handle {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+struct Run {
+    machine: Machine,
+    link: Link,
+    cfg: Failover,
+    report: Report,
+}
+
+impl Run {
+    fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
+        let now = crate::clock::now_us();
+        let actions = self.machine.start(now);
+        self.apply(actions)?;
+        let mut buf = vec![0u8; 2048];
+        loop {
+            if stop.load(Ordering::Acquire) {
+                let actions = self.machine.shutdown(crate::clock::now_us());
+                return self.apply(actions);
+            }
+            let now = crate::clock::now_us();
+            // Wake for the next timer, and at least every 10 ms to see a stop.
+            let wait = self
+                .machine
+                .deadline()
+                .map_or(10_000, |d| d.saturating_sub(now))
+                .clamp(500, 10_000);
+            if let Some(r) = self.link.recv(&mut buf, wait)? {
+                let now = crate::clock::now_us();
+                let actions = self.machine.receive(now, r.src, r.dst, r.ttl, &buf[r.vrrp]);
+                self.apply(actions)?;
+            }
+            let actions = self.machine.tick(crate::clock::now_us());
+            self.apply(actions)?;
+        }
+    }
+
+    /// Carries out `actions`. The status is brought up to date first, so
+    /// that nobody who already reaches the addresses reads an older state.
+    fn apply(&mut self, actions: Vec<Action>) -> Result<(), String> {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let changes: Vec<Transition> = actions
+            .iter()
+            .filter_map(|a| match *a {
+                Action::Changed { from, to, why } => Some(Transition {
+                    at_ms,
+                    from,
+                    to,
+                    why,
+                }),
+                _ => None,
+            })
+            .collect();
+        for t in &changes {
+            tracing::info!(
+                vrid = self.cfg.vrid,
+                "failover: {} -> {} ({})",
+                name(t.from),
+                name(t.to),
+                serde_json::to_value(t.why)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            );
+        }
+        let (state, master, priority, counts) = (
+            self.machine.state(),
+            self.machine.master(),
+            self.machine.priority(),
+            self.machine.counts(),
+        );
+        self.update(|s| {
+            s.state = state;
+            s.master = master;
+            s.priority = priority;
+            s.counts = counts;
+            s.transitions.extend(changes);
+            let excess = s.transitions.len().saturating_sub(50);
+            s.transitions.drain(..excess);
+        });
+        for a in actions {
+            match a {
+                Action::Send(advert) => self.link.send(&advert, &self.cfg.peers),
+                Action::Take => {
+                    if let Err(e) = self.link.addresses(&self.cfg, true) {
+                        tracing::error!("failover: taking the virtual addresses: {e}");
+                    }
+                }
+                Action::Release => self.release(),
+                Action::Announce => self.link.announce(&self.cfg),
+                Action::Changed { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if let Err(e) = self.link.addresses(&self.cfg, false) {
+            tracing::error!("failover: removing the virtual addresses: {e}");
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Status)) {
+        if let Some(s) = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            f(s);
+        }
+    }
+}
+
+fn name(s: State) -> &'static str {
+    match s {
+        State::Initialize => "initialize",
+        State::Backup => "backup",
+        State::Master => "master",
+    }
+}
+
+/// A packet off the raw socket: its IP header's source, destination and
+/// TTL, and where in the buffer its VRRP message is.
+struct Received {
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    vrrp: std::ops::Range<usize>,
+}
+
+/// The interface: its raw VRRP socket, index and primary address.
+struct Link {
+    socket: Socket,
+    index: u32,
+    mac: [u8; 6],
+    primary: IpAddr,
+    multicast: bool,
+}
+
+impl Link {
+    fn open(cfg: &Failover) -> Result<Self, String> {
+        let v4 = cfg
+            .virtual_addresses
+            .first()
+            .is_some_and(|a| a.addr().is_ipv4());
+        if !v4 {
+            return Err("failover: IPv6 virtual addresses are not supported yet".into());
+        }
+        let iface = &cfg.interface;
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(i32::from(PROTOCOL))),
+        )
+        .map_err(|e| format!("failover: a raw VRRP socket (needs CAP_NET_RAW): {e}"))?;
+        let index = rustix::net::netdevice::name_to_index(&socket, iface)
+            .map_err(|e| format!("failover.interface {iface}: {e}"))?;
+        let primary = super::netlink::primary_v4(index)?
+            .ok_or_else(|| format!("failover.interface {iface}: has no IPv4 address of its own"))?;
+        let ctx = |what: &str, e: std::io::Error| format!("failover: {what} on {iface}: {e}");
+        socket
+            .bind_device(Some(iface.as_bytes()))
+            .map_err(|e| ctx("binding", e))?;
+        socket.set_ttl(u32::from(TTL)).map_err(|e| ctx("TTL", e))?;
+        let multicast = cfg.peers.is_empty();
+        if multicast {
+            socket
+                .set_multicast_ttl_v4(u32::from(TTL))
+                .map_err(|e| ctx("multicast TTL", e))?;
+            socket
+                .set_multicast_loop_v4(false)
+                .map_err(|e| ctx("multicast loop", e))?;
+            socket
+                .set_multicast_if_v4(&v4_of(primary))
+                .map_err(|e| ctx("multicast interface", e))?;
+            socket
+                .join_multicast_v4_n(&GROUP_V4, &socket2::InterfaceIndexOrAddress::Index(index))
+                .map_err(|e| ctx("joining 224.0.0.18", e))?;
+        }
+        let mac = super::netlink::mac_of(index)?;
+        Ok(Self {
+            socket,
+            index,
+            mac,
+            primary,
+            multicast,
+        })
+    }
+
+    /// One packet within `wait_us`.
+    fn recv(&self, buf: &mut [u8], wait_us: u64) -> Result<Option<Received>, String> {
+        self.socket
+            .set_read_timeout(Some(Duration::from_micros(wait_us.max(1))))
+            .map_err(|e| format!("failover: socket timeout: {e}"))?;
+        let n = match std::io::Read::read(&mut &self.socket, buf) {
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(format!("failover: receiving: {e}")),
+        };
+        // A raw IPv4 socket hands over the IP header too.
+        let ip = &buf[..n];
+        if ip.len() < 20 || ip[0] >> 4 != 4 {
+            return Ok(None);
+        }
+        let header = usize::from(ip[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(n);
+        if header < 20 || total < header {
+            return Ok(None);
+        }
+        let src = IpAddr::from([ip[12], ip[13], ip[14], ip[15]]);
+        let dst = IpAddr::from([ip[16], ip[17], ip[18], ip[19]]);
+        Ok(Some(Received {
+            src,
+            dst,
+            ttl: ip[8],
+            vrrp: header..total,
+        }))
+    }
+
+    fn send(&self, advert: &super::packet::Advert, peers: &[IpAddr]) {
+        let targets: Vec<IpAddr> = if self.multicast {
+            vec![IpAddr::V4(GROUP_V4)]
+        } else {
+            peers.to_vec()
+        };
+        for dst in targets {
+            let bytes = advert.encode(self.primary, dst);
+            let to = SockAddr::from(SocketAddr::new(dst, 0));
+            if let Err(e) = self.socket.send_to(&bytes, &to) {
+                tracing::warn!("failover: sending an advert to {dst}: {e}");
+            }
+        }
+    }
+
+    fn addresses(&self, cfg: &Failover, add: bool) -> Result<(), String> {
+        super::netlink::addresses(self.index, &cfg.interface, &cfg.virtual_addresses, add)
+    }
+
+    fn announce(&self, cfg: &Failover) {
+        for a in &cfg.virtual_addresses {
+            if let IpAddr::V4(v4) = a.addr() {
+                if let Err(e) = super::arp::gratuitous(self.index, self.mac, v4) {
+                    tracing::warn!("failover: gratuitous ARP for {v4}: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn v4_of(a: IpAddr) -> Ipv4Addr {
+    match a {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+/// The failover's series for `/metrics`.
+pub fn render_prometheus(s: &Status, o: &mut String) {
+    use crate::metrics::family;
+    use std::fmt::Write;
+    let vrid = s.vrid;
+    family(
+        o,
+        "edgebox_failover_state",
+        "gauge",
+        "1 for the state this appliance's virtual router is in (initialize, backup, master).",
+    );
+    for state in [State::Initialize, State::Backup, State::Master] {
+        let _ = writeln!(
+            o,
+            "edgebox_failover_state{{vrid=\"{vrid}\",state=\"{}\"}} {}",
+            name(state),
+            u8::from(s.state == state)
+        );
+    }
+    family(
+        o,
+        "edgebox_failover_priority",
+        "gauge",
+        "The priority this appliance advertises (lower than configured while it cannot serve).",
+    );
+    let _ = writeln!(
+        o,
+        "edgebox_failover_priority{{vrid=\"{vrid}\"}} {}",
+        s.priority
+    );
+    family(
+        o,
+        "edgebox_failover_transitions_total",
+        "counter",
+        "State changes of the virtual router.",
+    );
+    let _ = writeln!(
+        o,
+        "edgebox_failover_transitions_total{{vrid=\"{vrid}\"}} {}",
+        s.counts.transitions
+    );
+    family(
+        o,
+        "edgebox_failover_became_master_total",
+        "counter",
+        "Times this appliance took the virtual addresses.",
+    );
+    let _ = writeln!(
+        o,
+        "edgebox_failover_became_master_total{{vrid=\"{vrid}\"}} {}",
+        s.counts.became_master
+    );
+    family(
+        o,
+        "edgebox_failover_adverts_received_total",
+        "counter",
+        "VRRP adverts received and accepted for reading.",
+    );
+    let _ = writeln!(
+        o,
+        "edgebox_failover_adverts_received_total{{vrid=\"{vrid}\"}} {}",
+        s.counts.adverts
+    );
+    family(
+        o,
+        "edgebox_failover_packets_dropped_total",
+        "counter",
+        "VRRP packets dropped, by reason.",
+    );
+    for (reason, n) in [
+        ("malformed", s.counts.malformed),
+        ("ttl", s.counts.wrong_ttl),
+        ("vrid", s.counts.wrong_vrid),
+    ] {
+        let _ = writeln!(
+            o,
+            "edgebox_failover_packets_dropped_total{{vrid=\"{vrid}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    family(o, "edgebox_failover_other_master_total", "counter", "Adverts from another master heard while master (split brain, settled by priority and address).");
+    let _ = writeln!(
+        o,
+        "edgebox_failover_other_master_total{{vrid=\"{vrid}\"}} {}",
+        s.counts.other_master
+    );
+}
