@@ -24,6 +24,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("proxy_header", proxy_header),
     ("routing_path", routing_path),
     ("http2_frames", http2_frames),
+    ("vrrp_packet", vrrp_packet),
 ];
 
 /// The config document: a document taken is valid, and reads back the same
@@ -169,6 +170,44 @@ pub fn http2_frames(data: &[u8]) {
         verdict(stream.len().max(1)),
         verdict(usize::from(cut).max(1))
     );
+}
+
+/// VRRP packets into a backup and a master, the first byte the TTL: a
+/// packet taken as an advert encodes and decodes back to itself, and no packet
+/// makes the owner (priority 255, the higher address) give way.
+pub fn vrrp_packet(data: &[u8]) {
+    use crate::failover::machine::{Action, Machine, Params, State};
+    use crate::failover::packet::{Advert, GROUP_V4};
+    use std::net::IpAddr;
+    let Some((&ttl, bytes)) = data.split_first() else {
+        return;
+    };
+    let (src, dst) = (IpAddr::from([10, 0, 2, 16]), IpAddr::V4(GROUP_V4));
+    if let Ok(a) = Advert::decode(bytes, src, dst, ttl) {
+        // Not byte for byte: the reserved bits are ignored on reception.
+        let again = Advert::decode(&a.encode(src, dst), src, dst, 255);
+        assert_eq!(again.as_ref(), Ok(&a), "an advert that does not read back");
+    }
+    let owner = |priority| {
+        Machine::new(Params {
+            vrid: 51,
+            priority,
+            advert_cs: 5,
+            preempt: true,
+            preempt_delay_us: 0,
+            addresses: vec![IpAddr::from([10, 0, 2, 100])],
+            primary: IpAddr::from([10, 0, 2, 200]),
+        })
+    };
+    let mut master = owner(255);
+    master.start(0);
+    let out = master.receive(1, src, dst, ttl, bytes);
+    assert_eq!(master.state(), State::Master, "the owner gave way");
+    assert!(!out.contains(&Action::Release));
+    let mut backup = owner(100);
+    backup.start(0);
+    backup.receive(1, src, dst, ttl, bytes);
+    assert_ne!(backup.state(), State::Initialize);
 }
 
 #[cfg(test)]

@@ -48,7 +48,9 @@ struct Lan {
 
 impl Lan {
     fn new(appliances: usize) -> Self {
-        let prefix = format!("eb-fo-{}", std::process::id());
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("eb-fo-{}-{seq}", std::process::id());
         let lan = format!("{prefix}-lan");
         ip(&["netns", "add", &lan]);
         enter(&lan);
@@ -118,17 +120,23 @@ impl Drop for Lan {
 /// Appliance `i` of a pair: answers with its name, VRRP on eth0.
 fn appliance(i: usize, priority: u8) -> Value {
     let peer = if i == 1 { "10.9.0.2" } else { "10.9.0.1" };
+    let mut c = server(i);
+    c["failover"] = json!({
+        "interface": "eth0",
+        "vrid": 51,
+        "priority": priority,
+        "virtual_addresses": [format!("{VIP}/24")],
+        "peers": [peer],
+    });
+    c
+}
+
+/// An edgebox in namespace `i` that answers with its name, no failover.
+fn server(i: usize) -> Value {
     json!({
         "listeners": [{"name": "web", "address": "0.0.0.0:8080", "protocol": "http"}],
         "routes": [{"action": {"respond": {"status": 200, "body": format!("node{i}\n")}}}],
         "admin": {"address": format!("10.9.0.{i}:9443")},
-        "failover": {
-            "interface": "eth0",
-            "vrid": 51,
-            "priority": priority,
-            "virtual_addresses": [format!("{VIP}/24")],
-            "peers": [peer],
-        },
     })
 }
 
@@ -293,6 +301,144 @@ fn the_backup_takes_the_virtual_address_when_the_master_dies_and_gives_it_back()
     assert!(
         metrics.contains("edgebox_failover_state{vrid=\"51\",state=\"master\"} 1"),
         "{metrics}"
+    );
+    println!("{}", report.join("\n"));
+}
+
+/// keepalived (Debian's) doing VRRP in namespace 2, for an edgebox there
+/// without failover; killed by PID when dropped.
+struct Keepalived {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Keepalived {
+    fn start(lan: &Lan, dir: &std::path::Path, priority: u8) -> Self {
+        let conf = dir.join("keepalived.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  router_id edgebox-test\n  vrrp_version 3\n}}\n\
+                 vrrp_instance pair {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n\
+                 priority {priority}\n  advert_int 0.05\n  unicast_src_ip 10.9.0.2\n\
+                 unicast_peer {{\n    10.9.0.1\n  }}\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.join("keepalived.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lan.hosts[1], "/usr/sbin/keepalived"])
+            .args(["--dont-fork", "--log-console", "--log-detail", "--vrrp"])
+            .arg("--use-file")
+            .arg(&conf)
+            .arg("--pid")
+            .arg(dir.join("keepalived.pid"))
+            .arg("--vrrp_pid")
+            .arg(dir.join("vrrp.pid"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("keepalived (the test command installs it)");
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL to keepalived and its VRRP child: a crash. Its address stays
+    /// on its interface, as after any keepalived crash.
+    fn kill(&mut self) {
+        let vrrp = std::fs::read_to_string(self.log.with_file_name("vrrp.pid")).unwrap_or_default();
+        if let Ok(pid) = vrrp.trim().parse::<i32>() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Keepalived {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[test]
+fn edgebox_and_keepalived_pair_and_take_over_from_each_other() {
+    let lan = Lan::new(2);
+    let scratch = tempfile::tempdir().unwrap();
+    let a = lan.start(1, &appliance(1, 150));
+    let _b = lan.start(2, &server(2));
+    let mut ka = Keepalived::start(&lan, scratch.path(), 100);
+    wait_for("keepalived to hear edgebox and stay backup", || {
+        ka.log().contains("Entering BACKUP STATE").then_some(())
+    });
+    wait_for("edgebox to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    let mut report = Vec::new();
+    // keepalived backs up edgebox: edgebox is killed, keepalived takes over.
+    let mut a_dir = None;
+    step(
+        &mut report,
+        "edgebox master killed, keepalived takes over",
+        "node2",
+        300,
+        || {
+            a_dir = Some(a.kill());
+        },
+    );
+    assert!(ka.log().contains("Entering MASTER STATE"), "{}", ka.log());
+    // edgebox comes back with the higher priority and preempts keepalived.
+    let mut a = None;
+    step(
+        &mut report,
+        "edgebox back, preempts keepalived",
+        "node1",
+        200,
+        || {
+            a = Some(lan.restart(1, a_dir.take().unwrap()));
+        },
+    );
+    let a = a.unwrap();
+    wait_for("keepalived to go back to backup", || {
+        (ka.log().matches("Entering BACKUP STATE").count() >= 2).then_some(())
+    });
+    // Roles swapped: edgebox's priority lowered below keepalived's, which
+    // preempts it; then keepalived is killed and edgebox takes over.
+    step(
+        &mut report,
+        "edgebox priority lowered, keepalived preempts",
+        "node2",
+        200,
+        || {
+            let mut config = a.api("GET", "/v1/config", None, &[]).expect(200).json();
+            config["failover"]["priority"] = json!(50);
+            a.api("PUT", "/v1/config", Some(&config.to_string()), &[])
+                .expect(200);
+        },
+    );
+    let status = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(status["state"], "backup", "{status}");
+    assert_eq!(status["master"], "10.9.0.2", "{status}");
+    let (gap, _) = step(
+        &mut report,
+        "keepalived master killed, edgebox takes over",
+        "node1",
+        300,
+        || {
+            ka.kill();
+        },
+    );
+    assert!(gap < Duration::from_millis(500), "{report:?}");
+    let status = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(
+        status["counts"]["malformed"], 0,
+        "keepalived's adverts all read: {status}"
     );
     println!("{}", report.join("\n"));
 }

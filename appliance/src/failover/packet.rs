@@ -208,6 +208,14 @@ mod tests {
         assert_eq!((a.vrid, a.priority, a.interval_cs), (51, 100, 100));
         assert_eq!(a.addresses, vec![v4("10.0.2.100")]);
         assert_eq!(a.encode(src, dst), bytes);
+        // The reserved bits are ignored on reception (found by fuzzing: a
+        // test that wanted them back).
+        let mut rsvd = bytes;
+        rsvd[4] |= 0xd0;
+        rsvd[6..8].copy_from_slice(&[0, 0]);
+        let sum = checksum(src, dst, &rsvd);
+        rsvd[6..8].copy_from_slice(&sum.to_be_bytes());
+        assert_eq!(Advert::decode(&rsvd, src, dst, 255), Ok(a));
     }
 
     #[test]
