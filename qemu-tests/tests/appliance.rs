@@ -410,3 +410,87 @@ fn two_appliances_replicate_a_site_published_to_one_and_served_by_the_other() {
         );
     });
 }
+
+#[test]
+fn two_appliances_share_a_virtual_address_and_the_backup_serves_when_the_master_vm_dies() {
+    run("failover", |h| {
+        let (disk_a, disk_b) = (h.disk("a"), h.disk("b"));
+        let addr_b: std::net::Ipv4Addr = [10, 0, 2, 16].into();
+        let mut a = Appliance::boot(h, "a", &disk_a, Boot::Direct(cmdline("")));
+        let mut b = Appliance::boot_at(
+            h,
+            "b",
+            &disk_b,
+            Boot::Direct(qemu_tests::cmdline_at(addr_b, "")),
+            addr_b,
+        );
+        a.wait_ready();
+        b.wait_ready();
+        let vip: std::net::Ipv4Addr = [10, 0, 2, 100].into();
+        // 100 ms adverts: the VMs run under emulation, where 50 ms is tight.
+        let pair = |peer: &Appliance, priority: u8| {
+            let peer = peer.addr;
+            move |c: &mut serde_json::Value| {
+                c["failover"] = json!({
+                    "interface": "eth0", "vrid": 51, "priority": priority, "advert_ms": 100,
+                    "virtual_addresses": [format!("{vip}/24")], "peers": [peer.to_string()],
+                });
+                c["routes"] = json!([{ "action": { "respond": { "status": 200, "body": priority.to_string() } } }]);
+            }
+        };
+        a.change_config(pair(&b, 150));
+        b.change_config(pair(&a, 100));
+        let ask = || quick_get((vip, 443).into());
+        let until = Instant::now() + Duration::from_secs(60);
+        while ask().as_deref() != Some("150") {
+            assert!(Instant::now() < until, "A never served the virtual address");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (_, s) = b.api("GET", "/v1/failover", None);
+        assert_eq!(s["state"], "backup", "{s}");
+        // Power cut of A's VM while a client asks every 10 ms (each ask
+        // gives up after 100 ms to connect).
+        let killed = Instant::now();
+        a.kill();
+        let until = Instant::now() + Duration::from_secs(30);
+        let mut failed = 0;
+        loop {
+            let at = Instant::now();
+            match ask().as_deref() {
+                Some("100") => break,
+                Some(_) => {}
+                None => failed += 1,
+            }
+            assert!(Instant::now() < until, "B never served the virtual address");
+            std::thread::sleep(Duration::from_millis(10).saturating_sub(at.elapsed()));
+        }
+        let (_, s) = b.api("GET", "/v1/failover", None);
+        assert_eq!(s["state"], "master", "{s}");
+        eprintln!(
+            "master VM killed: B answered on the virtual address {} ms later, {failed} requests failed meanwhile (TCG VMs, 100 ms adverts)",
+            killed.elapsed().as_millis(),
+        );
+    });
+}
+
+/// `GET /` over HTTPS (any certificate) with short timeouts: the body of a
+/// 200, or nothing.
+fn quick_get(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let config = edgebox::ctl::client::tls_config(edgebox::ctl::client::Trust::Insecure).ok()?;
+    let name = rustls::pki_types::ServerName::try_from("edgebox.invalid").ok()?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).ok()?;
+    let sock = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
+    sock.set_read_timeout(Some(Duration::from_millis(1000)))
+        .ok()?;
+    sock.set_write_timeout(Some(Duration::from_millis(1000)))
+        .ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: pair\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut reply = Vec::new();
+    let _ = tls.read_to_end(&mut reply);
+    let text = String::from_utf8_lossy(&reply);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
