@@ -442,3 +442,69 @@ fn edgebox_and_keepalived_pair_and_take_over_from_each_other() {
     );
     println!("{}", report.join("\n"));
 }
+
+#[test]
+fn a_master_whose_critical_pool_has_no_healthy_backend_gives_way() {
+    let lan = Lan::new(2);
+    // Each appliance's own backend, on its own loopback.
+    let in_ns = |i: usize| {
+        let ns = lan.hosts[i - 1].clone();
+        std::thread::spawn(move || {
+            enter(&ns);
+            Backend::start(&format!("backend{i}"))
+        })
+        .join()
+        .unwrap()
+    };
+    let (back1, back2) = (in_ns(1), in_ns(2));
+    let with_pool = |i: usize, priority: u8, backend: &Backend| {
+        let mut c = appliance(i, priority);
+        c["pools"] = json!([{
+            "name": "app",
+            "backends": [{"address": backend.addr.to_string()}],
+            "health_check": {"path": "/healthz", "interval_ms": 100, "timeout_ms": 100, "rise": 1, "fall": 1},
+        }]);
+        c["failover"]["critical_pools"] = json!(["app"]);
+        c
+    };
+    let a = lan.start(1, &with_pool(1, 150, &back1));
+    let _b = lan.start(2, &with_pool(2, 100, &back2));
+    wait_for("node1 to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    let mut report = Vec::new();
+    // node1's backend fails its checks: node1 advertises priority 1 and
+    // node2 (preempting) takes the address.
+    step(
+        &mut report,
+        "critical pool down on the master",
+        "node2",
+        200,
+        || {
+            back1
+                .healthy
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+        },
+    );
+    let status = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(status["priority"], 1, "{status}");
+    assert_eq!(
+        status["priority_reasons"][0], "pool app has no healthy backend",
+        "{status}"
+    );
+    assert_eq!(status["state"], "backup", "{status}");
+    // Healthy again: priority 150 back, and it preempts.
+    step(&mut report, "critical pool back", "node1", 200, || {
+        back1
+            .healthy
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let status = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(
+        (status["priority"].clone(), status["state"].clone()),
+        (json!(150), json!("master")),
+        "{status}"
+    );
+    assert_eq!(status["priority_reasons"], json!([]), "{status}");
+    println!("{}", report.join("\n"));
+}

@@ -38,6 +38,11 @@ pub struct Failover {
     /// After start, how long before this appliance preempts.
     #[serde(default)]
     pub preempt_delay_ms: u64,
+    /// Pools this appliance cannot serve without: while one of them has no
+    /// healthy backend here, the advertised priority drops to 1, so that a
+    /// backup that can serve takes over (with `preempt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub critical_pools: Vec<String>,
 }
 
 fn default_priority() -> u8 {

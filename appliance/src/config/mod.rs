@@ -420,6 +420,14 @@ impl Config {
         self.replication.validate()?;
         if let Some(f) = &self.failover {
             f.validate()?;
+            for (i, name) in f.critical_pools.iter().enumerate() {
+                if !self.pools.iter().any(|p| p.name == *name) {
+                    return Err(ConfigError::new(
+                        format!("failover.critical_pools[{i}]"),
+                        format_args!("no pool named {name:?}"),
+                    ));
+                }
+            }
         }
         let mut interfaces = HashSet::new();
         for (i, n) in self.network.iter().enumerate() {

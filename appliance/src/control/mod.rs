@@ -99,8 +99,12 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     rotate.tick().await;
     let mut collect = tokio::time::interval(GC_EVERY);
     collect.tick().await;
+    // Failover's health tracking: a critical pool without a healthy backend
+    // lowers the advertised priority.
+    let mut track = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
+            _ = track.tick() => track_health(&shared),
             _ = term.recv() => begin_shutdown(&shared, "SIGTERM"),
             _ = int.recv() => begin_shutdown(&shared, "SIGINT"),
             _ = rotate.tick() => {
@@ -120,6 +124,28 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
             },
         }
     }
+}
+
+/// Tells the failover which of its critical pools have no healthy backend.
+fn track_health(shared: &Shared) {
+    let critical = shared.failover.critical_pools();
+    if critical.is_empty() {
+        return;
+    }
+    let snap = shared.snapshot.load();
+    let now = crate::clock::now_ms();
+    let unhealthy = critical
+        .iter()
+        .filter(|name| {
+            !snap
+                .pools
+                .iter()
+                .filter(|p| *p.name == ***name)
+                .any(|p| p.backends.iter().any(|b| b.shared.serves(now)))
+        })
+        .map(|name| format!("pool {name} has no healthy backend"))
+        .collect();
+    shared.failover.set_health(unhealthy);
 }
 
 /// Starts a graceful shutdown (signal or admin request); a second one exits

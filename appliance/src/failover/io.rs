@@ -26,6 +26,8 @@ pub struct Status {
     pub master: Option<IpAddr>,
     pub priority: u8,
     pub configured_priority: u8,
+    /// Why the priority is below the configured one, if it is.
+    pub priority_reasons: Vec<String>,
     pub advert_ms: u32,
     pub virtual_addresses: Vec<String>,
     pub counts: Counts,
@@ -80,6 +82,38 @@ impl Slot {
         }
     }
 
+    /// Health tracking: `unhealthy` names why this appliance cannot serve
+    /// (empty: it can). While it cannot, it advertises priority 1.
+    pub fn set_health(&self, unhealthy: Vec<String>) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((cfg, handle)) = running.as_ref() else {
+            return;
+        };
+        let want = if unhealthy.is_empty() {
+            cfg.priority
+        } else {
+            1
+        };
+        handle.wanted.store(want, Ordering::Release);
+        if let Some(s) = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            s.priority_reasons = unhealthy;
+        }
+    }
+
+    /// The critical pools, for the control plane's health check.
+    pub fn critical_pools(&self) -> Vec<String> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running
+            .as_ref()
+            .map(|(c, _)| c.critical_pools.clone())
+            .unwrap_or_default()
+    }
+
     /// Stops it: a master sends priority 0 and removes its addresses.
     pub fn stop(&self) {
         let old = self
@@ -104,6 +138,8 @@ impl Slot {
 #[derive(Debug)]
 pub struct Handle {
     stop: Arc<AtomicBool>,
+    /// The priority to advertise (health tracking); read by the thread.
+    wanted: Arc<std::sync::atomic::AtomicU8>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -139,6 +175,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
         primary: link.primary,
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let wanted = Arc::new(std::sync::atomic::AtomicU8::new(cfg.priority));
     let status = Status {
         interface: cfg.interface.clone(),
         vrid: cfg.vrid,
@@ -146,6 +183,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
         master: None,
         priority: cfg.priority,
         configured_priority: cfg.priority,
+        priority_reasons: Vec::new(),
         advert_ms: cfg.advert_ms,
         virtual_addresses: cfg
             .virtual_addresses
@@ -159,6 +197,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
     *report.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
     let thread = {
         let stop = Arc::clone(&stop);
+        let wanted = Arc::clone(&wanted);
         let cfg = cfg.clone();
         std::thread::Builder::new()
             .name("failover".into())
@@ -169,7 +208,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
                     cfg,
                     report,
                 };
-                if let Err(e) = run.run(&stop) {
+                if let Err(e) = run.run(&stop, &wanted) {
                     tracing::error!("failover stopped: {e}");
                     run.release();
                     run.update(|s| s.error = Some(e));
@@ -179,6 +218,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
     };
     Ok(Handle {
         stop,
+        wanted,
         thread: Some(thread),
     })
 }
@@ -191,7 +231,11 @@ struct Run {
 }
 
 impl Run {
-    fn run(&mut self, stop: &AtomicBool) -> Result<(), String> {
+    fn run(
+        &mut self,
+        stop: &AtomicBool,
+        wanted: &std::sync::atomic::AtomicU8,
+    ) -> Result<(), String> {
         let now = crate::clock::now_us();
         let actions = self.machine.start(now);
         self.apply(actions)?;
@@ -200,6 +244,16 @@ impl Run {
             if stop.load(Ordering::Acquire) {
                 let actions = self.machine.shutdown(crate::clock::now_us());
                 return self.apply(actions);
+            }
+            let want = wanted.load(Ordering::Acquire);
+            if want != self.machine.priority() {
+                tracing::info!(
+                    vrid = self.cfg.vrid,
+                    "failover: advertising priority {want} (was {})",
+                    self.machine.priority()
+                );
+                self.machine.set_priority(want);
+                self.apply(Vec::new())?;
             }
             let now = crate::clock::now_us();
             // Wake for the next timer, and at least every 10 ms to see a stop.
