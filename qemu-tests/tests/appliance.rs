@@ -337,21 +337,28 @@ fn a_bad_network_setting_on_the_command_line_is_explained_on_the_console() {
     });
 }
 
+/// Two appliances, A at 10.0.2.15 and B at 10.0.2.16, booted side by side
+/// and answering HTTPS.
+fn boot_pair(h: &mut qemu_tests::Harness) -> (Appliance, Appliance) {
+    let (disk_a, disk_b) = (h.disk("a"), h.disk("b"));
+    let addr_b: std::net::Ipv4Addr = [10, 0, 2, 16].into();
+    let mut a = Appliance::boot(h, "a", &disk_a, Boot::Direct(cmdline("")));
+    let mut b = Appliance::boot_at(
+        h,
+        "b",
+        &disk_b,
+        Boot::Direct(qemu_tests::cmdline_at(addr_b, "")),
+        addr_b,
+    );
+    a.wait_ready();
+    b.wait_ready();
+    (a, b)
+}
+
 #[test]
 fn two_appliances_replicate_a_site_published_to_one_and_served_by_the_other() {
     run("replication", |h| {
-        let (disk_a, disk_b) = (h.disk("a"), h.disk("b"));
-        let addr_b: std::net::Ipv4Addr = [10, 0, 2, 16].into();
-        let mut a = Appliance::boot(h, "a", &disk_a, Boot::Direct(cmdline("")));
-        let mut b = Appliance::boot_at(
-            h,
-            "b",
-            &disk_b,
-            Boot::Direct(qemu_tests::cmdline_at(addr_b, "")),
-            addr_b,
-        );
-        a.wait_ready();
-        b.wait_ready();
+        let (a, b) = boot_pair(h);
         let fingerprint = |vm: &Appliance| {
             let (status, r) = vm.api("GET", "/v1/replication", None);
             assert_eq!(status, 200, "{r}");
@@ -414,18 +421,7 @@ fn two_appliances_replicate_a_site_published_to_one_and_served_by_the_other() {
 #[test]
 fn two_appliances_share_a_virtual_address_and_the_backup_serves_when_the_master_vm_dies() {
     run("failover", |h| {
-        let (disk_a, disk_b) = (h.disk("a"), h.disk("b"));
-        let addr_b: std::net::Ipv4Addr = [10, 0, 2, 16].into();
-        let mut a = Appliance::boot(h, "a", &disk_a, Boot::Direct(cmdline("")));
-        let mut b = Appliance::boot_at(
-            h,
-            "b",
-            &disk_b,
-            Boot::Direct(qemu_tests::cmdline_at(addr_b, "")),
-            addr_b,
-        );
-        a.wait_ready();
-        b.wait_ready();
+        let (mut a, b) = boot_pair(h);
         let vip: std::net::Ipv4Addr = [10, 0, 2, 100].into();
         // 100 ms adverts: the VMs run under emulation, where 50 ms is tight.
         let pair = |peer: &Appliance, priority: u8| {
