@@ -33,18 +33,19 @@ struct Cli {
 enum Command {
     /// Serve: with no --config, the embedded default (HTTPS on 127.0.0.1:8443).
     Serve {
-        /// The config file (JSON, see docs/config.md).
-        #[arg(long, env = "EDGEBOX_CONFIG")]
-        config: Option<PathBuf>,
-        /// Where edgebox keeps its state (default certificate, later the store).
-        #[arg(long, env = "EDGEBOX_DATA")]
-        data: Option<PathBuf>,
-        /// Data-plane cores (one pinned executor each); default: every CPU.
-        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
-        cores: Option<u16>,
+        #[command(flatten)]
+        args: ServeArgs,
         /// Started by edgebox's PID 1 on the appliance (see docs/image.md).
         #[arg(long, hide = true)]
         init_child: bool,
+    },
+    /// Run `edgebox serve` supervised, as PID 1 does on the appliance:
+    /// started again when it dies, and the failover's virtual addresses of
+    /// a server that died or hung removed at once (docs/failover.md).
+    Supervise {
+        /// Passed on to `edgebox serve`.
+        #[command(flatten)]
+        args: ServeArgs,
     },
     /// Check a config file completely (certificates included) and exit.
     CheckConfig { config: PathBuf },
@@ -71,6 +72,20 @@ enum Command {
         #[command(flatten)]
         args: edgebox::ctl::CtlArgs,
     },
+}
+
+/// What `edgebox serve` is told (and `edgebox supervise` passes on).
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// The config file (JSON, see docs/config.md).
+    #[arg(long, env = "EDGEBOX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where edgebox keeps its state (default certificate, later the store).
+    #[arg(long, env = "EDGEBOX_DATA")]
+    data: Option<PathBuf>,
+    /// Data-plane cores (one pinned executor each); default: every CPU.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    cores: Option<u16>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -105,6 +120,21 @@ fn main() -> ExitCode {
                 .map(|id| println!("{}", id.fingerprint()))
                 .map_err(|e| edgebox::ctl::CtlError::Usage(e.to_string())),
         ),
+        Command::Supervise {
+            args: ServeArgs {
+                config,
+                data,
+                cores,
+            },
+        } => (
+            "supervise",
+            supervise(
+                config,
+                data.unwrap_or_else(default_data_dir),
+                cores,
+                cli.log_format,
+            ),
+        ),
         command => return serve_or_check(command, cli.log_format),
     };
     match result {
@@ -120,9 +150,11 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
     let (_log_guard, logs) = logging::init(log_format);
     let result = match command {
         Command::Serve {
-            config,
-            data,
-            cores,
+            args: ServeArgs {
+                config,
+                data,
+                cores,
+            },
             init_child,
         } => {
             let cores = cores.map_or_else(
@@ -145,7 +177,10 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
             }
         }
         Command::CheckConfig { config } => check_config(config),
-        Command::Ctl { .. } | Command::Publish { .. } | Command::Identity { .. } => Ok(()),
+        Command::Ctl { .. }
+        | Command::Publish { .. }
+        | Command::Identity { .. }
+        | Command::Supervise { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,6 +189,40 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `edgebox supervise`: SIGTERM or SIGINT is passed on to the server, and
+/// the supervisor ends with it.
+fn supervise(
+    config: Option<PathBuf>,
+    data: PathBuf,
+    cores: Option<u16>,
+    log_format: LogFormat,
+) -> Result<(), edgebox::ctl::CtlError> {
+    use clap::ValueEnum;
+    let usage = |e: std::io::Error| edgebox::ctl::CtlError::Usage(e.to_string());
+    let exe = std::env::current_exe().map_err(usage)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop)).map_err(usage)?;
+    }
+    let serve = || {
+        let mut c = std::process::Command::new(&exe);
+        c.arg("serve").arg("--data").arg(&data);
+        if let Some(format) = log_format.to_possible_value() {
+            c.arg("--log-format").arg(format.get_name());
+        }
+        if let Some(config) = &config {
+            c.arg("--config").arg(config);
+        }
+        if let Some(cores) = cores {
+            c.arg("--cores").arg(cores.to_string());
+        }
+        c
+    };
+    let say = |m: String| eprintln!("edgebox supervise: {m}");
+    edgebox::init::guarded::run(&serve, &data, &stop, &say);
+    Ok(())
 }
 
 fn check_config(path: PathBuf) -> Result<(), server::ServeError> {

@@ -292,11 +292,15 @@ fn the_backup_takes_the_virtual_address_when_the_master_dies_and_gives_it_back()
         },
     );
 
-    // 4. A graceful stop (SIGTERM): the master sends priority 0 and removes
-    // its address before it drains; the backup takes over after its skew.
-    step(&mut report, "master stopped", "node1", 300, || {
-        drop(b.stop());
+    // 4. A graceful stop (SIGTERM), make-before-break: the master lowers
+    // its priority to 1, keeps the address until node1 (preempting) holds
+    // it, and only then stops accepting and drains. No request fails.
+    let mut b = b;
+    let (_, failed) = step(&mut report, "master stopped", "node1", 300, || {
+        b.signal(rustix::process::Signal::TERM);
     });
+    assert!(b.wait_exit().success());
+    assert_eq!(failed, 0, "{report:?}");
     let metrics = a.api("GET", "/metrics", None, &[]).expect(200).body;
     assert!(
         metrics.contains("edgebox_failover_state{vrid=\"51\",state=\"master\"} 1"),
@@ -506,5 +510,294 @@ fn a_master_whose_critical_pool_has_no_healthy_backend_gives_way() {
         "{status}"
     );
     assert_eq!(status["priority_reasons"], json!([]), "{status}");
+    println!("{}", report.join("\n"));
+}
+
+/// `Lan` members with replication between them (identities made first),
+/// so that a handover can ask the peer over the replication link.
+fn replicating(lan: &Lan, priority: [u8; 2], preempt: [bool; 2]) -> Vec<Edgebox> {
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let pins: Vec<String> = dirs.iter().map(|d| identity(d.path())).collect();
+    dirs.into_iter()
+        .enumerate()
+        .map(|(k, dir)| {
+            let (i, other) = (k + 1, 2 - k);
+            let mut c = appliance(i, priority[k]);
+            c["failover"]["preempt"] = json!(preempt[k]);
+            c["replication"] = json!({
+                "listen": format!("10.9.0.{i}:7443"),
+                "peers": [{"address": format!("10.9.0.{other}:7443"), "fingerprint": pins[1 - k], "name": format!("node{other}")}],
+                "timeout_ms": 2000,
+            });
+            let ns = lan.hosts[k].clone();
+            std::thread::spawn(move || {
+                enter(&ns);
+                Edgebox::start_in(dir, &c, 1)
+            })
+            .join()
+            .unwrap()
+        })
+        .collect()
+}
+
+fn connected(eb: &Edgebox) -> bool {
+    let r = eb
+        .api("GET", "/v1/replication", None, &[])
+        .expect(200)
+        .json();
+    r["peers"][0]["state"] == "connected"
+}
+
+/// `edgebox ctl failover release`: the master asks its peer over the
+/// replication link and keeps the address until the peer holds it; the
+/// peer here does not preempt, so only the request can move the address.
+#[test]
+fn a_planned_handover_asks_the_peer_first_and_loses_no_request() {
+    let lan = Lan::new(2);
+    let mut nodes = replicating(&lan, [150, 100], [true, false]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    wait_for("node1 to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    wait_for("replication to connect both ways", || {
+        (connected(a) && connected(b)).then_some(())
+    });
+    let mut report = Vec::new();
+    let mut ctl = None;
+    let (_, failed) = step(&mut report, "ctl failover release", "node2", 200, || {
+        let out = a.ctl(&["failover", "release"]);
+        ctl = Some(out);
+    });
+    let out = ok(ctl.unwrap());
+    assert!(out.contains("handed over: 10.9.0.2 is master now"), "{out}");
+    assert_eq!(failed, 0, "{report:?}");
+    let s = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(
+        (s["state"].clone(), s["priority"].clone()),
+        (json!("backup"), json!(1)),
+        "{s}"
+    );
+    assert!(
+        s["priority_reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("released"),
+        "{s}"
+    );
+    let s = b.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    let last = s["transitions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["to"].clone(), last["why"].clone()),
+        (json!("master"), json!("asked")),
+        "{s}"
+    );
+    // Released, node1 does not preempt back on its own.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ask().as_deref(), Some("node2"));
+    // Releasing a backup is refused, naming why.
+    let r = a.api("POST", "/v1/failover/release", None, &[]);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("not master"), "{}", r.body);
+
+    // Reclaimed: priority 150 again, and node1 preempts (make-before-break).
+    let (_, failed) = step(&mut report, "ctl failover reclaim", "node1", 200, || {
+        ok(a.ctl(&["failover", "reclaim"]));
+    });
+    assert_eq!(failed, 0, "{report:?}");
+
+    // A graceful stop of the master hands over the same way: node2, which
+    // does not preempt, is asked, and no request fails.
+    let (_, failed) = step(
+        &mut report,
+        "master stopped (SIGTERM)",
+        "node2",
+        200,
+        || {
+            nodes[0].signal(rustix::process::Signal::TERM);
+        },
+    );
+    assert!(nodes[0].wait_exit().success());
+    assert_eq!(failed, 0, "{report:?}");
+    let logs = nodes[0].logs().join("\n");
+    assert!(
+        logs.contains("the peer holds the virtual addresses"),
+        "{logs}"
+    );
+    println!("{}", report.join("\n"));
+}
+
+/// The server's child processes, by /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|st| {
+                // pid (comm) state ppid ...: comm may hold spaces.
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
+                    == Some(pid.to_string())
+            })
+        })
+        .collect()
+}
+
+/// Whether appliance `i`'s eth0 carries the virtual address.
+fn holds(lan: &Lan, i: usize) -> bool {
+    let out = Command::new("ip")
+        .args([
+            "-n",
+            &lan.hosts[i - 1],
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            "eth0",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
+}
+
+/// Under `edgebox supervise` (what PID 1 runs on the appliance), a server
+/// that is killed or hangs loses the virtual address at once: the box never
+/// goes on answering ARP for an address it cannot serve (keepalived's node
+/// does after a SIGKILL).
+#[test]
+fn a_supervised_server_that_dies_or_hangs_gives_up_the_address_at_once() {
+    let lan = Lan::new(2);
+    let a = {
+        let ns = lan.hosts[0].clone();
+        let config = appliance(1, 150);
+        std::thread::spawn(move || {
+            enter(&ns);
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("edgebox.json");
+            std::fs::write(&path, config.to_string()).unwrap();
+            let args = [
+                "supervise",
+                "--config",
+                path.to_str().unwrap(),
+                "--cores",
+                "1",
+            ]
+            .map(str::to_owned);
+            Edgebox::spawn(dir, &args)
+        })
+        .join()
+        .unwrap()
+    };
+    let _b = lan.start(2, &appliance(2, 100));
+    let server = |what: &str| {
+        wait_for(what, || {
+            (ask().as_deref() == Some("node1"))
+                .then(|| children_of(a.pid()))
+                .and_then(|c| (c.len() == 1).then(|| c[0]))
+        })
+    };
+    let first = server("node1 (supervised) to serve the virtual address");
+    assert!(holds(&lan, 1));
+    let mut report = Vec::new();
+    let gone_after = |sig: rustix::process::Signal, pid: i32| {
+        let at = Instant::now();
+        rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).unwrap();
+        wait_for("node1 to lose the virtual address", || {
+            (!holds(&lan, 1)).then(|| at.elapsed())
+        })
+    };
+    // Killed: the supervisor reaps it and removes the address.
+    let took = gone_after(rustix::process::Signal::KILL, first);
+    report.push(format!(
+        "server killed: address removed after {} ms",
+        took.as_millis()
+    ));
+    assert!(took < Duration::from_millis(300), "{report:?}");
+    // node2 serves meanwhile; the supervisor starts the server again (after
+    // a second), and it preempts.
+    wait_for("node2 to serve", || {
+        (ask().as_deref() == Some("node2")).then_some(())
+    });
+    let second = server("the restarted node1 to serve the virtual address");
+    assert_ne!(first, second);
+    // Hung (stopped): its failover no longer touches failover.held; after
+    // its stale time (500 ms at 50 ms adverts) the supervisor removes the
+    // address and kills it.
+    let took = gone_after(rustix::process::Signal::STOP, second);
+    report.push(format!(
+        "server hung: address removed after {} ms",
+        took.as_millis()
+    ));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(1500),
+        "{report:?}"
+    );
+    wait_for("node2 to serve", || {
+        (ask().as_deref() == Some("node2")).then_some(())
+    });
+    let third = server("node1 to serve again after the hang");
+    assert_ne!(second, third);
+    let logs = a.logs().join("\n");
+    assert!(logs.contains("stopped advertising (hung)"), "{logs}");
+    assert!(
+        logs.contains("removed the virtual addresses the server held: 10.9.0.100/24"),
+        "{logs}"
+    );
+    println!("{}", report.join("\n"));
+}
+
+/// A partition between the two makes two masters; healed, node2 gives way
+/// at node1's next advert and node1 draws the client back: one master, the
+/// client served by it. The partition: each node's neighbour entry for the
+/// other points at a MAC nobody has, so their unicast adverts are dropped
+/// (as frames for another host) while the client still reaches both.
+#[test]
+fn a_partition_heals_into_one_master() {
+    let lan = Lan::new(2);
+    let a = lan.start(1, &appliance(1, 150));
+    let b = lan.start(2, &appliance(2, 100));
+    wait_for("node1 to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    let neigh = |i: usize, args: &[&str]| {
+        let (ns, other) = (&lan.hosts[i - 1], format!("10.9.0.{}", 3 - i));
+        let mut all = vec!["-n", ns, "neigh", args[0], &other];
+        all.extend_from_slice(&args[1..]);
+        all.extend_from_slice(&["dev", "eth0"]);
+        ip(&all);
+    };
+    for i in [1, 2] {
+        neigh(
+            i,
+            &["replace", "lladdr", "02:00:00:00:00:99", "nud", "permanent"],
+        );
+    }
+    let state =
+        |eb: &Edgebox| eb.api("GET", "/v1/failover", None, &[]).expect(200).json()["state"].clone();
+    wait_for("node2 to become master too (split brain)", || {
+        (state(&b) == "master").then_some(())
+    });
+    assert_eq!(state(&a), "master");
+    assert!(holds(&lan, 1) && holds(&lan, 2));
+    let mut report = Vec::new();
+    step(&mut report, "partition healed", "node1", 200, || {
+        for i in [1, 2] {
+            neigh(i, &["del"]);
+        }
+    });
+    assert_eq!((state(&a), state(&b)), (json!("master"), json!("backup")));
+    assert!(
+        holds(&lan, 1) && !holds(&lan, 2),
+        "the loser released its address"
+    );
+    let sb = b.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert!(sb["counts"]["other_master"].as_u64().unwrap() >= 1, "{sb}");
+    let logs = b.logs().join("\n");
+    assert!(logs.contains("another master wins"), "{logs}");
+    let metrics = b.api("GET", "/metrics", None, &[]).expect(200).body;
+    assert!(
+        metrics.contains("edgebox_failover_other_master_total{vrid=\"51\"} "),
+        "{metrics}"
+    );
     println!("{}", report.join("\n"));
 }

@@ -126,6 +126,38 @@ pub async fn dispatch(
                 &status.map_or_else(|| json!({ "state": "disabled" }), |s| json!(s)),
             ))
         }
+        (["v1", "failover", "release"], &Method::POST) => {
+            let limit = query(&req, "wait_ms")?.unwrap_or(5000);
+            if limit > 60_000 {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "wait_ms must be at most 60000",
+                ));
+            }
+            let handed =
+                crate::control::hand_over(control, std::time::Duration::from_millis(limit))
+                    .await
+                    .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+            let status = control.borrow().shared.failover.status();
+            if !handed {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("no peer took the virtual addresses within {limit} ms; this appliance still holds them, advertising priority 1 (edgebox ctl failover reclaim restores its priority)"),
+                ));
+            }
+            Ok(json_response(StatusCode::OK, &json!(status)))
+        }
+        (["v1", "failover", "reclaim"], &Method::POST) => {
+            let c = control.borrow();
+            c.shared
+                .failover
+                .reclaim()
+                .map_err(|e| ApiError::new(StatusCode::CONFLICT, e))?;
+            Ok(json_response(
+                StatusCode::OK,
+                &json!(c.shared.failover.status()),
+            ))
+        }
         (["v1", "logs"], &Method::GET) => {
             let limit = query(&req, "limit")?.unwrap_or(100);
             if limit > crate::logging::RING_LINES as u64 {
@@ -161,15 +193,12 @@ pub async fn dispatch(
                     ))
                 }
             };
-            if !c
-                .shared
-                .shutting_down
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if !c.stopping {
                 c.shared
                     .exit
                     .store(exit as u8, std::sync::atomic::Ordering::Release);
-                crate::control::begin_shutdown(&c.shared, &format!("admin API {action}"));
+                drop(c);
+                crate::control::begin_shutdown(control, &format!("admin API {action}"));
             }
             Ok(json_response(
                 StatusCode::ACCEPTED,
@@ -193,6 +222,7 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         | ["v1", "pools", _, "status"]
         | ["v1", "sites"] => "GET",
         ["v1", "sites", _, "rollback"] | ["v1", "store", "gc" | "scrub"] => "POST",
+        ["v1", "failover", "release" | "reclaim"] => "POST",
         ["v1", "config" | "listeners" | "routes" | "hostmap"] => "GET, PUT",
         ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => "POST",
         ["v1", "pools", _, "backends", _, "drain" | "enable"] => "POST",

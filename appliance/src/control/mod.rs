@@ -105,8 +105,8 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     loop {
         tokio::select! {
             _ = track.tick() => track_health(&shared),
-            _ = term.recv() => begin_shutdown(&shared, "SIGTERM"),
-            _ = int.recv() => begin_shutdown(&shared, "SIGINT"),
+            _ = term.recv() => begin_shutdown(&control, "SIGTERM"),
+            _ = int.recv() => begin_shutdown(&control, "SIGINT"),
             _ = rotate.tick() => {
                 if let Err(e) = shared.tickets.tick_now() {
                     tracing::error!("{e}");
@@ -149,17 +149,107 @@ fn track_health(shared: &Shared) {
 }
 
 /// Starts a graceful shutdown (signal or admin request); a second one exits
-/// at once.
-pub fn begin_shutdown(shared: &Shared, why: &str) {
-    if shared.shutting_down.swap(true, Ordering::AcqRel) {
-        tracing::warn!("{why} again: exiting now without waiting for requests in flight");
-        std::process::exit(1);
+/// at once. A failover master first hands the virtual addresses over
+/// (make-before-break, [`hand_over`]) and only then stops accepting.
+pub fn begin_shutdown(control: &Rc<RefCell<Control>>, why: &str) {
+    let shared = {
+        let mut c = control.borrow_mut();
+        if std::mem::replace(&mut c.stopping, true) {
+            tracing::warn!("{why} again: exiting now without waiting for requests in flight");
+            std::process::exit(1);
+        }
+        Arc::clone(&c.shared)
+    };
+    let master = shared
+        .failover
+        .status()
+        .is_some_and(|s| s.state == crate::failover::machine::State::Master);
+    if !master {
+        stop_accepting(&shared, why);
+        return;
     }
+    let (control, why) = (Rc::clone(control), why.to_owned());
+    tokio::task::spawn_local(async move {
+        let limit = handover_limit(&shared);
+        match hand_over(&control, limit).await {
+            Ok(true) => tracing::info!("{why}: the peer holds the virtual addresses"),
+            Ok(false) => tracing::warn!(
+                "{why}: no peer took the virtual addresses within {} ms; releasing them anyway",
+                limit.as_millis()
+            ),
+            Err(e) => tracing::warn!("{why}: no handover: {e}"),
+        }
+        stop_accepting(&shared, &why);
+    });
+}
+
+fn stop_accepting(shared: &Shared, why: &str) {
+    shared.shutting_down.store(true, Ordering::Release);
     let grace = shared.snapshot.load().client.shutdown_grace;
     tracing::info!(
         "{why}: shutting down; no new connections, requests in flight get up to {} ms",
         grace.as_millis()
     );
-    // A master hands the virtual addresses over first (priority 0).
+    // Whatever is still held goes now (priority 0 tells a backup at once).
     shared.failover.stop();
+}
+
+/// How long a shutdown waits for the peer to take over: enough for a
+/// preempting backup that was not asked over the replication link (its
+/// master-down interval, at most 3 adverts and a skew), plus a margin.
+fn handover_limit(shared: &Shared) -> Duration {
+    let advert = shared
+        .snapshot
+        .load()
+        .config
+        .failover
+        .as_ref()
+        .map_or(100, |f| u64::from(f.advert_ms));
+    Duration::from_millis(5 * advert + 300).min(Duration::from_secs(10))
+}
+
+/// A planned handover, make-before-break: this appliance advertises
+/// priority 1 (keeping the addresses), asks its replication peers to take
+/// over, and waits until one's advert made it let go, or `limit` passes.
+/// Whether it was handed over; on `false` this appliance still holds the
+/// addresses (at priority 1, until reclaimed or a peer takes them).
+pub async fn hand_over(control: &Rc<RefCell<Control>>, limit: Duration) -> Result<bool, String> {
+    use crate::failover::machine::State;
+    let shared = Arc::clone(&control.borrow().shared);
+    let status = shared
+        .failover
+        .status()
+        .ok_or("failover is not configured")?;
+    if status.state != State::Master {
+        return Err(format!(
+            "this appliance is {}, not master",
+            serde_json::to_value(status.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ));
+    }
+    shared.failover.release()?;
+    let until = tokio::time::Instant::now() + limit;
+    let mut asked = false;
+    loop {
+        let Some(s) = shared.failover.status() else {
+            return Err("failover stopped".into());
+        };
+        if s.state != State::Master {
+            return Ok(true);
+        }
+        // The peer is asked once this appliance advertises priority 1, so
+        // that its take-over is not undone by an advert of the old one.
+        if !asked && s.priority == 1 {
+            let mut c = control.borrow_mut();
+            c.replica.take_over = Some(s.vrid);
+            c.replica.changed.notify_one();
+            asked = true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

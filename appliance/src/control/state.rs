@@ -65,6 +65,9 @@ pub struct Control {
     /// Replication: the catalog of what peers share, what is on its way,
     /// the peers' state.
     pub replica: crate::replication::Replica,
+    /// A shutdown was asked for (it may still be handing the virtual
+    /// addresses over before it stops accepting).
+    pub stopping: bool,
 }
 
 /// A change of a site made through the admin API.

@@ -117,6 +117,11 @@ enum CtlCommand {
     },
     /// Replication peers: state, lag, bytes, errors.
     Peers,
+    /// The active-backup pair (default: show this appliance's state).
+    Failover {
+        #[command(subcommand)]
+        action: Option<FailoverAction>,
+    },
     /// Prometheus metrics.
     Metrics,
     /// Recent log events.
@@ -253,6 +258,21 @@ enum StoreAction {
     },
     /// Re-hash every blob; corrupt ones are quarantined and reported.
     Scrub,
+}
+
+#[derive(Debug, Subcommand)]
+enum FailoverAction {
+    /// State, master, priority and its reasons, recent transitions.
+    Status,
+    /// Hand the virtual addresses to the peer, make-before-break; returns
+    /// once the peer holds them (this appliance then stays backup).
+    Release {
+        /// How long to wait for the peer, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        wait_ms: u64,
+    },
+    /// End a release: advertise the configured priority again.
+    Reclaim,
 }
 
 #[derive(Debug, Subcommand)]
@@ -406,6 +426,28 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
             })?,
         },
         CtlCommand::Peers => show(get("/v1/replication")?, json_out, render_peers)?,
+        CtlCommand::Failover { action } => match action.unwrap_or(FailoverAction::Status) {
+            FailoverAction::Status => show(get("/v1/failover")?, json_out, render_failover)?,
+            FailoverAction::Release { wait_ms } => show(
+                empty(
+                    Method::POST,
+                    &format!("/v1/failover/release?wait_ms={wait_ms}"),
+                )?,
+                json_out,
+                |v| {
+                    format!(
+                        "handed over: {} is master now\n{}",
+                        s(&v["master"]),
+                        render_failover(v)
+                    )
+                },
+            )?,
+            FailoverAction::Reclaim => show(
+                empty(Method::POST, "/v1/failover/reclaim")?,
+                json_out,
+                render_failover,
+            )?,
+        },
         CtlCommand::Metrics => String::from_utf8_lossy(&get("/metrics")?).into_owned(),
         CtlCommand::Logs { limit } => show(
             get(&format!("/v1/logs?limit={limit}"))?,
@@ -786,6 +828,55 @@ fn render_sites(v: &Value) -> String {
         })
         .collect();
     table(&["SITE", "GENERATION", "MANIFEST", "KEPT"], &rows)
+}
+
+fn render_failover(v: &Value) -> String {
+    if v["state"] == "disabled" {
+        return "failover is not configured\n".to_owned();
+    }
+    let mut out = format!(
+        "vrid {} on {}: {}, master {}, priority {} (configured {}), adverts every {} ms\nvirtual addresses: {}\n",
+        s(&v["vrid"]),
+        s(&v["interface"]),
+        s(&v["state"]),
+        if v["master"].is_null() { "unknown".to_owned() } else { s(&v["master"]) },
+        s(&v["priority"]),
+        s(&v["configured_priority"]),
+        s(&v["advert_ms"]),
+        v["virtual_addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(s)
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    for r in v["priority_reasons"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "priority lowered: {}", s(r));
+    }
+    if let Some(e) = v["error"].as_str() {
+        let _ = writeln!(out, "error: {e}");
+    }
+    let rows: Vec<Vec<String>> = v["transitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rev()
+        .take(10)
+        .map(|t| {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let ago = now_ms.saturating_sub(t["at_ms"].as_u64().unwrap_or(now_ms));
+            vec![
+                format!("{:.1} s ago", ago as f64 / 1000.0),
+                format!("{} -> {}", s(&t["from"]), s(&t["to"])),
+                s(&t["why"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["WHEN", "TRANSITION", "WHY"], &rows));
+    out
 }
 
 fn render_peers(v: &Value) -> String {

@@ -6,7 +6,8 @@
 //! admin request can delay an advert: a late advert is a spurious failover.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,9 +58,28 @@ pub type Report = Arc<Mutex<Option<Status>>>;
 pub struct Slot {
     running: Mutex<Option<(Failover, Handle)>>,
     report: Report,
+    /// The data directory, where the held addresses are written down for
+    /// the supervisor ([`super::guard`]); none in unit tests.
+    data: Option<PathBuf>,
+    /// A planned handover asked for (`edgebox ctl failover release`, a
+    /// shutdown): priority 1 until reclaimed. Outlives a settings change.
+    released: AtomicBool,
+    /// Why this appliance cannot serve, from the control plane's checks.
+    unhealthy: Mutex<Vec<String>>,
 }
 
+/// The reason a released appliance gives for its priority.
+pub const RELEASED: &str =
+    "released: handing over to the peer (edgebox ctl failover reclaim takes it back)";
+
 impl Slot {
+    pub fn new(data: PathBuf) -> Self {
+        Self {
+            data: Some(data),
+            ..Self::default()
+        }
+    }
+
     /// Runs VRRP as `cfg` says (none: not at all). A failure to start (no
     /// such interface, no raw sockets) is logged and shown in the status;
     /// the appliance serves on its own addresses meanwhile.
@@ -76,24 +96,82 @@ impl Slot {
         let Some(cfg) = cfg else {
             return;
         };
-        match start(cfg, Arc::clone(&self.report)) {
+        match start(cfg, Arc::clone(&self.report), self.data.clone()) {
             Ok(h) => *running = Some((cfg.clone(), h)),
             Err(e) => tracing::error!("failover not started: {e}"),
         }
+        drop(running);
+        self.refresh();
     }
 
     /// Health tracking: `unhealthy` names why this appliance cannot serve
     /// (empty: it can). While it cannot, it advertises priority 1.
     pub fn set_health(&self, unhealthy: Vec<String>) {
+        *self.unhealthy.lock().unwrap_or_else(|e| e.into_inner()) = unhealthy;
+        self.refresh();
+    }
+
+    /// A planned handover: this appliance advertises priority 1 (keeping
+    /// the addresses until the peer's advert says it holds them). Whoever
+    /// calls this asks the peer to take over ([`Slot::take_over`] there).
+    pub fn release(&self) -> Result<(), String> {
+        if self.status().is_none() {
+            return Err("failover is not configured on this appliance".into());
+        }
+        if !self.released.swap(true, Ordering::AcqRel) {
+            tracing::info!("failover: released; handing over to the peer");
+        }
+        self.refresh();
+        Ok(())
+    }
+
+    /// Ends a release: the configured priority again (and, with
+    /// preemption, the addresses back).
+    pub fn reclaim(&self) -> Result<(), String> {
+        if self.status().is_none() {
+            return Err("failover is not configured on this appliance".into());
+        }
+        if self.released.swap(false, Ordering::AcqRel) {
+            tracing::info!("failover: reclaimed; advertising the configured priority");
+        }
+        self.refresh();
+        Ok(())
+    }
+
+    /// The peer asks this appliance to take virtual router `vrid` over
+    /// (it is handing over). Whether this appliance runs that router.
+    pub fn take_over(&self, vrid: u8) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((cfg, handle)) = running.as_ref().filter(|(c, _)| c.vrid == vrid) else {
+            return false;
+        };
+        tracing::info!(
+            vrid = cfg.vrid,
+            "failover: the peer asks this appliance to take over"
+        );
+        handle.take_over.store(true, Ordering::Release);
+        drop(running);
+        // Whoever takes over serves at its own priority.
+        self.released.store(false, Ordering::Release);
+        self.refresh();
+        true
+    }
+
+    /// The priority to advertise and why, from health and release.
+    fn refresh(&self) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let Some((cfg, handle)) = running.as_ref() else {
             return;
         };
-        let want = if unhealthy.is_empty() {
-            cfg.priority
-        } else {
-            1
-        };
+        let mut reasons = self
+            .unhealthy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if self.released.load(Ordering::Acquire) {
+            reasons.push(RELEASED.to_owned());
+        }
+        let want = if reasons.is_empty() { cfg.priority } else { 1 };
         handle.wanted.store(want, Ordering::Release);
         if let Some(s) = self
             .report
@@ -101,7 +179,7 @@ impl Slot {
             .unwrap_or_else(|e| e.into_inner())
             .as_mut()
         {
-            s.priority_reasons = unhealthy;
+            s.priority_reasons = reasons;
         }
     }
 
@@ -139,7 +217,9 @@ impl Slot {
 pub struct Handle {
     stop: Arc<AtomicBool>,
     /// The priority to advertise (health tracking); read by the thread.
-    wanted: Arc<std::sync::atomic::AtomicU8>,
+    wanted: Arc<AtomicU8>,
+    /// The peer asked to hand over to this appliance; read by the thread.
+    take_over: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -163,7 +243,7 @@ impl Drop for Handle {
 }
 
 /// Starts VRRP for `cfg`, reporting into `report`.
-pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
+pub fn start(cfg: &Failover, report: Report, data: Option<PathBuf>) -> Result<Handle, String> {
     let link = Link::open(cfg)?;
     let params = Params {
         vrid: cfg.vrid,
@@ -175,7 +255,8 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
         primary: link.primary,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let wanted = Arc::new(std::sync::atomic::AtomicU8::new(cfg.priority));
+    let wanted = Arc::new(AtomicU8::new(cfg.priority));
+    let take_over = Arc::new(AtomicBool::new(false));
     let status = Status {
         interface: cfg.interface.clone(),
         vrid: cfg.vrid,
@@ -198,6 +279,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
     let thread = {
         let stop = Arc::clone(&stop);
         let wanted = Arc::clone(&wanted);
+        let take_over = Arc::clone(&take_over);
         let cfg = cfg.clone();
         std::thread::Builder::new()
             .name("failover".into())
@@ -207,8 +289,10 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
                     link,
                     cfg,
                     report,
+                    data,
+                    beaten: None,
                 };
-                if let Err(e) = run.run(&stop, &wanted) {
+                if let Err(e) = run.run(&stop, &wanted, &take_over) {
                     tracing::error!("failover stopped: {e}");
                     run.release();
                     run.update(|s| s.error = Some(e));
@@ -219,6 +303,7 @@ pub fn start(cfg: &Failover, report: Report) -> Result<Handle, String> {
     Ok(Handle {
         stop,
         wanted,
+        take_over,
         thread: Some(thread),
     })
 }
@@ -228,13 +313,17 @@ struct Run {
     link: Link,
     cfg: Failover,
     report: Report,
+    data: Option<PathBuf>,
+    /// While the addresses are held: when `failover.held` was last touched.
+    beaten: Option<std::time::Instant>,
 }
 
 impl Run {
     fn run(
         &mut self,
         stop: &AtomicBool,
-        wanted: &std::sync::atomic::AtomicU8,
+        wanted: &AtomicU8,
+        take_over: &AtomicBool,
     ) -> Result<(), String> {
         let now = crate::clock::now_us();
         let actions = self.machine.start(now);
@@ -252,9 +341,14 @@ impl Run {
                     "failover: advertising priority {want} (was {})",
                     self.machine.priority()
                 );
-                self.machine.set_priority(want);
-                self.apply(Vec::new())?;
+                let actions = self.machine.set_priority(crate::clock::now_us(), want);
+                self.apply(actions)?;
             }
+            if take_over.swap(false, Ordering::AcqRel) {
+                let actions = self.machine.take_over(crate::clock::now_us());
+                self.apply(actions)?;
+            }
+            self.beat();
             let now = crate::clock::now_us();
             // Wake for the next timer, and at least every 10 ms to see a stop.
             let wait = self
@@ -291,6 +385,12 @@ impl Run {
             })
             .collect();
         for t in &changes {
+            if t.from == State::Master && t.why == Reason::Preempted {
+                tracing::warn!(
+                    vrid = self.cfg.vrid,
+                    "failover: another master wins (higher priority or address); releasing the virtual addresses"
+                );
+            }
             tracing::info!(
                 vrid = self.cfg.vrid,
                 "failover: {} -> {} ({})",
@@ -321,6 +421,7 @@ impl Run {
             match a {
                 Action::Send(advert) => self.link.send(&advert, &self.cfg.peers),
                 Action::Take => {
+                    self.hold();
                     if let Err(e) = self.link.addresses(&self.cfg, true) {
                         tracing::error!("failover: taking the virtual addresses: {e}");
                     }
@@ -336,6 +437,41 @@ impl Run {
     fn release(&mut self) {
         if let Err(e) = self.link.addresses(&self.cfg, false) {
             tracing::error!("failover: removing the virtual addresses: {e}");
+        }
+        if let Some(data) = &self.data {
+            super::guard::clear(data);
+        }
+        self.beaten = None;
+    }
+
+    /// Writes down what is about to be held, for the supervisor.
+    fn hold(&mut self) {
+        let Some(data) = &self.data else {
+            return;
+        };
+        let held = super::guard::Held {
+            interface: self.cfg.interface.clone(),
+            index: self.link.index,
+            addresses: self.cfg.virtual_addresses.clone(),
+            stale_ms: super::guard::stale_ms(self.cfg.advert_ms),
+        };
+        if let Err(e) = super::guard::hold(data, &held) {
+            tracing::error!("failover: writing down the held addresses: {e}");
+        }
+        self.beaten = Some(std::time::Instant::now());
+    }
+
+    /// Tells the supervisor, while holding, that this thread still runs.
+    fn beat(&mut self) {
+        let (Some(data), Some(at)) = (&self.data, self.beaten) else {
+            return;
+        };
+        let every = Duration::from_millis(super::guard::stale_ms(self.cfg.advert_ms) / 5);
+        if at.elapsed() >= every {
+            if let Err(e) = super::guard::beat(data) {
+                tracing::warn!("failover: touching {}: {e}", super::guard::FILE);
+            }
+            self.beaten = Some(std::time::Instant::now());
         }
     }
 

@@ -51,6 +51,9 @@ pub enum Reason {
     Preempted,
     /// This router is stopping.
     Shutdown,
+    /// The master asked this backup to take over (a planned handover over
+    /// the replication link; the master gives way when it hears us).
+    Asked,
 }
 
 /// What the machine asks of its IO.
@@ -105,6 +108,8 @@ pub struct Machine {
     started_us: u64,
     /// Who sent the last advert this router accepted as the master's.
     master: Option<IpAddr>,
+    /// When this master last drew neighbours back from a losing master.
+    reasserted_us: Option<u64>,
     counts: Counts,
 }
 
@@ -121,6 +126,7 @@ impl Machine {
             announce: Vec::new(),
             started_us: 0,
             master: None,
+            reasserted_us: None,
             counts: Counts::default(),
         }
     }
@@ -275,32 +281,67 @@ impl Machine {
                 self.counts.other_master += 1;
                 let wins = a.priority > self.priority
                     || (a.priority == self.priority && ip_key(src) > ip_key(self.p.primary));
-                if wins {
-                    self.master_adver_cs = a.interval_cs.max(1);
-                    self.timer = Some(now + self.master_down_us());
-                    self.announce.clear();
-                    self.master = Some(src);
-                    out.push(Action::Release);
-                    self.change(State::Backup, Reason::Preempted, &mut out);
+                if !wins {
+                    // Split brain settled in our favour (a partition healed):
+                    // the loser gives way on our advert, sent now, and the
+                    // neighbours it drew to itself are drawn back (at most
+                    // once a second, whatever keeps advertising).
+                    out.push(Action::Send(self.advert(self.priority)));
+                    self.timer = Some(now + self.advert_us());
+                    if self.reasserted_us.is_none_or(|t| now >= t + 1_000_000) {
+                        self.reasserted_us = Some(now);
+                        out.push(Action::Announce);
+                        self.announce = ANNOUNCE_AT_US[1..].iter().map(|d| now + d).collect();
+                    }
+                    return out;
                 }
+                self.master_adver_cs = a.interval_cs.max(1);
+                self.timer = Some(now + self.master_down_us());
+                self.announce.clear();
+                self.master = Some(src);
+                out.push(Action::Release);
+                self.change(State::Backup, Reason::Preempted, &mut out);
             }
         }
         out
     }
 
-    /// Lowers (or restores) the advertised priority, for health tracking:
-    /// a master that cannot serve gives way to a preempting backup. The
-    /// owner's 255 is not changed.
-    pub fn set_priority(&mut self, priority: u8) {
-        if self.p.priority != 255 {
-            self.priority = priority.clamp(1, 254);
+    /// Lowers (or restores) the advertised priority, for health tracking
+    /// and planned handovers: a master that cannot serve gives way to a
+    /// preempting backup, and keeps the addresses until that backup's
+    /// advert arrives (make-before-break). The owner's 255 is not changed.
+    /// A master that changes its priority advertises it at once.
+    pub fn set_priority(&mut self, now: u64, priority: u8) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.p.priority == 255 || priority.clamp(1, 254) == self.priority {
+            return out;
         }
+        self.priority = priority.clamp(1, 254);
+        if self.state == State::Master {
+            out.push(Action::Send(self.advert(self.priority)));
+            self.timer = Some(now + self.advert_us());
+        }
+        out
+    }
+
+    /// A planned handover, asked of this backup by the master: it becomes
+    /// master at once, whatever its priority and preemption, and the
+    /// master (which lowered its priority first) gives way on hearing it.
+    pub fn take_over(&mut self, now: u64) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state == State::Backup {
+            self.become_master(now, Reason::Asked, &mut out);
+        }
+        out
     }
 
     fn become_master(&mut self, now: u64, why: Reason, out: &mut Vec<Action>) {
-        out.push(Action::Send(self.advert(self.priority)));
+        // The addresses are taken and announced before the first advert: a
+        // master that hears it lets them go at once, and the neighbours are
+        // to move here first (make-before-break).
         out.push(Action::Take);
         out.push(Action::Announce);
+        out.push(Action::Send(self.advert(self.priority)));
         self.announce = ANNOUNCE_AT_US[1..].iter().map(|d| now + d).collect();
         self.timer = Some(now + self.advert_us());
         self.master = None;

@@ -230,7 +230,24 @@ fn equal_priorities_are_settled_by_the_higher_address() {
     assert_eq!(s.masters(), vec![1]);
     assert!(!s.holds[0], "the loser released its addresses");
     assert!(s.nodes[0].counts().other_master >= 1);
+    // The winner draws back the neighbours the loser's announcements drew
+    // away, again a little later; not on every advert after.
+    let healed: Vec<u64> = s.announced[1]
+        .iter()
+        .copied()
+        .filter(|&t| t >= 1000 * MS)
+        .collect();
+    assert!(!healed.is_empty() && healed[0] <= 1200 * MS, "{healed:?}");
     s.run_until(10_000 * MS);
+    let after: Vec<u64> = s.announced[1]
+        .iter()
+        .copied()
+        .filter(|&t| t >= 1000 * MS)
+        .collect();
+    assert!(
+        after.len() <= 4,
+        "a few announcements, not one per advert: {after:?}"
+    );
     assert_eq!(s.masters(), vec![1], "and it stays settled");
 }
 
@@ -241,12 +258,65 @@ fn a_master_whose_health_lowers_its_priority_gives_way() {
     s.start(1);
     s.run_until(1000 * MS);
     assert_eq!(s.masters(), vec![0]);
-    s.nodes[0].set_priority(50);
+    let out = s.nodes[0].set_priority(s.now, 50);
+    assert!(
+        matches!(&out[..], [Action::Send(a)] if a.priority == 50),
+        "a master advertises its new priority at once: {out:?}"
+    );
+    s.apply(0, out);
     s.run_until(2000 * MS);
     assert_eq!(s.masters(), vec![1]);
-    s.nodes[0].set_priority(150);
+    let out = s.nodes[0].set_priority(s.now, 150);
+    assert!(out.is_empty(), "a backup sends nothing: {out:?}");
     s.run_until(3000 * MS);
     assert_eq!(s.masters(), vec![0], "back when healthy (preempt)");
+}
+
+/// The planned handover: the master lowers its priority to 1 and asks the
+/// backup to take over; the backup becomes master at once (even without
+/// preemption), and the old master keeps the addresses until it hears the
+/// new one, so that someone holds them at every instant.
+#[test]
+fn a_handover_is_make_before_break_even_without_preemption() {
+    for preempt in [true, false] {
+        let mut b = params(16, 100);
+        b.preempt = preempt;
+        let mut s = Sim::new(vec![params(15, 150), b]);
+        s.start(0);
+        s.start(1);
+        s.run_until(1000 * MS);
+        assert_eq!(s.masters(), vec![0]);
+        let out = s.nodes[0].set_priority(s.now, 1);
+        s.apply(0, out);
+        assert_eq!(s.masters(), vec![0], "lowering alone moves nothing yet");
+        assert!(s.holds[0]);
+        // The backup's take-over: while it adds the addresses, the master
+        // still holds them; its first advert makes the master give way.
+        let asked = s.now;
+        let out = s.nodes[1].take_over(s.now);
+        assert!(out.contains(&Action::Take), "{out:?}");
+        assert!(
+            s.holds[0],
+            "the old master holds them while the new one takes them"
+        );
+        s.apply(1, out);
+        assert!(s.holds[1] && !s.holds[0], "preempt {preempt}");
+        assert_eq!(s.masters(), vec![1]);
+        assert_eq!(s.became_master(1), Some(asked), "at once");
+        assert!(s.log.iter().any(|l| l.1 == 1 && l.3 == Reason::Asked));
+        // At priority 1 the old master does not preempt back.
+        s.run_until(5000 * MS);
+        assert_eq!(s.masters(), vec![1], "preempt {preempt}");
+        // Restored, it preempts (make-before-break again) when it may.
+        let out = s.nodes[0].set_priority(s.now, 150);
+        s.apply(0, out);
+        s.run_until(6000 * MS);
+        assert_eq!(s.masters(), vec![0], "taken back");
+        // Asking a master or a stopped router to take over does nothing.
+        assert!(s.nodes[0].take_over(s.now).is_empty());
+        s.nodes[1].shutdown(s.now);
+        assert!(s.nodes[1].take_over(s.now).is_empty());
+    }
 }
 
 #[test]

@@ -6,16 +6,15 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rustix::mount::{MountFlags, UnmountFlags};
-use rustix::process::WaitOptions;
 use rustix::system::RebootCommand;
 
 use super::cmdline::{self, NetConfig};
 use super::modules::{Aliases, Deps};
-use super::supervise::{Ended, Next, Supervisor};
+use super::supervise::Next;
 use super::{net, DATA_DIR, DATA_PARTITION, FIRST_BOOT_TOKEN};
 
 fn say(msg: impl std::fmt::Display) {
@@ -329,63 +328,26 @@ fn configure_network(nets: &[NetConfig]) {
 }
 
 /// Runs `edgebox serve` and reaps every child; restarts the server when it
-/// ends unasked, powers off or reboots when it asks.
+/// ends unasked, powers off or reboots when it asks ([`super::guarded`]).
 fn supervise(data: &Path) -> ! {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     // The kernel gives PID 1 1 024 open files; the server inherits what is
     // set here, and raises its soft limit to it.
     let nofile = crate::limits::raise_nofile();
     say(format_args!("open files: up to {nofile}"));
-    let mut supervisor = Supervisor::default();
-    loop {
-        let started = Instant::now();
-        let child = Command::new(&exe)
-            .arg("serve")
+    let serve = || {
+        let mut c = Command::new(&exe);
+        c.arg("serve")
             .arg("--data")
             .arg(data)
             .arg("--init-child")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .spawn();
-        let how = match child {
-            Ok(child) => reap_until(child.id()),
-            Err(e) => {
-                error(format_args!("cannot start edgebox serve: {e}"));
-                Ended::Exited(-1)
-            }
-        };
-        match supervisor.ended(how, started.elapsed()) {
-            Next::PowerOff => shut_down(RebootCommand::PowerOff),
-            Next::Reboot => shut_down(RebootCommand::Restart),
-            Next::Restart { after } => {
-                error(format_args!(
-                    "edgebox serve {how}; starting it again in {} s",
-                    after.as_secs()
-                ));
-                std::thread::sleep(after);
-            }
-        }
-    }
-}
-
-/// Reaps children (orphans are re-parented to PID 1) until `pid` ends.
-fn reap_until(pid: u32) -> Ended {
-    loop {
-        match rustix::process::wait(WaitOptions::empty()) {
-            Ok(Some((who, status))) if who.as_raw_nonzero().get() as u32 == pid => {
-                return match (status.exit_status(), status.terminating_signal()) {
-                    (Some(code), _) => Ended::Exited(code),
-                    (None, Some(sig)) => Ended::Signaled(sig),
-                    (None, None) => Ended::Exited(-1),
-                };
-            }
-            Ok(_) => {}
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                error(format_args!("wait: {e}"));
-                return Ended::Exited(-1);
-            }
-        }
+            .env("NO_COLOR", "1");
+        c
+    };
+    let never = std::sync::atomic::AtomicBool::new(false);
+    match super::guarded::run(&serve, data, &never, &|m| error(m)) {
+        Some(Next::Reboot) => shut_down(RebootCommand::Restart),
+        _ => shut_down(RebootCommand::PowerOff),
     }
 }
 

@@ -171,6 +171,14 @@ async fn run(net: Rc<Net>) {
             }
         }
         announce(&net);
+        let take_over = net.control.borrow_mut().replica.take_over.take();
+        if let Some(vrid) = take_over {
+            let notice = Notice::TakeOver {
+                protocol: PROTOCOL,
+                vrid,
+            };
+            send_notice(&net, &notice, None);
+        }
         kick(&net);
         tokio::select! {
             _ = changed.notified() => {}
@@ -795,6 +803,15 @@ async fn notice(
     with_status(net, link.id, |s| s.bytes_received += body.len() as u64 + 4);
     let notice: Notice = match wire::decode(&body) {
         Ok(n) => n,
+        // A notice of a kind this version does not know (a newer peer,
+        // mid-update) is skipped; anything else is a bad message.
+        Err(_) if is_tagged(&body) => {
+            tracing::debug!(
+                peer = link.settings.label(),
+                "replication: skipping a notice of an unknown kind"
+            );
+            return;
+        }
         Err(e) => {
             bad_message(link, conn, e);
             return;
@@ -819,11 +836,24 @@ async fn notice(
             }
             kick(net);
         }
+        Notice::TakeOver { vrid, .. } => {
+            let ran = net.control.borrow().shared.failover.take_over(vrid);
+            if !ran {
+                tracing::warn!(peer = link.settings.label(), vrid, "replication: the peer asks this appliance to take over a virtual router it does not run");
+            }
+        }
         Notice::Damaged { hash, .. } => {
             tracing::warn!(peer = link.settings.label(), blob = %hash, "replication: a peer says this appliance sent it a damaged blob");
             lost(net, hash).await;
         }
     }
+}
+
+/// Whether `body` is a JSON object with a string `type` (a message of some
+/// kind, known or not).
+fn is_tagged(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v.get("type").is_some_and(serde_json::Value::is_string))
 }
 
 /// Pushes the changes made here to every connected peer.

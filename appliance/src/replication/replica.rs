@@ -118,6 +118,9 @@ pub struct Replica {
     pub announce: Vec<Item>,
     /// Wakes the replicator (something to announce, settings changed).
     pub changed: Arc<tokio::sync::Notify>,
+    /// A planned failover handover: the connected peers are asked to take
+    /// this virtual router over (`Notice::TakeOver`).
+    pub take_over: Option<u8>,
     /// The peers, by the protocol's peer number.
     pub peers: Vec<Option<PeerStatus>>,
     /// When each pending item was first adopted (for lag).
@@ -213,6 +216,7 @@ impl Replica {
             dirty: BTreeSet::new(),
             announce: Vec::new(),
             changed: Arc::default(),
+            take_over: None,
             peers: Vec::new(),
             adopted_ms: HashMap::new(),
             counters: Counters::default(),

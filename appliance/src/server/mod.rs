@@ -319,7 +319,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         new_sockets: Mutex::default(),
         open_connections: Default::default(),
         auto_max_connections: crate::limits::connections_for(nofile),
-        failover: Default::default(),
+        failover: crate::failover::Slot::new(opts.data.clone()),
     });
     let (rebind_tx, rebind_rx) = tokio::sync::mpsc::unbounded_channel();
     let control = crate::control::Control {
@@ -341,6 +341,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         resolver: None,
         hostmap_journal: journal,
         replica,
+        stopping: false,
     };
     crate::control::start(crate::control::Start {
         control,
@@ -386,7 +387,19 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         }
         handles.push(handle);
     }
-    // The virtual addresses are taken only once every core serves.
+    // Addresses a previous run held when it died (under a supervisor
+    // other than edgebox's own) go first; they are taken again only once
+    // every core serves.
+    match crate::failover::guard::release(&opts.data) {
+        Ok(gone) if !gone.is_empty() => {
+            tracing::warn!(
+                ?gone,
+                "failover: removed the virtual addresses a previous run left"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!("failover: removing what a previous run held: {e}"),
+    }
     shared
         .failover
         .apply(shared.snapshot.load().config.failover.as_ref());

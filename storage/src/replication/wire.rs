@@ -97,12 +97,19 @@ pub enum Notice {
     /// The blob this peer sent does not match its hash: its copy is
     /// damaged (it checks, puts it aside and fetches it again).
     Damaged { protocol: u32, hash: Hash },
+    /// A planned handover: the sender, master of virtual router `vrid`,
+    /// has lowered its priority and asks this appliance to take the
+    /// virtual addresses now (it lets them go once it hears this one's
+    /// advert). Replication is the pair's second path besides VRRP.
+    TakeOver { protocol: u32, vrid: u8 },
 }
 
 impl Notice {
     pub fn protocol(&self) -> u32 {
         match self {
-            Self::Changed { protocol, .. } | Self::Damaged { protocol, .. } => *protocol,
+            Self::Changed { protocol, .. }
+            | Self::Damaged { protocol, .. }
+            | Self::TakeOver { protocol, .. } => *protocol,
         }
     }
 }
