@@ -121,11 +121,12 @@ fn main() -> ExitCode {
                 .map_err(|e| edgebox::ctl::CtlError::Usage(e.to_string())),
         ),
         Command::Supervise {
-            args: ServeArgs {
-                config,
-                data,
-                cores,
-            },
+            args:
+                ServeArgs {
+                    config,
+                    data,
+                    cores,
+                },
         } => (
             "supervise",
             supervise(
@@ -150,11 +151,12 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
     let (_log_guard, logs) = logging::init(log_format);
     let result = match command {
         Command::Serve {
-            args: ServeArgs {
-                config,
-                data,
-                cores,
-            },
+            args:
+                ServeArgs {
+                    config,
+                    data,
+                    cores,
+                },
             init_child,
         } => {
             let cores = cores.map_or_else(
