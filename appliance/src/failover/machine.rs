@@ -84,6 +84,9 @@ pub struct Counts {
     /// Times another master was heard while master (split brain, settled by
     /// the RFC's rules).
     pub other_master: u64,
+    /// As backup: the longest time between two adverts of the same master,
+    /// in microseconds (a late advert is a near-miss of a false failover).
+    pub longest_advert_gap_us: u64,
 }
 
 /// After becoming master, the announcements are repeated at these offsets:
@@ -110,6 +113,8 @@ pub struct Machine {
     master: Option<IpAddr>,
     /// When this master last drew neighbours back from a losing master.
     reasserted_us: Option<u64>,
+    /// As backup: the last advert accepted from the master, and when.
+    last_advert: Option<(IpAddr, u64)>,
     counts: Counts,
 }
 
@@ -127,6 +132,7 @@ impl Machine {
             started_us: 0,
             master: None,
             reasserted_us: None,
+            last_advert: None,
             counts: Counts::default(),
         }
     }
@@ -210,7 +216,14 @@ impl Machine {
         match (self.state, self.timer) {
             (State::Master, Some(at)) if at <= now => {
                 out.push(Action::Send(self.advert(self.priority)));
-                self.timer = Some(now + self.advert_us());
+                // On the cadence, not from whenever this ran: a thread woken
+                // late does not make every later advert late too.
+                let next = at + self.advert_us();
+                self.timer = Some(if next > now {
+                    next
+                } else {
+                    now + self.advert_us()
+                });
             }
             (State::Backup, Some(at)) if at <= now => {
                 self.become_master(now, Reason::MasterDown, &mut out);
@@ -269,6 +282,12 @@ impl Machine {
                     self.master_adver_cs = a.interval_cs.max(1);
                     self.timer = Some(now + self.master_down_us());
                     self.master = Some(src);
+                    if let Some((_, at)) = self.last_advert.filter(|(from, _)| *from == src) {
+                        let gap = now.saturating_sub(at);
+                        self.counts.longest_advert_gap_us =
+                            self.counts.longest_advert_gap_us.max(gap);
+                    }
+                    self.last_advert = Some((src, now));
                 }
             }
             State::Master => {
@@ -353,6 +372,9 @@ impl Machine {
         let from = self.state;
         self.state = to;
         self.counts.transitions += 1;
+        if to != State::Backup {
+            self.last_advert = None;
+        }
         out.push(Action::Changed { from, to, why });
     }
 

@@ -150,6 +150,11 @@ fn a_backup_hearing_the_master_stays_backup_and_takes_over_when_it_dies() {
     assert_eq!(s.masters(), vec![0]);
     assert_eq!(s.nodes[1].state(), State::Backup);
     assert_eq!(s.nodes[1].master(), Some(IpAddr::from([10, 0, 2, 15])));
+    assert_eq!(
+        s.nodes[1].counts().longest_advert_gap_us,
+        100 * MS,
+        "adverts every 100 ms, none late"
+    );
     // Killed just after an advert: the backup waits its whole
     // master-down interval from that advert.
     s.kill(0);
@@ -405,4 +410,34 @@ fn a_master_hearing_a_stopping_router_asserts_itself_at_once() {
     let out = m.receive(50 * MS, src, dst, 255, &stop.encode(src, dst));
     assert!(matches!(&out[..], [Action::Send(a)] if a.priority == 255));
     assert_eq!(m.state(), State::Master);
+}
+
+#[test]
+fn a_master_woken_late_keeps_its_cadence() {
+    let mut m = Machine::new(params(15, 255));
+    m.start(0);
+    assert_eq!(
+        m.deadline(),
+        Some(100 * MS),
+        "first announcement repeat or advert"
+    );
+    // Woken 7 ms late for the advert due at 100 ms: the next is still due
+    // at 200 ms, not 207.
+    let out = m.tick(107 * MS);
+    assert!(out.iter().any(|a| matches!(a, Action::Send(_))), "{out:?}");
+    let out = m.tick(199 * MS);
+    assert!(!out.iter().any(|a| matches!(a, Action::Send(_))), "{out:?}");
+    assert!(m
+        .tick(200 * MS)
+        .iter()
+        .any(|a| matches!(a, Action::Send(_))));
+    // Woken more than a whole interval late, it does not send a burst.
+    assert!(m
+        .tick(550 * MS)
+        .iter()
+        .any(|a| matches!(a, Action::Send(_))));
+    assert!(!m
+        .tick(551 * MS)
+        .iter()
+        .any(|a| matches!(a, Action::Send(_))));
 }

@@ -9,6 +9,7 @@
 //! - [`tls_client`]: a rustls client config that trusts the test CA.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod lan;
 pub mod load;
 
 use std::collections::HashMap;
