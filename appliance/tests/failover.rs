@@ -562,3 +562,54 @@ fn a_partition_heals_into_one_master() {
     );
     println!("{}", report.join("\n"));
 }
+
+/// The master's data disk fails (its file system turns read-only, as ext4
+/// does on errors): the probe fails, the master advertises priority 1 and
+/// the backup takes over; repaired, the master preempts back.
+#[test]
+fn a_master_whose_data_disk_fails_gives_way() {
+    let lan = Lan::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let Some(_disk) = SmallDisk::mount(&data, "64m") else {
+        return;
+    };
+    let a = {
+        let ns = lan.hosts[0].clone();
+        std::thread::spawn(move || {
+            enter(&ns);
+            Edgebox::start_in(dir, &appliance(1, 150), 1)
+        })
+        .join()
+        .unwrap()
+    };
+    let _b = lan.start(2, &appliance(2, 100));
+    wait_for("node1 to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    let remount = |how: &str| {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o remount,{how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut report = Vec::new();
+    step(&mut report, "data disk read-only", "node2", 200, || {
+        remount("ro")
+    });
+    let s = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(s["priority"], 1, "{s}");
+    let reason = s["priority_reasons"][0].as_str().unwrap_or_default();
+    assert!(reason.starts_with("data disk failing: "), "{s}");
+    assert!(reason.contains("Read-only file system"), "{s}");
+    step(&mut report, "data disk repaired", "node1", 200, || {
+        remount("rw")
+    });
+    println!("{}", report.join("\n"));
+}

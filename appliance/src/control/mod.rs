@@ -102,9 +102,11 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     // Failover's health tracking: a critical pool without a healthy backend
     // lowers the advertised priority.
     let mut track = tokio::time::interval(Duration::from_millis(100));
+    let disk = Rc::new(RefCell::new(DiskProbe::default()));
+    let data = control.borrow().data.clone();
     loop {
         tokio::select! {
-            _ = track.tick() => track_health(&shared),
+            _ = track.tick() => track_health(&shared, &disk, &data),
             _ = term.recv() => begin_shutdown(&control, "SIGTERM"),
             _ = int.recv() => begin_shutdown(&control, "SIGINT"),
             _ = rotate.tick() => {
@@ -126,15 +128,17 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     }
 }
 
-/// Tells the failover which of its critical pools have no healthy backend.
-fn track_health(shared: &Shared) {
-    let critical = shared.failover.critical_pools();
-    if critical.is_empty() {
+/// Failover's health tracking, every 100 ms: whatever keeps this appliance
+/// from serving lowers the priority it advertises (docs/failover.md).
+fn track_health(shared: &Shared, disk: &Rc<RefCell<DiskProbe>>, data: &std::path::Path) {
+    if shared.failover.status().is_none() {
         return;
     }
-    let snap = shared.snapshot.load();
     let now = crate::clock::now_ms();
-    let unhealthy = critical
+    let snap = shared.snapshot.load();
+    let mut unhealthy: Vec<String> = shared
+        .failover
+        .critical_pools()
         .iter()
         .filter(|name| {
             !snap
@@ -145,7 +149,98 @@ fn track_health(shared: &Shared) {
         })
         .map(|name| format!("pool {name} has no healthy backend"))
         .collect();
+    let beats: Vec<u64> = shared.stats.iter().map(|s| s.alive_ms()).collect();
+    unhealthy.extend(stalled_cores(&beats, now, STALLED_MS));
+    unhealthy.extend(disk.borrow().problem(now));
+    DiskProbe::start(disk, data, now);
     shared.failover.set_health(unhealthy);
+}
+
+/// A core whose executor has not run its 50 ms housekeeping for this long
+/// is stalled (a blocking call, a livelock): it cannot serve.
+const STALLED_MS: u64 = 1000;
+
+/// The cores whose last sign of life (`beats`, 0 before the first) is
+/// older than `limit_ms`, as reasons.
+pub fn stalled_cores(beats: &[u64], now_ms: u64, limit_ms: u64) -> Vec<String> {
+    beats
+        .iter()
+        .enumerate()
+        .filter(|&(_, &at)| at != 0 && now_ms.saturating_sub(at) > limit_ms)
+        .map(|(core, &at)| format!("core {core} stalled for {} ms", now_ms - at))
+        .collect()
+}
+
+/// The data disk's health: a small file written, synced and read back
+/// about once a second, off the control thread. An I/O error or a file
+/// system turned read-only fails it; so does a probe that has not come
+/// back for 5 s (a disk that hangs). A full disk does not: serving does not
+/// need space, and it has its own alerts.
+#[derive(Debug, Default)]
+pub struct DiskProbe {
+    /// When the probe under way started.
+    running_since: Option<u64>,
+    last_started: u64,
+    /// The last probe's failure.
+    failed: Option<String>,
+}
+
+const PROBE_EVERY_MS: u64 = 1000;
+const PROBE_HANG_MS: u64 = 5000;
+
+impl DiskProbe {
+    /// Why the disk fails, if it does.
+    pub fn problem(&self, now_ms: u64) -> Option<String> {
+        if let Some(since) = self.running_since {
+            if now_ms.saturating_sub(since) > PROBE_HANG_MS {
+                return Some(format!("data disk not answering for {} ms", now_ms - since));
+            }
+        }
+        self.failed
+            .as_ref()
+            .map(|e| format!("data disk failing: {e}"))
+    }
+
+    fn start(probe: &Rc<RefCell<Self>>, data: &std::path::Path, now_ms: u64) {
+        {
+            let mut p = probe.borrow_mut();
+            if p.running_since.is_some() || now_ms < p.last_started + PROBE_EVERY_MS {
+                return;
+            }
+            p.running_since = Some(now_ms);
+            p.last_started = now_ms;
+        }
+        let (probe, path) = (Rc::clone(probe), data.join(".health-probe"));
+        tokio::task::spawn_local(async move {
+            let result = tokio::task::spawn_blocking(move || write_and_read(&path))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            let mut p = probe.borrow_mut();
+            p.running_since = None;
+            p.failed = match result {
+                Ok(()) => None,
+                Err(e) if e.contains("No space left") => None,
+                Err(e) => Some(e),
+            };
+        });
+    }
+}
+
+fn write_and_read(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    let stamp = crate::clock::now_ms().to_string();
+    let describe = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut f = std::fs::File::create(path).map_err(describe)?;
+    f.write_all(stamp.as_bytes()).map_err(describe)?;
+    f.sync_all().map_err(describe)?;
+    let back = std::fs::read_to_string(path).map_err(describe)?;
+    if back != stamp {
+        return Err(format!(
+            "{}: read back other bytes than written",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Starts a graceful shutdown (signal or admin request); a second one exits
@@ -251,5 +346,43 @@ pub async fn hand_over(control: &Rc<RefCell<Control>>, limit: Duration) -> Resul
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_core_silent_for_longer_than_the_limit_is_stalled() {
+        // Core 0 ran 50 ms ago, core 1 1.2 s ago, core 2 never yet.
+        let beats = [9_950, 8_800, 0];
+        assert_eq!(
+            stalled_cores(&beats, 10_000, 1000),
+            ["core 1 stalled for 1200 ms"]
+        );
+        assert!(stalled_cores(&beats, 9_000, 1000).is_empty());
+    }
+
+    #[test]
+    fn the_disk_probe_reports_errors_and_hangs_but_not_a_full_disk() {
+        let mut p = DiskProbe::default();
+        assert_eq!(p.problem(0), None);
+        p.running_since = Some(1000);
+        assert_eq!(p.problem(6000), None, "5 s is still patience");
+        assert_eq!(
+            p.problem(6001).as_deref(),
+            Some("data disk not answering for 5001 ms")
+        );
+        p.running_since = None;
+        p.failed = Some("x: Read-only file system (os error 30)".into());
+        assert_eq!(
+            p.problem(7000).as_deref(),
+            Some("data disk failing: x: Read-only file system (os error 30)")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        write_and_read(&dir.path().join("probe")).unwrap();
+        let err = write_and_read(&dir.path().join("missing/probe")).unwrap_err();
+        assert!(err.contains("missing/probe"), "{err}");
     }
 }

@@ -263,11 +263,23 @@ pub struct CoreStats {
     handshakes_resumed: AtomicU64,
     handshake_failures: AtomicU64,
     http2_floods: AtomicU64,
+    /// When the core's executor last ran its housekeeping loop
+    /// (milliseconds on [`crate::clock`]; 0: not yet).
+    alive_ms: AtomicU64,
     backends: Mutex<Vec<(BackendKey, Arc<BackendCounters>)>>,
     pools: Mutex<Vec<(Arc<str>, Arc<PoolCounters>)>>,
 }
 
 impl CoreStats {
+    /// The core's executor runs (every 50 ms while it is not stalled).
+    pub fn alive(&self, now_ms: u64) {
+        self.alive_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn alive_ms(&self) -> u64 {
+        read(&self.alive_ms)
+    }
+
     pub fn connection_opened(&self) {
         bump(&self.connections_active, 1);
         bump(&self.connections_total, 1);

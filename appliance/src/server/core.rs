@@ -98,6 +98,8 @@ pub async fn run(id: usize, sockets: Vec<(ListenerKey, OwnedFd)>, shared: Arc<Sh
     }
     let mut seen = core.current().snap.generations;
     while !core.shared.shutting_down.load(Ordering::Acquire) {
+        // The failover's health tracking tells a stalled core by this.
+        core.shared.stats[id].alive(crate::clock::now_ms());
         rt::sleep(POLL_SHARED).await;
         let current = core.current();
         if current.snap.generations != seen {
