@@ -197,6 +197,7 @@ pub fn vrrp_packet(data: &[u8]) {
             preempt_delay_us: 0,
             addresses: vec![IpAddr::from([10, 0, 2, 100])],
             primary: IpAddr::from([10, 0, 2, 200]),
+            auth_key: None,
         })
     };
     let mut master = owner(255);

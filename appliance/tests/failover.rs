@@ -613,3 +613,51 @@ fn a_master_whose_data_disk_fails_gives_way() {
     });
     println!("{}", report.join("\n"));
 }
+
+/// With `auth_key` the pair works as before; a node whose key differs hears
+/// none of the other's adverts (dropped, counted) and becomes master too.
+#[test]
+fn adverts_with_the_pairs_key_are_heard_and_others_dropped() {
+    let lan = Lan::new(2);
+    let keyed = |i: usize, priority: u8| {
+        let mut c = appliance(i, priority);
+        c["failover"]["auth_key"] = json!("a secret only the pair knows");
+        c
+    };
+    let a = lan.start(1, &keyed(1, 150));
+    let b = lan.start(2, &keyed(2, 100));
+    wait_for("node1 to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    let status = |eb: &Edgebox| eb.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    let s = wait_for("node2 to hear node1", || {
+        let s = status(&b);
+        (s["master"] == "10.9.0.1").then_some(s)
+    });
+    assert_eq!(
+        (s["state"].clone(), s["authenticated"].clone()),
+        (json!("backup"), json!(true)),
+        "{s}"
+    );
+    assert_eq!(s["counts"]["unauthenticated"], 0, "{s}");
+    assert!(s["counts"]["adverts"].as_u64().unwrap() > 0, "{s}");
+    // node2 gets another key: node1's adverts no longer count there.
+    let mut config = b.api("GET", "/v1/config", None, &[]).expect(200).json();
+    config["failover"]["auth_key"] = json!("not the key node1 has at all");
+    b.api("PUT", "/v1/config", Some(&config.to_string()), &[])
+        .expect(200);
+    let s = wait_for("node2 to stop hearing node1", || {
+        let s = status(&b);
+        (s["state"] == "master" && s["counts"]["unauthenticated"].as_u64() > Some(10)).then_some(s)
+    });
+    let metrics = b.api("GET", "/metrics", None, &[]).expect(200).body;
+    assert!(
+        metrics.contains("edgebox_failover_packets_dropped_total{vrid=\"51\",reason=\"auth\"} "),
+        "{metrics}"
+    );
+    assert_eq!(status(&a)["state"], "master");
+    println!(
+        "node2 with another key: {} adverts dropped, master too",
+        s["counts"]["unauthenticated"]
+    );
+}

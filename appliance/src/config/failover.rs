@@ -43,6 +43,11 @@ pub struct Failover {
     /// backup that can serve takes over (with `preempt`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub critical_pools: Vec<String>,
+    /// A secret shared by the two edgeboxes of the pair (16 to 256
+    /// characters): their adverts then carry an HMAC and a sequence, and
+    /// adverts without them are dropped. Not for a pair with keepalived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_key: Option<String>,
 }
 
 fn default_priority() -> u8 {
@@ -102,6 +107,16 @@ impl Failover {
             return Err(ConfigError::new(
                 "failover.virtual_addresses",
                 "at most 20 per virtual router",
+            ));
+        }
+        if self
+            .auth_key
+            .as_ref()
+            .is_some_and(|k| !(16..=256).contains(&k.len()))
+        {
+            return Err(ConfigError::new(
+                "failover.auth_key",
+                "must be 16 to 256 characters",
             ));
         }
         for (i, p) in self.peers.iter().enumerate() {

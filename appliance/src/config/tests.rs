@@ -207,6 +207,10 @@ fn failover_settings_are_checked_naming_the_field() {
             good.replace("\"vrid\"", "\"colour\": 1, \"vrid\""),
             "failover.colour",
         ),
+        (
+            good.replace("\"vrid\"", "\"auth_key\": \"short\", \"vrid\""),
+            "failover.auth_key",
+        ),
     ] {
         assert_eq!(err_path(&with(&bad)), path, "{bad}");
     }

@@ -30,6 +30,8 @@ pub struct Status {
     /// Why the priority is below the configured one, if it is.
     pub priority_reasons: Vec<String>,
     pub advert_ms: u32,
+    /// Whether adverts are authenticated (`auth_key`).
+    pub authenticated: bool,
     pub virtual_addresses: Vec<String>,
     pub counts: Counts,
     /// The last transitions, newest last.
@@ -253,6 +255,7 @@ pub fn start(cfg: &Failover, report: Report, data: Option<PathBuf>) -> Result<Ha
         preempt_delay_us: cfg.preempt_delay_ms * 1000,
         addresses: cfg.virtual_addresses.iter().map(|n| n.addr()).collect(),
         primary: link.primary,
+        auth_key: cfg.auth_key.as_ref().map(|k| k.as_bytes().to_vec()),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let wanted = Arc::new(AtomicU8::new(cfg.priority));
@@ -266,6 +269,7 @@ pub fn start(cfg: &Failover, report: Report, data: Option<PathBuf>) -> Result<Ha
         configured_priority: cfg.priority,
         priority_reasons: Vec::new(),
         advert_ms: cfg.advert_ms,
+        authenticated: cfg.auth_key.is_some(),
         virtual_addresses: cfg
             .virtual_addresses
             .iter()
@@ -427,7 +431,17 @@ impl Run {
         });
         for a in actions {
             match a {
-                Action::Send(advert) => self.link.send(&advert, &self.cfg.peers),
+                Action::Send(advert) => {
+                    let clock_us = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_micros() as u64);
+                    for dst in self.link.targets(&self.cfg.peers) {
+                        let bytes = self
+                            .machine
+                            .encode(&advert, self.link.primary, dst, clock_us);
+                        self.link.send(&bytes, dst);
+                    }
+                }
                 Action::Take => {
                     self.hold();
                     if let Err(e) = self.link.addresses(&self.cfg, true) {
@@ -610,18 +624,19 @@ impl Link {
         }))
     }
 
-    fn send(&self, advert: &super::packet::Advert, peers: &[IpAddr]) {
-        let targets: Vec<IpAddr> = if self.multicast {
+    /// Where adverts go: the group, or every peer.
+    fn targets(&self, peers: &[IpAddr]) -> Vec<IpAddr> {
+        if self.multicast {
             vec![IpAddr::V4(GROUP_V4)]
         } else {
             peers.to_vec()
-        };
-        for dst in targets {
-            let bytes = advert.encode(self.primary, dst);
-            let to = SockAddr::from(SocketAddr::new(dst, 0));
-            if let Err(e) = self.socket.send_to(&bytes, &to) {
-                tracing::warn!("failover: sending an advert to {dst}: {e}");
-            }
+        }
+    }
+
+    fn send(&self, bytes: &[u8], dst: IpAddr) {
+        let to = SockAddr::from(SocketAddr::new(dst, 0));
+        if let Err(e) = self.socket.send_to(bytes, &to) {
+            tracing::warn!("failover: sending an advert to {dst}: {e}");
         }
     }
 
@@ -720,6 +735,7 @@ pub fn render_prometheus(s: &Status, o: &mut String) {
         ("malformed", s.counts.malformed),
         ("ttl", s.counts.wrong_ttl),
         ("vrid", s.counts.wrong_vrid),
+        ("auth", s.counts.unauthenticated),
     ] {
         let _ = writeln!(
             o,

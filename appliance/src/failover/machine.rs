@@ -24,6 +24,9 @@ pub struct Params {
     /// This router's own address on the interface: the adverts' source, and
     /// the tie-break between equal priorities (the higher address wins).
     pub primary: IpAddr,
+    /// The shared secret that authenticates adverts ([`super::auth`]);
+    /// none: plain VRRPv3 (keepalived).
+    pub auth_key: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -79,6 +82,8 @@ pub struct Counts {
     pub malformed: u64,
     pub wrong_ttl: u64,
     pub wrong_vrid: u64,
+    /// With `auth_key`: adverts without a valid MAC, or played again.
+    pub unauthenticated: u64,
     pub transitions: u64,
     pub became_master: u64,
     /// Times another master was heard while master (split brain, settled by
@@ -115,6 +120,12 @@ pub struct Machine {
     reasserted_us: Option<u64>,
     /// As backup: the last advert accepted from the master, and when.
     last_advert: Option<(IpAddr, u64)>,
+    auth: Option<aws_lc_rs::hmac::Key>,
+    /// The last sequence accepted from each sender (authenticated only, so
+    /// as many entries as there are routers with the key).
+    seqs: std::collections::HashMap<IpAddr, u64>,
+    /// The last sequence this router sent.
+    sent_seq: u64,
     counts: Counts,
 }
 
@@ -122,7 +133,11 @@ impl Machine {
     pub fn new(p: Params) -> Self {
         let priority = p.priority;
         let master_adver_cs = p.advert_cs;
+        let auth = p.auth_key.as_deref().map(super::auth::key);
         Self {
+            auth,
+            seqs: Default::default(),
+            sent_seq: 0,
             p,
             state: State::Initialize,
             priority,
@@ -242,7 +257,22 @@ impl Machine {
         ttl: u8,
         bytes: &[u8],
     ) -> Vec<Action> {
-        match Advert::decode(bytes, src, dst, ttl) {
+        let mut bytes = bytes;
+        let mut seq = None;
+        if let Some(key) = &self.auth {
+            match super::auth::open(key, src, dst, bytes, self.seqs.get(&src).copied()) {
+                Ok((msg, n)) => (bytes, seq) = (msg, Some(n)),
+                Err(_) => {
+                    self.counts.unauthenticated += 1;
+                    return Vec::new();
+                }
+            }
+        }
+        let decoded = Advert::decode(bytes, src, dst, ttl);
+        if let (Some(n), Ok(_)) = (seq, &decoded) {
+            self.seqs.insert(src, n);
+        }
+        match decoded {
             Ok(a) if a.vrid != self.p.vrid => {
                 self.counts.wrong_vrid += 1;
                 Vec::new()
@@ -323,6 +353,18 @@ impl Machine {
             }
         }
         out
+    }
+
+    /// The bytes of `advert` from `src` to `dst`, authenticated when the
+    /// router has a key (`clock_us`: a clock that stays ahead across
+    /// restarts, the wall clock; the sequence is kept increasing anyway).
+    pub fn encode(&mut self, advert: &Advert, src: IpAddr, dst: IpAddr, clock_us: u64) -> Vec<u8> {
+        let mut bytes = advert.encode(src, dst);
+        if let Some(key) = &self.auth {
+            self.sent_seq = clock_us.max(self.sent_seq + 1);
+            super::auth::seal(key, src, dst, &mut bytes, self.sent_seq);
+        }
+        bytes
     }
 
     /// Lowers (or restores) the advertised priority, for health tracking

@@ -16,6 +16,7 @@ fn params(last_octet: u8, priority: u8) -> Params {
         preempt_delay_us: 0,
         addresses: vec!["10.0.2.100".parse().unwrap()],
         primary: IpAddr::from([10, 0, 2, last_octet]),
+        auth_key: None,
     }
 }
 
@@ -56,7 +57,7 @@ impl Sim {
                 Action::Send(advert) => {
                     let src = self.nodes[i].params().primary;
                     let dst = IpAddr::V4(GROUP_V4);
-                    let bytes = advert.encode(src, dst);
+                    let bytes = self.nodes[i].encode(&advert, src, dst, self.now);
                     for j in 0..self.nodes.len() {
                         if j != i && self.up[j] && self.up[i] && self.linked {
                             let out = self.nodes[j].receive(self.now, src, dst, 255, &bytes);
@@ -440,4 +441,59 @@ fn a_master_woken_late_keeps_its_cadence() {
         .tick(551 * MS)
         .iter()
         .any(|a| matches!(a, Action::Send(_))));
+}
+
+#[test]
+fn with_a_key_only_authenticated_fresh_adverts_count() {
+    let keyed = |octet, priority| Params {
+        auth_key: Some(b"the pair's shared secret".to_vec()),
+        ..params(octet, priority)
+    };
+    let mut s = Sim::new(vec![keyed(15, 150), keyed(16, 100)]);
+    s.start(0);
+    s.start(1);
+    s.run_until(1000 * MS);
+    assert_eq!(s.masters(), vec![0], "the pair works with the key");
+    assert_eq!(s.nodes[1].counts().unauthenticated, 0);
+    let (src, dst) = (IpAddr::from([10, 0, 2, 15]), IpAddr::V4(GROUP_V4));
+    let advert = Advert {
+        vrid: 51,
+        priority: 0,
+        interval_cs: 10,
+        addresses: vec!["10.0.2.100".parse().unwrap()],
+    };
+    // Plain VRRPv3 (a keepalived or an attacker without the key), another
+    // key, and a recorded authenticated advert played again: all dropped,
+    // counted, and the backup stays backup.
+    let plain = advert.encode(src, dst);
+    let mut stranger = Machine::new(Params {
+        auth_key: Some(b"some other secret!!".to_vec()),
+        ..params(15, 150)
+    });
+    let foreign = stranger.encode(&advert, src, dst, u64::MAX / 2);
+    let mut master = Machine::new(keyed(15, 150));
+    let recorded = master.encode(&advert, src, dst, 1);
+    for bytes in [&plain, &foreign, &recorded] {
+        let out = s.nodes[1].receive(s.now, src, dst, 255, bytes);
+        assert!(out.is_empty(), "{out:?}");
+    }
+    assert_eq!(s.nodes[1].counts().unauthenticated, 3);
+    assert_eq!(s.nodes[1].state(), State::Backup);
+    // A router without the key counts the keyed adverts as malformed.
+    let mut plain_router = Machine::new(params(16, 100));
+    plain_router.start(s.now);
+    let mut keyed_master = Machine::new(keyed(15, 150));
+    let sealed = keyed_master.encode(
+        &Advert {
+            priority: 150,
+            ..advert
+        },
+        src,
+        dst,
+        5,
+    );
+    assert!(plain_router
+        .receive(s.now, src, dst, 255, &sealed)
+        .is_empty());
+    assert_eq!(plain_router.counts().malformed, 1);
 }

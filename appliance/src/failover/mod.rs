@@ -4,6 +4,7 @@
 //! and moves addresses drives them.
 
 mod arp;
+pub mod auth;
 pub mod guard;
 pub mod io;
 pub mod machine;
