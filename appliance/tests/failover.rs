@@ -97,14 +97,26 @@ struct Keepalived {
 
 impl Keepalived {
     fn start(lan: &Lan, dir: &std::path::Path, priority: u8) -> Self {
+        Self::start_with(
+            lan,
+            dir,
+            &format!(
+                "virtual_router_id 51\n  priority {priority}\n  advert_int 0.05\n\
+                 unicast_src_ip 10.9.0.2\n  unicast_peer {{\n    10.9.0.1\n  }}\n\
+                 virtual_ipaddress {{\n    {VIP}/24\n  }}"
+            ),
+        )
+    }
+
+    /// keepalived in namespace 2 with `instance` inside its one
+    /// `vrrp_instance` (a backup on eth0, VRRPv3).
+    fn start_with(lan: &Lan, dir: &std::path::Path, instance: &str) -> Self {
         let conf = dir.join("keepalived.conf");
         std::fs::write(
             &conf,
             format!(
                 "global_defs {{\n  router_id edgebox-test\n  vrrp_version 3\n}}\n\
-                 vrrp_instance pair {{\n  state BACKUP\n  interface eth0\n  virtual_router_id 51\n\
-                 priority {priority}\n  advert_int 0.05\n  unicast_src_ip 10.9.0.2\n\
-                 unicast_peer {{\n    10.9.0.1\n  }}\n  virtual_ipaddress {{\n    {VIP}/24\n  }}\n}}\n"
+                 vrrp_instance pair {{\n  state BACKUP\n  interface eth0\n  {instance}\n}}\n"
             ),
         )
         .unwrap();
@@ -164,33 +176,10 @@ fn edgebox_and_keepalived_pair_and_take_over_from_each_other() {
         (ask().as_deref() == Some("node1")).then_some(())
     });
     let mut report = Vec::new();
-    // keepalived backs up edgebox: edgebox is killed, keepalived takes over.
-    let mut a_dir = None;
-    step(
-        &mut report,
-        "edgebox master killed, keepalived takes over",
-        "node2",
-        300,
-        || {
-            a_dir = Some(a.kill());
-        },
-    );
-    assert!(ka.log().contains("Entering MASTER STATE"), "{}", ka.log());
-    // edgebox comes back with the higher priority and preempts keepalived.
-    let mut a = None;
-    step(
-        &mut report,
-        "edgebox back, preempts keepalived",
-        "node1",
-        200,
-        || {
-            a = Some(lan.restart(1, a_dir.take().unwrap()));
-        },
-    );
-    let a = a.unwrap();
-    wait_for("keepalived to go back to backup", || {
-        (ka.log().matches("Entering BACKUP STATE").count() >= 2).then_some(())
-    });
+    // keepalived backs up edgebox: edgebox is killed, keepalived takes
+    // over; edgebox comes back with the higher priority and preempts.
+    let at = format!("{VIP}:8080").parse().unwrap();
+    let a = killed_and_back(&lan, a, &ka, at, "", &mut report);
     // Roles swapped: edgebox's priority lowered below keepalived's, which
     // preempts it; then keepalived is killed and edgebox takes over.
     step(
@@ -660,4 +649,146 @@ fn adverts_with_the_pairs_key_are_heard_and_others_dropped() {
         "node2 with another key: {} adverts dropped, master too",
         s["counts"]["unauthenticated"]
     );
+}
+
+/// IPv6: the virtual address fd00:9::100 moves by VRRPv3 over IPv6
+/// (multicast to ff02::12 from each node's link-local address), announced
+/// by unsolicited neighbour advertisements, when the master is killed and
+/// when it comes back.
+#[test]
+fn an_ipv6_virtual_address_moves_when_the_master_dies_and_comes_back() {
+    let lan = Lan::new(2);
+    let v6 = appliance6;
+    let at: std::net::SocketAddr = format!("[{VIP6}]:8081").parse().unwrap();
+    let a = lan.start(1, &v6(1, 150));
+    let b = lan.start(2, &v6(2, 100));
+    wait_for("node1 to serve the IPv6 virtual address", || {
+        (ask_at(at).as_deref() == Some("node1")).then_some(())
+    });
+    let s = wait_for("node2 to hear node1 over IPv6", || {
+        let s = b.api("GET", "/v1/failover", None, &[]).expect(200).json();
+        (s["state"] == "backup" && s["master"].as_str().is_some_and(|m| m.starts_with("fe80:")))
+            .then_some(s)
+    });
+    assert_eq!(s["counts"]["malformed"], 0, "{s}");
+    assert_eq!(s["counts"]["wrong_ttl"], 0, "{s}");
+    let mut report = Vec::new();
+    let mut a_dir = None;
+    let (gap, _) = step_at(at, &mut report, "IPv6 master killed", "node2", 300, || {
+        a_dir = Some(a.kill());
+    });
+    assert!(gap < Duration::from_millis(500), "{report:?}");
+    let mut a = None;
+    let (_, failed) = step_at(
+        at,
+        &mut report,
+        "IPv6 master back, preempts",
+        "node1",
+        200,
+        || {
+            a = Some(lan.restart(1, a_dir.take().unwrap()));
+        },
+    );
+    assert!(failed <= 1, "{report:?}");
+    assert!(!holds6(&lan, 2), "node2 released the IPv6 address");
+    drop(a);
+    println!("{}", report.join("\n"));
+}
+
+/// edgebox (node1, master beside keepalived) is killed and keepalived
+/// takes over; it is started again and preempts. The new edgebox.
+fn killed_and_back(
+    lan: &Lan,
+    a: Edgebox,
+    ka: &Keepalived,
+    at: std::net::SocketAddr,
+    label: &str,
+    report: &mut Vec<String>,
+) -> Edgebox {
+    let mut a_dir = None;
+    let what = format!("{label}edgebox master killed, keepalived takes over");
+    step_at(at, report, &what, "node2", 300, || {
+        a_dir = Some(a.kill());
+    });
+    assert!(ka.log().contains("Entering MASTER STATE"), "{}", ka.log());
+    let mut a = None;
+    let what = format!("{label}edgebox back, preempts keepalived");
+    step_at(at, report, &what, "node1", 200, || {
+        a = Some(lan.restart(1, a_dir.take().unwrap()));
+    });
+    wait_for("keepalived to go back to backup", || {
+        (ka.log().matches("Entering BACKUP STATE").count() >= 2).then_some(())
+    });
+    a.unwrap()
+}
+
+/// Appliance `i` of an IPv6 pair: VRRP over IPv6 by multicast, the
+/// virtual address fd00:9::100 served on port 8081.
+fn appliance6(i: usize, priority: u8) -> serde_json::Value {
+    let mut c = server6(i);
+    c["listeners"][0]["address"] = json!(format!("[{VIP6}]:8081"));
+    c["failover"] = json!({
+        "interface": "eth0",
+        "vrid": 52,
+        "priority": priority,
+        "virtual_addresses": [format!("{VIP6}/64")],
+    });
+    c
+}
+
+fn server6(i: usize) -> serde_json::Value {
+    let mut c = server(i);
+    c["listeners"] = json!([{"name": "web6", "address": "[::]:8081", "protocol": "http"}]);
+    c
+}
+
+/// keepalived over IPv6 (ff02::12 from its link-local address) beside
+/// edgebox: each takes over from the other.
+#[test]
+fn edgebox_and_keepalived_pair_over_ipv6() {
+    let lan = Lan::new(2);
+    let scratch = tempfile::tempdir().unwrap();
+    let at: std::net::SocketAddr = format!("[{VIP6}]:8081").parse().unwrap();
+    let a = lan.start(1, &appliance6(1, 150));
+    let _b = lan.start(2, &server6(2));
+    let ka = Keepalived::start_with(
+        &lan,
+        scratch.path(),
+        &format!(
+            "virtual_router_id 52\n  priority 100\n  advert_int 0.05\n\
+             virtual_ipaddress {{\n    {VIP6}/64\n  }}"
+        ),
+    );
+    wait_for(
+        "keepalived to hear edgebox over IPv6 and stay backup",
+        || ka.log().contains("Entering BACKUP STATE").then_some(()),
+    );
+    wait_for("edgebox to serve the IPv6 virtual address", || {
+        (ask_at(at).as_deref() == Some("node1")).then_some(())
+    });
+    let mut report = Vec::new();
+    let a = killed_and_back(&lan, a, &ka, at, "IPv6: ", &mut report);
+    let s = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(s["state"], "master", "{s}");
+    assert_eq!(
+        s["counts"]["malformed"], 0,
+        "keepalived's IPv6 adverts all read: {s}"
+    );
+    assert!(
+        s["counts"]["adverts"].as_u64().unwrap() > 0,
+        "edgebox heard keepalived as master: {s}"
+    );
+    let log = ka.log();
+    for complaint in ["checksum", "TTL", "invalid", "ignoring"] {
+        assert!(
+            !log.to_lowercase().contains(&complaint.to_lowercase()),
+            "keepalived complains ({complaint}): {log}"
+        );
+    }
+    println!("{}", report.join("\n"));
+}
+
+/// Whether appliance `i`'s eth0 carries the IPv6 virtual address.
+fn holds6(lan: &Lan, i: usize) -> bool {
+    holds_address(lan, i, VIP6)
 }

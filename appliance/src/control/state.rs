@@ -539,7 +539,8 @@ impl Control {
             if current.contains(&ListenerKey::of(l)) {
                 continue;
             }
-            let bound = listeners::bind(std::slice::from_ref(l), self.cores)
+            let vips = listeners::virtual_addresses(new.failover.as_ref());
+            let bound = listeners::bind(std::slice::from_ref(l), self.cores, &vips)
                 .map_err(|e| ConfigError::new(format!("listeners[{i}].address"), e.source))?;
             l.address = bound.addresses[0];
             let sockets = bound

@@ -5,7 +5,7 @@
 //! plane's runtime), so that neither a saturated data plane nor a slow
 //! admin request can delay an advert: a late advert is a spurious failover.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV6};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::machine::{Action, Counts, Machine, Params, Reason, State};
-use super::packet::{GROUP_V4, PROTOCOL, TTL};
+use super::packet::{GROUP_V4, GROUP_V6, PROTOCOL, TTL};
 use crate::config::Failover;
 
 /// What the admin API and `/metrics` show; updated by the thread.
@@ -528,39 +528,78 @@ struct Received {
 
 /// The interface: its raw VRRP socket, index and primary address.
 struct Link {
+    /// Receives (both families) and sends (IPv4).
     socket: Socket,
+    /// IPv6: sends, bound to the link-local source, so that the source the
+    /// checksum was computed over is the one the packet carries.
+    send6: Option<Socket>,
     index: u32,
     mac: [u8; 6],
+    /// IPv4: the interface's first address; IPv6: its link-local one.
     primary: IpAddr,
     multicast: bool,
 }
 
 impl Link {
     fn open(cfg: &Failover) -> Result<Self, String> {
-        let v4 = cfg
+        let v6 = cfg
             .virtual_addresses
             .first()
-            .is_some_and(|a| a.addr().is_ipv4());
-        if !v4 {
-            return Err("failover: IPv6 virtual addresses are not supported yet".into());
-        }
+            .is_some_and(|a| a.addr().is_ipv6());
         let iface = &cfg.interface;
-        let socket = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(i32::from(PROTOCOL))),
-        )
-        .map_err(|e| format!("failover: a raw VRRP socket (needs CAP_NET_RAW): {e}"))?;
+        let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
+        let raw = || {
+            Socket::new(domain, Type::RAW, Some(Protocol::from(i32::from(PROTOCOL))))
+                .map_err(|e| format!("failover: a raw VRRP socket (needs CAP_NET_RAW): {e}"))
+        };
+        let socket = raw()?;
         let index = rustix::net::netdevice::name_to_index(&socket, iface)
             .map_err(|e| format!("failover.interface {iface}: {e}"))?;
-        let primary = super::netlink::primary_v4(index)?
-            .ok_or_else(|| format!("failover.interface {iface}: has no IPv4 address of its own"))?;
         let ctx = |what: &str, e: std::io::Error| format!("failover: {what} on {iface}: {e}");
         socket
             .bind_device(Some(iface.as_bytes()))
             .map_err(|e| ctx("binding", e))?;
-        socket.set_ttl(u32::from(TTL)).map_err(|e| ctx("TTL", e))?;
         let multicast = cfg.peers.is_empty();
+        let mac = super::netlink::mac_of(index)?;
+        if v6 {
+            let ll = super::netlink::link_local_v6(index)?.ok_or_else(|| {
+                format!("failover.interface {iface}: has no IPv6 link-local address")
+            })?;
+            crate::rt::packet::want_v6_info(std::os::fd::AsFd::as_fd(&socket))
+                .map_err(|e| ctx("asking for destinations and hop limits", e))?;
+            if multicast {
+                socket
+                    .join_multicast_v6(&GROUP_V6, index)
+                    .map_err(|e| ctx("joining ff02::12", e))?;
+                socket
+                    .set_multicast_loop_v6(false)
+                    .map_err(|e| ctx("multicast loop", e))?;
+            }
+            let send = raw()?;
+            send.bind_device(Some(iface.as_bytes()))
+                .map_err(|e| ctx("binding", e))?;
+            send.set_unicast_hops_v6(u32::from(TTL))
+                .map_err(|e| ctx("hop limit", e))?;
+            send.set_multicast_hops_v6(u32::from(TTL))
+                .map_err(|e| ctx("multicast hop limit", e))?;
+            send.set_multicast_if_v6(index)
+                .map_err(|e| ctx("multicast interface", e))?;
+            send.set_multicast_loop_v6(false)
+                .map_err(|e| ctx("multicast loop", e))?;
+            send.bind(&SockAddr::from(SocketAddrV6::new(ll, 0, 0, index)))
+                .map_err(|e| ctx("binding the link-local source", e))?;
+            return Ok(Self {
+                socket,
+                send6: Some(send),
+                index,
+                mac,
+                primary: IpAddr::V6(ll),
+                multicast,
+            });
+        }
+        let primary = super::netlink::primary_v4(index)?
+            .ok_or_else(|| format!("failover.interface {iface}: has no IPv4 address of its own"))?;
+        socket.set_ttl(u32::from(TTL)).map_err(|e| ctx("TTL", e))?;
         if multicast {
             socket
                 .set_multicast_ttl_v4(u32::from(TTL))
@@ -575,9 +614,9 @@ impl Link {
                 .join_multicast_v4_n(&GROUP_V4, &socket2::InterfaceIndexOrAddress::Index(index))
                 .map_err(|e| ctx("joining 224.0.0.18", e))?;
         }
-        let mac = super::netlink::mac_of(index)?;
         Ok(Self {
             socket,
+            send6: None,
             index,
             mac,
             primary,
@@ -590,18 +629,36 @@ impl Link {
         self.socket
             .set_read_timeout(Some(Duration::from_micros(wait_us.max(1))))
             .map_err(|e| format!("failover: socket timeout: {e}"))?;
+        let quiet = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::Interrupted
+            )
+        };
+        if self.send6.is_some() {
+            // A raw IPv6 socket hands over the payload only; the header's
+            // destination and hop limit come as ancillary data.
+            let got = match crate::rt::packet::recv_v6(std::os::fd::AsFd::as_fd(&self.socket), buf)
+            {
+                Ok(g) => g,
+                Err(e) if quiet(&e) => return Ok(None),
+                Err(e) => return Err(format!("failover: receiving: {e}")),
+            };
+            let Some(dst) = got.dst else {
+                return Ok(None);
+            };
+            return Ok(Some(Received {
+                src: IpAddr::V6(got.src),
+                dst: IpAddr::V6(dst),
+                ttl: got.hop_limit.unwrap_or(0),
+                vrrp: 0..got.len.min(buf.len()),
+            }));
+        }
         let n = match std::io::Read::read(&mut &self.socket, buf) {
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                return Ok(None)
-            }
+            Err(e) if quiet(&e) => return Ok(None),
             Err(e) => return Err(format!("failover: receiving: {e}")),
         };
         // A raw IPv4 socket hands over the IP header too.
@@ -626,16 +683,25 @@ impl Link {
 
     /// Where adverts go: the group, or every peer.
     fn targets(&self, peers: &[IpAddr]) -> Vec<IpAddr> {
-        if self.multicast {
-            vec![IpAddr::V4(GROUP_V4)]
-        } else {
-            peers.to_vec()
+        match (self.multicast, self.primary) {
+            (true, IpAddr::V4(_)) => vec![IpAddr::V4(GROUP_V4)],
+            (true, IpAddr::V6(_)) => vec![IpAddr::V6(GROUP_V6)],
+            (false, _) => peers.to_vec(),
         }
     }
 
     fn send(&self, bytes: &[u8], dst: IpAddr) {
-        let to = SockAddr::from(SocketAddr::new(dst, 0));
-        if let Err(e) = self.socket.send_to(bytes, &to) {
+        let (socket, to) = match (dst, &self.send6) {
+            (IpAddr::V6(v6), Some(send)) => {
+                // Link-scoped destinations (fe80::/10, ff02::/16) need the
+                // interface as their scope.
+                let scoped = v6.segments()[0] & 0xffc0 == 0xfe80 || v6.segments()[0] == 0xff02;
+                let scope = if scoped { self.index } else { 0 };
+                (send, SockAddr::from(SocketAddrV6::new(v6, 0, 0, scope)))
+            }
+            _ => (&self.socket, SockAddr::from(SocketAddr::new(dst, 0))),
+        };
+        if let Err(e) = socket.send_to(bytes, &to) {
             tracing::warn!("failover: sending an advert to {dst}: {e}");
         }
     }
@@ -646,10 +712,15 @@ impl Link {
 
     fn announce(&self, cfg: &Failover) {
         for a in &cfg.virtual_addresses {
-            if let IpAddr::V4(v4) = a.addr() {
-                if let Err(e) = super::arp::gratuitous(self.index, self.mac, v4) {
-                    tracing::warn!("failover: gratuitous ARP for {v4}: {e}");
+            let sent = match (a.addr(), self.primary) {
+                (IpAddr::V4(v4), _) => super::arp::gratuitous(self.index, self.mac, v4),
+                (IpAddr::V6(v6), IpAddr::V6(ll)) => {
+                    super::nd::unsolicited(self.index, self.mac, ll, v6)
                 }
+                (IpAddr::V6(_), IpAddr::V4(_)) => Ok(()),
+            };
+            if let Err(e) = sent {
+                tracing::warn!("failover: announcing {}: {e}", a.addr());
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod guard;
 pub mod io;
 pub mod machine;
+mod nd;
 mod netlink;
 pub mod packet;
 

@@ -1,14 +1,16 @@
 //! The virtual addresses on the interface, over rtnetlink (the requests
 //! are built as `init::net` builds PID 1's).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
     NLM_F_REQUEST,
 };
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -26,6 +28,13 @@ pub fn request(index: u32, iface: &str, net: IpNet, add: bool) -> Request {
     msg.header.index = index;
     msg.attributes.push(AddressAttribute::Local(net.addr()));
     msg.attributes.push(AddressAttribute::Address(net.addr()));
+    if net.addr().is_ipv6() {
+        // No duplicate address detection: a tentative address would not
+        // serve for a second or more after the takeover.
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
     if add {
         Request {
             what: format!("{iface}: add virtual address {net}"),
@@ -72,6 +81,32 @@ pub fn primary_v4(index: u32) -> Result<Option<IpAddr>, String> {
         }
     }
     Ok(found.map(IpAddr::V4))
+}
+
+/// The link-local IPv6 address (fe80::/10) of the interface with `index`:
+/// the source of IPv6 adverts (RFC 5798, 5.1.2.1).
+pub fn link_local_v6(index: u32) -> Result<Option<Ipv6Addr>, String> {
+    let mut dump = AddressMessage::default();
+    dump.header.family = AddressFamily::Inet6;
+    for m in ask(RouteNetlinkMessage::GetAddress(dump), true)? {
+        if let RouteNetlinkMessage::NewAddress(a) = m {
+            if a.header.index != index {
+                continue;
+            }
+            let found = a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V6(v6))
+                    if v6.segments()[0] & 0xffc0 == 0xfe80 =>
+                {
+                    Some(*v6)
+                }
+                _ => None,
+            });
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// The link-layer (MAC) address of the interface with `index`. Asked of

@@ -31,13 +31,22 @@ pub struct Bound {
     pub addresses: Vec<SocketAddr>,
 }
 
-pub fn bind(listeners: &[Listener], cores: usize) -> Result<Bound, BindError> {
+/// Binds `listeners` for `cores`. A listener on one of the failover's
+/// `virtual` addresses is bound with `IP_FREEBIND`: the backup, which does
+/// not hold the address, binds it too, and serves as soon as it takes it.
+/// Any other address must be this host's, or binding fails.
+pub fn bind(
+    listeners: &[Listener],
+    cores: usize,
+    virtual_addresses: &[std::net::IpAddr],
+) -> Result<Bound, BindError> {
     let mut per_core: Vec<Vec<(usize, OwnedFd)>> = (0..cores).map(|_| Vec::new()).collect();
     let mut addresses = Vec::with_capacity(listeners.len());
     for (index, l) in listeners.iter().enumerate() {
         let mut address = l.address;
         for sockets in per_core.iter_mut() {
-            let socket = listen(address).map_err(|source| BindError {
+            let free = virtual_addresses.contains(&address.ip());
+            let socket = listen(address, free).map_err(|source| BindError {
                 index,
                 name: l.name.clone(),
                 address,
@@ -58,7 +67,7 @@ pub fn bind(listeners: &[Listener], cores: usize) -> Result<Bound, BindError> {
     })
 }
 
-fn listen(address: SocketAddr) -> std::io::Result<Socket> {
+fn listen(address: SocketAddr, freebind: bool) -> std::io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(address),
         Type::STREAM,
@@ -66,6 +75,11 @@ fn listen(address: SocketAddr) -> std::io::Result<Socket> {
     )?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
+        if freebind {
+            socket.set_freebind_ipv6(true)?;
+        }
+    } else if freebind {
+        socket.set_freebind(true)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
@@ -73,6 +87,13 @@ fn listen(address: SocketAddr) -> std::io::Result<Socket> {
     socket.bind(&address.into())?;
     socket.listen(1024)?;
     Ok(socket)
+}
+
+/// The virtual addresses of `failover`, for [`bind`].
+pub fn virtual_addresses(failover: Option<&crate::config::Failover>) -> Vec<std::net::IpAddr> {
+    failover
+        .map(|f| f.virtual_addresses.iter().map(|n| n.addr()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -93,7 +114,7 @@ mod tests {
 
     #[test]
     fn port_zero_is_shared_by_all_cores() {
-        let bound = bind(&[listener("127.0.0.1:0"), listener("127.0.0.1:0")], 3).unwrap();
+        let bound = bind(&[listener("127.0.0.1:0"), listener("127.0.0.1:0")], 3, &[]).unwrap();
         assert_eq!(bound.per_core.len(), 3);
         let [a, b] = bound.addresses[..] else {
             panic!()
@@ -116,8 +137,23 @@ mod tests {
     fn an_address_in_use_names_the_listener() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap().to_string();
-        let err = bind(&[listener("127.0.0.1:0"), listener(&addr)], 1).unwrap_err();
+        let err = bind(&[listener("127.0.0.1:0"), listener(&addr)], 1, &[]).unwrap_err();
         assert_eq!(err.index, 1);
         assert!(err.to_string().contains(&addr), "{err}");
+    }
+
+    #[test]
+    fn a_virtual_address_binds_before_this_host_holds_it_and_no_other_does() {
+        // 192.0.2.0/24 (TEST-NET-1) is on no interface here.
+        let absent = listener("192.0.2.77:0");
+        let err = bind(std::slice::from_ref(&absent), 1, &[]).unwrap_err();
+        assert_eq!(
+            err.source.kind(),
+            std::io::ErrorKind::AddrNotAvailable,
+            "{err}"
+        );
+        let vip = "192.0.2.77".parse().unwrap();
+        let bound = bind(&[absent], 2, &[vip]).unwrap();
+        assert_eq!(bound.per_core.len(), 2);
     }
 }

@@ -261,7 +261,11 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
             .unwrap_or_else(|| crate::limits::connections_for(nofile)),
         "limits"
     );
-    let bound = listeners::bind(&snapshot.config.listeners, opts.cores)?;
+    let bound = listeners::bind(
+        &snapshot.config.listeners,
+        opts.cores,
+        &listeners::virtual_addresses(snapshot.config.failover.as_ref()),
+    )?;
     // The config served says which port a listener on port 0 got.
     for (l, addr) in snapshot.config.listeners.iter_mut().zip(&bound.addresses) {
         l.address = *addr;

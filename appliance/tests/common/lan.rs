@@ -28,14 +28,30 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Interfaces made in namespace `ns` from now on skip duplicate address
+/// detection.
+fn no_dad(ns: &str) {
+    let ns = ns.to_owned();
+    std::thread::spawn(move || {
+        enter(&ns);
+        for conf in ["all", "default"] {
+            std::fs::write(format!("/proc/sys/net/ipv6/conf/{conf}/accept_dad"), "0").unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+}
+
 pub fn enter(ns: &str) {
     let fd = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
     move_into_link_name_space(fd.as_fd(), Some(LinkNameSpaceType::Network)).unwrap();
 }
 
-/// The namespaces: `lan` (a bridge and the client at 10.9.0.10) and one per
-/// appliance (`eth0` at 10.9.0.N on the bridge). The calling thread is
-/// moved into `lan`. Removed on drop.
+/// The namespaces: `lan` (a bridge and the client at 10.9.0.10 and
+/// fd00:9::10) and one per appliance (`eth0` at 10.9.0.N and fd00:9::N on
+/// the bridge). No duplicate address detection anywhere, so that the
+/// IPv6 link-local addresses serve at once. The calling thread is moved
+/// into `lan`. Removed on drop.
 pub struct Lan {
     prefix: String,
     pub hosts: Vec<String>,
@@ -49,14 +65,17 @@ impl Lan {
         let lan = format!("{prefix}-lan");
         ip(&["netns", "add", &lan]);
         enter(&lan);
+        no_dad(&lan);
         ip(&["link", "set", "lo", "up"]);
         ip(&["link", "add", "br0", "type", "bridge"]);
         ip(&["addr", "add", "10.9.0.10/24", "dev", "br0"]);
+        ip(&["addr", "add", "fd00:9::10/64", "dev", "br0", "nodad"]);
         ip(&["link", "set", "br0", "up"]);
         let mut hosts = Vec::new();
         for i in 1..=appliances {
             let ns = format!("{prefix}-{i}");
             ip(&["netns", "add", &ns]);
+            no_dad(&ns);
             let port = format!("v{i}");
             ip(&[
                 "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
@@ -71,6 +90,16 @@ impl Lan {
                 &format!("10.9.0.{i}/24"),
                 "dev",
                 "eth0",
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("fd00:9::{i}/64"),
+                "dev",
+                "eth0",
+                "nodad",
             ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             hosts.push(ns);
@@ -112,7 +141,8 @@ impl Drop for Lan {
     }
 }
 
-/// Appliance `i` of a pair: answers with its name, VRRP on eth0.
+/// Appliance `i` of a pair: answers with its name on the virtual address,
+/// VRRP on eth0.
 pub fn appliance(i: usize, priority: u8) -> Value {
     let peer = if i == 1 { "10.9.0.2" } else { "10.9.0.1" };
     let mut c = server(i);
@@ -123,6 +153,9 @@ pub fn appliance(i: usize, priority: u8) -> Value {
         "virtual_addresses": [format!("{VIP}/24")],
         "peers": [peer],
     });
+    // Bound to the virtual address itself (IP_FREEBIND): the backup binds
+    // it without holding it, and serves once it takes it.
+    c["listeners"][0]["address"] = json!(format!("{VIP}:8080"));
     c
 }
 
@@ -135,9 +168,16 @@ pub fn server(i: usize) -> Value {
     })
 }
 
+/// The IPv6 virtual address the tests use, served on port 8081.
+pub const VIP6: &str = "fd00:9::100";
+
 /// One request to the virtual address: who answered, if anyone did.
 pub fn ask() -> Option<String> {
-    let addr: SocketAddr = format!("{VIP}:8080").parse().unwrap();
+    ask_at(format!("{VIP}:8080").parse().unwrap())
+}
+
+/// One request to `addr`.
+pub fn ask_at(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: pair\r\nConnection: close\r\n\r\n")
@@ -162,6 +202,23 @@ pub fn asking(
     want: &str,
     during: impl FnOnce(),
 ) -> Vec<(Instant, Option<String>)> {
+    asking_at(
+        format!("{VIP}:8080").parse().unwrap(),
+        lead,
+        limit,
+        want,
+        during,
+    )
+}
+
+/// [`asking`] at `addr`.
+pub fn asking_at(
+    addr: SocketAddr,
+    lead: Duration,
+    limit: Duration,
+    want: &str,
+    during: impl FnOnce(),
+) -> Vec<(Instant, Option<String>)> {
     let started = Instant::now();
     let mut seen = Vec::new();
     let mut during = Some(during);
@@ -172,7 +229,7 @@ pub fn asking(
             }
         }
         let at = Instant::now();
-        let who = ask();
+        let who = ask_at(addr);
         let done = during.is_none() && who.as_deref() == Some(want);
         seen.push((at, who));
         if done
@@ -213,7 +270,27 @@ pub fn step(
     lead_ms: u64,
     during: impl FnOnce(),
 ) -> (Duration, usize) {
-    let seen = asking(
+    step_at(
+        format!("{VIP}:8080").parse().unwrap(),
+        report,
+        what,
+        want,
+        lead_ms,
+        during,
+    )
+}
+
+/// [`step`] at `addr`.
+pub fn step_at(
+    addr: SocketAddr,
+    report: &mut Vec<String>,
+    what: &str,
+    want: &str,
+    lead_ms: u64,
+    during: impl FnOnce(),
+) -> (Duration, usize) {
+    let seen = asking_at(
+        addr,
         Duration::from_millis(lead_ms),
         Duration::from_secs(10),
         want,
@@ -233,18 +310,14 @@ pub fn step(
 
 /// Whether appliance `i`'s eth0 carries the virtual address.
 pub fn holds(lan: &Lan, i: usize) -> bool {
+    holds_address(lan, i, VIP)
+}
+
+/// Whether appliance `i`'s eth0 carries `address`.
+pub fn holds_address(lan: &Lan, i: usize, address: &str) -> bool {
     let out = Command::new("ip")
-        .args([
-            "-n",
-            &lan.hosts[i - 1],
-            "-4",
-            "-o",
-            "addr",
-            "show",
-            "dev",
-            "eth0",
-        ])
+        .args(["-n", &lan.hosts[i - 1], "-o", "addr", "show", "dev", "eth0"])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/"))
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {address}/"))
 }
