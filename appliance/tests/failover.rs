@@ -284,6 +284,11 @@ fn a_master_whose_critical_pool_has_no_healthy_backend_gives_way() {
 /// `Lan` members with replication between them (identities made first),
 /// so that a handover can ask the peer over the replication link.
 fn replicating(lan: &Lan, priority: [u8; 2], preempt: [bool; 2]) -> Vec<Edgebox> {
+    replicating_over(lan, "10.9.0", priority, preempt)
+}
+
+/// [`replicating`], the replication link on the `/24` network `net`.
+fn replicating_over(lan: &Lan, net: &str, priority: [u8; 2], preempt: [bool; 2]) -> Vec<Edgebox> {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let pins: Vec<String> = dirs.iter().map(|d| identity(d.path())).collect();
     dirs.into_iter()
@@ -293,8 +298,8 @@ fn replicating(lan: &Lan, priority: [u8; 2], preempt: [bool; 2]) -> Vec<Edgebox>
             let mut c = appliance(i, priority[k]);
             c["failover"]["preempt"] = json!(preempt[k]);
             c["replication"] = json!({
-                "listen": format!("10.9.0.{i}:7443"),
-                "peers": [{"address": format!("10.9.0.{other}:7443"), "fingerprint": pins[1 - k], "name": format!("node{other}")}],
+                "listen": format!("{net}.{i}:7443"),
+                "peers": [{"address": format!("{net}.{other}:7443"), "fingerprint": pins[1 - k], "name": format!("node{other}")}],
                 "timeout_ms": 2000,
             });
             let ns = lan.hosts[k].clone();
@@ -504,8 +509,14 @@ fn a_supervised_server_that_dies_or_hangs_gives_up_the_address_at_once() {
 #[test]
 fn a_partition_heals_into_one_master() {
     let lan = Lan::new(2);
-    let a = lan.start(1, &appliance(1, 150));
-    let b = lan.start(2, &appliance(2, 100));
+    // Replication over a cable of its own between the two (10.8.0.0/24),
+    // which the partition of the LAN leaves up: the second path.
+    lan.cable();
+    let nodes = replicating_over(&lan, "10.8.0", [150, 100], [true, true]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    wait_for("replication to connect over the cable", || {
+        (connected(a) && connected(b)).then_some(())
+    });
     wait_for("node1 to serve the virtual address", || {
         (ask().as_deref() == Some("node1")).then_some(())
     });
@@ -525,9 +536,20 @@ fn a_partition_heals_into_one_master() {
     let state =
         |eb: &Edgebox| eb.api("GET", "/v1/failover", None, &[]).expect(200).json()["state"].clone();
     wait_for("node2 to become master too (split brain)", || {
-        (state(&b) == "master").then_some(())
+        (state(b) == "master").then_some(())
     });
-    assert_eq!(state(&a), "master");
+    assert_eq!(state(a), "master");
+    // node2 took over for missing adverts, but node1 answers over the
+    // cable: a lost VRRP path, not a dead peer.
+    let sb = wait_for("node2 to find node1 alive over replication", || {
+        let s = b.api("GET", "/v1/failover", None, &[]).expect(200).json();
+        (s["vrrp_path_lost"] == 1).then_some(s)
+    });
+    let logs = b.logs().join("\n");
+    assert!(
+        logs.contains("the VRRP path between the two is lost, not the peer"),
+        "{sb}\n{logs}"
+    );
     assert!(holds(&lan, 1) && holds(&lan, 2));
     let mut report = Vec::new();
     step(&mut report, "partition healed", "node1", 200, || {
@@ -535,7 +557,7 @@ fn a_partition_heals_into_one_master() {
             neigh(i, &["del"]);
         }
     });
-    assert_eq!((state(&a), state(&b)), (json!("master"), json!("backup")));
+    assert_eq!((state(a), state(b)), (json!("master"), json!("backup")));
     assert!(
         holds(&lan, 1) && !holds(&lan, 2),
         "the loser released its address"
@@ -549,6 +571,26 @@ fn a_partition_heals_into_one_master() {
         metrics.contains("edgebox_failover_other_master_total{vrid=\"51\"} "),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("edgebox_failover_vrrp_path_lost_total{vrid=\"51\"} 1"),
+        "{metrics}"
+    );
+    // A dead master is told apart: node1 killed, node2 takes over and finds
+    // it silent over the cable too; the count stays.
+    let mut nodes = nodes;
+    let a = nodes.remove(0);
+    let b = &nodes[0];
+    step(&mut report, "master killed", "node2", 200, || {
+        drop(a.kill())
+    });
+    wait_for("node2 to find node1 down", || {
+        b.logs()
+            .iter()
+            .any(|l| l.contains("does not answer over the replication link either"))
+            .then_some(())
+    });
+    let sb = b.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(sb["vrrp_path_lost"], 1, "{sb}");
     println!("{}", report.join("\n"));
 }
 

@@ -104,9 +104,13 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     let mut track = tokio::time::interval(Duration::from_millis(100));
     let disk = Rc::new(RefCell::new(DiskProbe::default()));
     let data = control.borrow().data.clone();
+    let transitions = std::cell::Cell::new(0);
     loop {
         tokio::select! {
-            _ = track.tick() => track_health(&shared, &disk, &data),
+            _ = track.tick() => {
+                track_health(&shared, &disk, &data);
+                tell_dead_peer_from_lost_path(&control, &transitions);
+            },
             _ = term.recv() => begin_shutdown(&control, "SIGTERM"),
             _ = int.recv() => begin_shutdown(&control, "SIGINT"),
             _ = rotate.tick() => {
@@ -154,6 +158,49 @@ fn track_health(shared: &Shared, disk: &Rc<RefCell<DiskProbe>>, data: &std::path
     unhealthy.extend(disk.borrow().problem(now));
     DiskProbe::start(disk, data, now);
     shared.failover.set_health(unhealthy);
+}
+
+/// After a takeover because the master's adverts stopped: does the old
+/// master still answer over the replication link (a second path between
+/// the two)? Then it is alive and only the VRRP path is lost: both may hold
+/// the addresses until it heals (settled then by the RFC's rules). Logged
+/// and counted; the takeover stands, since a master the LAN cannot reach
+/// cannot serve it either.
+fn tell_dead_peer_from_lost_path(control: &Rc<RefCell<Control>>, seen: &std::cell::Cell<u64>) {
+    use crate::failover::machine::{Reason, State};
+    let shared = Arc::clone(&control.borrow().shared);
+    let Some(status) = shared.failover.status() else {
+        return;
+    };
+    let count = status.counts.transitions;
+    if seen.replace(count) == count {
+        return;
+    }
+    let took_over = status
+        .transitions
+        .last()
+        .is_some_and(|t| t.to == State::Master && t.why == Reason::MasterDown);
+    let replicating = !control.borrow().config.replication.peers.is_empty();
+    if !took_over || !replicating {
+        return;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    {
+        let mut c = control.borrow_mut();
+        c.replica.probes.push(tx);
+        c.replica.changed.notify_one();
+    }
+    tokio::task::spawn_local(async move {
+        match tokio::time::timeout(Duration::from_secs(2), rx).await {
+            Ok(Ok(true)) => {
+                tracing::warn!("failover: took over because the master's adverts stopped, but it answers over the replication link: the VRRP path between the two is lost, not the peer; both may hold the virtual addresses until it heals");
+                shared.failover.vrrp_path_lost();
+            }
+            _ => tracing::info!(
+                "failover: took over; the old master does not answer over the replication link either (down)"
+            ),
+        }
+    });
 }
 
 /// A core whose executor has not run its 50 ms housekeeping for this long

@@ -34,6 +34,9 @@ pub struct Status {
     pub authenticated: bool,
     pub virtual_addresses: Vec<String>,
     pub counts: Counts,
+    /// Takeovers after which the old master still answered over the
+    /// replication link: the VRRP path was lost, not the peer.
+    pub vrrp_path_lost: u64,
     /// The last transitions, newest last.
     pub transitions: Vec<Transition>,
     /// Why the thread stopped, if it did.
@@ -185,6 +188,18 @@ impl Slot {
         }
     }
 
+    /// A takeover found the old master alive over the replication link.
+    pub fn vrrp_path_lost(&self) {
+        if let Some(s) = self
+            .report
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            s.vrrp_path_lost += 1;
+        }
+    }
+
     /// The critical pools, for the control plane's health check.
     pub fn critical_pools(&self) -> Vec<String> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -276,6 +291,7 @@ pub fn start(cfg: &Failover, report: Report, data: Option<PathBuf>) -> Result<Ha
             .map(|n| n.to_string())
             .collect(),
         counts: Counts::default(),
+        vrrp_path_lost: 0,
         transitions: Vec::new(),
         error: None,
     };
@@ -813,6 +829,17 @@ pub fn render_prometheus(s: &Status, o: &mut String) {
             "edgebox_failover_packets_dropped_total{{vrid=\"{vrid}\",reason=\"{reason}\"}} {n}"
         );
     }
+    family(
+        o,
+        "edgebox_failover_vrrp_path_lost_total",
+        "counter",
+        "Takeovers after which the old master still answered over the replication link (the VRRP path was lost, not the peer).",
+    );
+    let _ = writeln!(
+        o,
+        "edgebox_failover_vrrp_path_lost_total{{vrid=\"{vrid}\"}} {}",
+        s.vrrp_path_lost
+    );
     family(o, "edgebox_failover_other_master_total", "counter", "Adverts from another master heard while master (split brain, settled by priority and address).");
     let _ = writeln!(
         o,

@@ -171,6 +171,10 @@ async fn run(net: Rc<Net>) {
             }
         }
         announce(&net);
+        let probes = std::mem::take(&mut net.control.borrow_mut().replica.probes);
+        if !probes.is_empty() {
+            tokio::task::spawn_local(probe(Rc::clone(&net), probes));
+        }
         let take_over = net.control.borrow_mut().replica.take_over.take();
         if let Some(vrid) = take_over {
             let notice = Notice::TakeOver {
@@ -846,6 +850,34 @@ async fn notice(
             tracing::warn!(peer = link.settings.label(), blob = %hash, "replication: a peer says this appliance sent it a damaged blob");
             lost(net, hash).await;
         }
+    }
+}
+
+/// How long a peer gets to answer a probe.
+const PROBE_LIMIT: Duration = Duration::from_millis(500);
+
+/// Asks the connected peers for their digest, one after the other; whether
+/// one answered within [`PROBE_LIMIT`], told to each of `probes`.
+async fn probe(net: Rc<Net>, probes: Vec<tokio::sync::oneshot::Sender<bool>>) {
+    let links: Vec<(Rc<Link>, quinn::Connection)> = net
+        .links
+        .borrow()
+        .values()
+        .filter_map(|l| Some((Rc::clone(l), l.conn.borrow().clone()?)))
+        .collect();
+    let mut alive = false;
+    for (link, conn) in &links {
+        let digest = Request::Digest { protocol: PROTOCOL };
+        if matches!(
+            timed(PROBE_LIMIT, ask(&net, link, conn, &digest)).await,
+            Ok(Ok(_))
+        ) {
+            alive = true;
+            break;
+        }
+    }
+    for p in probes {
+        let _ = p.send(alive);
     }
 }
 

@@ -121,6 +121,10 @@ pub struct Replica {
     /// A planned failover handover: the connected peers are asked to take
     /// this virtual router over (`Notice::TakeOver`).
     pub take_over: Option<u8>,
+    /// Asks whether a peer answers over the replication link now (the
+    /// failover tells a dead peer from a lost VRRP path by it): each is
+    /// answered once every connected peer answered or failed to in time.
+    pub probes: Vec<tokio::sync::oneshot::Sender<bool>>,
     /// The peers, by the protocol's peer number.
     pub peers: Vec<Option<PeerStatus>>,
     /// When each pending item was first adopted (for lag).
@@ -217,6 +221,7 @@ impl Replica {
             announce: Vec::new(),
             changed: Arc::default(),
             take_over: None,
+            probes: Vec::new(),
             peers: Vec::new(),
             adopted_ms: HashMap::new(),
             counters: Counters::default(),

@@ -107,6 +107,27 @@ impl Lan {
         Self { prefix, hosts }
     }
 
+    /// A cable of its own between appliances 1 and 2 (`r0`, 10.8.0.1 and
+    /// 10.8.0.2), beside the LAN: a dedicated replication link.
+    pub fn cable(&self) {
+        let (one, two) = (&self.hosts[0], &self.hosts[1]);
+        ip(&[
+            "link", "add", "r0", "netns", one, "type", "veth", "peer", "name", "r0", "netns", two,
+        ]);
+        for (i, ns) in [(1, one), (2, two)] {
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("10.8.0.{i}/24"),
+                "dev",
+                "r0",
+            ]);
+            ip(&["-n", ns, "link", "set", "r0", "up"]);
+        }
+    }
+
     /// `edgebox serve` with `config` inside appliance `i`'s namespace.
     pub fn start(&self, i: usize, config: &Value) -> Edgebox {
         let ns = self.hosts[i - 1].clone();
