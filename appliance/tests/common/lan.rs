@@ -232,7 +232,9 @@ pub fn asking(
     )
 }
 
-/// [`asking`] at `addr`.
+/// [`asking`] at `addr`. Each ask runs on a thread of its own, started
+/// every 10 ms whatever the ones before are doing (an ask that fails waits
+/// out its connect timeout), so the answers sample the service every 10 ms.
 pub fn asking_at(
     addr: SocketAddr,
     lead: Duration,
@@ -242,7 +244,16 @@ pub fn asking_at(
 ) -> Vec<(Instant, Option<String>)> {
     let started = Instant::now();
     let mut seen = Vec::new();
+    let mut pending = std::collections::VecDeque::new();
     let mut during = Some(during);
+    let settled = |seen: &[(Instant, Option<String>)]| {
+        seen.len() >= 20
+            && seen
+                .iter()
+                .rev()
+                .take(20)
+                .all(|(_, w)| w.as_deref() == Some(want))
+    };
     while started.elapsed() < limit {
         if started.elapsed() >= lead {
             if let Some(f) = during.take() {
@@ -250,21 +261,26 @@ pub fn asking_at(
             }
         }
         let at = Instant::now();
-        let who = ask_at(addr);
-        let done = during.is_none() && who.as_deref() == Some(want);
-        seen.push((at, who));
-        if done
-            && seen
-                .iter()
-                .rev()
-                .take(20)
-                .all(|(_, w)| w.as_deref() == Some(want))
-        {
+        let after = during.is_none();
+        pending.push_back((at, after, std::thread::spawn(move || ask_at(addr))));
+        while pending.front().is_some_and(|(_, _, t)| t.is_finished()) {
+            let (at, after, t) = pending.pop_front().unwrap();
+            seen.push((at, t.join().unwrap(), after));
+        }
+        let flat: Vec<(Instant, Option<String>)> = seen
+            .iter()
+            .filter(|(_, _, after)| *after)
+            .map(|(t, w, _)| (*t, w.clone()))
+            .collect();
+        if settled(&flat) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10).saturating_sub(at.elapsed()));
     }
-    seen
+    for (at, after, t) in pending {
+        seen.push((at, t.join().unwrap(), after));
+    }
+    seen.into_iter().map(|(t, w, _)| (t, w)).collect()
 }
 
 /// The longest time between two answers, and the requests that failed.
