@@ -1,5 +1,5 @@
 //! No spurious failover under a saturated data plane: a pair at the
-//! default 50 ms adverts, h2load keeping the master's one data-plane core
+//! default 40 ms adverts, h2load keeping the master's one data-plane core
 //! busy through the virtual address for `EDGEBOX_SOAK_S` seconds (default
 //! 600, the issue's ten minutes). The master must stay master, the backup
 //! backup, and no advert may come late enough to be a near miss. A binary
@@ -109,14 +109,15 @@ fn a_saturated_master_keeps_advertising_and_nobody_fails_over() {
         .to_owned();
     println!(
         "soak: {:.0} s under h2load ({rps}; {succeeded}), node1 at {:.0} % of the CPU time (its core and the rest), \
-         {adverts} adverts heard by node2 (one per 50 ms: {}), the longest gap between two {gap_ms:.1} ms, \
+         {adverts} adverts heard by node2 (one per 40 ms: {}), the longest gap between two {gap_ms:.1} ms, \
          {samples} checks, no transition",
         ran.as_secs_f64(),
         busy * 100.0,
-        ran.as_millis() / 50
+        ran.as_millis() / 40
     );
-    // A gap beyond the master-down interval (3 × 50 + 30 ms) would have been
-    // a failover; beyond two intervals is already a near miss.
+    // A gap beyond the master-down interval (3 × 40 + 24 ms) would have been
+    // a failover; beyond 100 ms (two and a half intervals) is already a
+    // near miss.
     assert!(
         gap_ms < 100.0,
         "an advert came {gap_ms} ms after the one before"

@@ -172,7 +172,7 @@ fn failover_settings_are_checked_naming_the_field() {
     let good = r#"{"interface": "eth0", "vrid": 51, "virtual_addresses": ["10.0.2.100/24"], "peers": ["10.0.2.16"]}"#;
     let c = parse(&with(good)).unwrap();
     let f = c.failover.unwrap();
-    assert_eq!((f.priority, f.advert_ms, f.preempt), (100, 50, true));
+    assert_eq!((f.priority, f.advert_ms, f.preempt), (100, 40, true));
     for (bad, path) in [
         (good.replace("51", "0"), "failover.vrid"),
         (

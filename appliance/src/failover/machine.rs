@@ -322,9 +322,10 @@ impl Machine {
             }
             State::Master => {
                 if a.priority == 0 {
-                    // A stopping router: assert at once.
-                    out.push(Action::Send(self.advert(self.priority)));
-                    self.timer = Some(now + self.advert_us());
+                    // A stopping router, or a master that just gave way to
+                    // us: assert at once, and draw back the neighbours it
+                    // may have drawn to itself.
+                    self.reassert(now, &mut out);
                     return out;
                 }
                 self.counts.other_master += 1;
@@ -332,18 +333,14 @@ impl Machine {
                     || (a.priority == self.priority && ip_key(src) > ip_key(self.p.primary));
                 if !wins {
                     // Split brain settled in our favour (a partition healed):
-                    // the loser gives way on our advert, sent now, and the
-                    // neighbours it drew to itself are drawn back (at most
-                    // once a second, whatever keeps advertising).
-                    out.push(Action::Send(self.advert(self.priority)));
-                    self.timer = Some(now + self.advert_us());
-                    if self.reasserted_us.is_none_or(|t| now >= t + 1_000_000) {
-                        self.reasserted_us = Some(now);
-                        out.push(Action::Announce);
-                        self.announce = ANNOUNCE_AT_US[1..].iter().map(|d| now + d).collect();
-                    }
+                    // the loser gives way on our advert, sent now.
+                    self.reassert(now, &mut out);
                     return out;
                 }
+                // We lose: a priority-0 advert tells the winner that we let
+                // go, so that it announces itself even if it never heard us
+                // (its adverts reached us first after a partition).
+                out.push(Action::Send(self.advert(0)));
                 self.master_adver_cs = a.interval_cs.max(1);
                 self.timer = Some(now + self.master_down_us());
                 self.announce.clear();
@@ -353,6 +350,20 @@ impl Machine {
             }
         }
         out
+    }
+
+    /// A master's answer to another router's advert that it outranks: the
+    /// neighbours are drawn back (announced before the advert, as on a
+    /// takeover, at most once a second whatever keeps advertising), and an
+    /// advert goes out at once.
+    fn reassert(&mut self, now: u64, out: &mut Vec<Action>) {
+        if self.reasserted_us.is_none_or(|t| now >= t + 1_000_000) {
+            self.reasserted_us = Some(now);
+            out.push(Action::Announce);
+            self.announce = ANNOUNCE_AT_US[1..].iter().map(|d| now + d).collect();
+        }
+        out.push(Action::Send(self.advert(self.priority)));
+        self.timer = Some(now + self.advert_us());
     }
 
     /// The bytes of `advert` from `src` to `dst`, authenticated when the

@@ -408,9 +408,53 @@ fn a_master_hearing_a_stopping_router_asserts_itself_at_once() {
         interval_cs: 10,
         addresses: vec![],
     };
-    let out = m.receive(50 * MS, src, dst, 255, &stop.encode(src, dst));
-    assert!(matches!(&out[..], [Action::Send(a)] if a.priority == 255));
+    // The owner announced itself at start; 1.05 s later it announces again
+    // (the stopping router may have drawn neighbours) and asserts.
+    let out = m.receive(1050 * MS, src, dst, 255, &stop.encode(src, dst));
+    assert!(
+        matches!(&out[..], [Action::Announce, Action::Send(a)] if a.priority == 255),
+        "{out:?}"
+    );
     assert_eq!(m.state(), State::Master);
+    // Again at once: an advert, no second announcement within a second.
+    let out = m.receive(1060 * MS, src, dst, 255, &stop.encode(src, dst));
+    assert!(
+        matches!(&out[..], [Action::Send(a)] if a.priority == 255),
+        "{out:?}"
+    );
+}
+
+/// After a partition the loser may hear the winner before the winner hears
+/// it: the loser's priority-0 advert as it gives way makes the winner
+/// announce itself anyway.
+#[test]
+fn a_master_that_gives_way_says_so_and_the_winner_announces() {
+    let mut s = Sim::new(vec![params(15, 150), params(16, 100)]);
+    s.linked = false;
+    s.start(0);
+    s.start(1);
+    s.run_until(1000 * MS);
+    assert_eq!(s.masters(), vec![0, 1]);
+    let before = s.announced[0].len();
+    // Only node 0's next advert crosses (node 1's are still lost): node 1
+    // gives way, saying so with priority 0, which node 0 hears.
+    let src = s.nodes[0].params().primary;
+    let dst = IpAddr::V4(GROUP_V4);
+    let advert = Advert {
+        vrid: 51,
+        priority: 150,
+        interval_cs: 10,
+        addresses: vec!["10.0.2.100".parse().unwrap()],
+    };
+    let out = s.nodes[1].receive(s.now, src, dst, 255, &advert.encode(src, dst));
+    assert!(
+        matches!(out.first(), Some(Action::Send(a)) if a.priority == 0),
+        "{out:?}"
+    );
+    s.linked = true;
+    s.apply(1, out);
+    assert_eq!(s.masters(), vec![0]);
+    assert!(s.announced[0].len() > before, "the winner announced itself");
 }
 
 #[test]
