@@ -718,13 +718,18 @@ fn adverts_with_the_pairs_key_are_heard_and_others_dropped() {
 }
 
 /// IPv6: the virtual address fd00:9::100 moves by VRRPv3 over IPv6
-/// (multicast to ff02::12 from each node's link-local address), announced
+/// (unicast to the peer's address from each node's link-local one; the
+/// keepalived test below runs multicast to ff02::12), announced
 /// by unsolicited neighbour advertisements, when the master is killed and
 /// when it comes back.
 #[test]
 fn an_ipv6_virtual_address_moves_when_the_master_dies_and_comes_back() {
     let lan = Lan::new(2);
-    let v6 = appliance6;
+    let v6 = |i: usize, priority: u8| {
+        let mut c = appliance6(i, priority);
+        c["failover"]["peers"] = json!([format!("fd00:9::{}", 3 - i)]);
+        c
+    };
     let at: std::net::SocketAddr = format!("[{VIP6}]:8081").parse().unwrap();
     let a = lan.start(1, &v6(1, 150));
     let b = lan.start(2, &v6(2, 100));
