@@ -38,6 +38,10 @@ enum Command {
         /// Started by edgebox's PID 1 on the appliance (see docs/image.md).
         #[arg(long, hide = true)]
         init_child: bool,
+        /// Started by `edgebox supervise` with this process ID: the server
+        /// stops (SIGTERM) when its supervisor dies, however it dies.
+        #[arg(long, hide = true)]
+        supervisor: Option<u32>,
     },
     /// Run `edgebox serve` supervised, as PID 1 does on the appliance:
     /// started again when it dies, and the failover's virtual addresses of
@@ -158,7 +162,20 @@ fn serve_or_check(command: Command, log_format: LogFormat) -> ExitCode {
                     cores,
                 },
             init_child,
+            supervisor,
         } => {
+            if let Some(pid) = supervisor {
+                // The supervisor may have died before this was set: then
+                // this process has already been handed to another parent.
+                let set = rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ));
+                let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+                if set.is_err() || parent != Some(pid) {
+                    eprintln!("edgebox serve: its supervisor ({pid}) is gone; not starting");
+                    return ExitCode::FAILURE;
+                }
+            }
             let cores = cores.map_or_else(
                 || std::thread::available_parallelism().map_or(1, usize::from),
                 usize::from,
@@ -210,7 +227,11 @@ fn supervise(
     }
     let serve = || {
         let mut c = std::process::Command::new(&exe);
-        c.arg("serve").arg("--data").arg(&data);
+        c.arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .arg("--supervisor")
+            .arg(std::process::id().to_string());
         if let Some(format) = log_format.to_possible_value() {
             c.arg("--log-format").arg(format.get_name());
         }

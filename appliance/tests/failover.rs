@@ -522,6 +522,16 @@ fn a_supervised_server_that_dies_or_hangs_gives_up_the_address_at_once() {
         logs.contains("removed the virtual addresses the server held: 10.9.0.100/24"),
         "{logs}"
     );
+    // The supervisor itself killed: its server stops too (SIGTERM, by the
+    // parent-death signal), instead of running on unsupervised.
+    drop(a);
+    wait_for("the server to stop with its supervisor", || {
+        let state = std::fs::read_to_string(format!("/proc/{third}/stat")).unwrap_or_default();
+        let gone = state
+            .rsplit_once(')')
+            .is_none_or(|(_, rest)| rest.trim_start().starts_with('Z'));
+        gone.then_some(())
+    });
     println!("{}", report.join("\n"));
 }
 
