@@ -423,6 +423,32 @@ fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
         crate::failover::io::render_prometheus(&f, &mut text);
     }
     crate::metrics::Process::read().render(&mut text);
+    let not_after = {
+        let mut cache = c.cert_expiry.borrow_mut();
+        match &*cache {
+            Some((generation, list)) if *generation == c.gens.config => list.clone(),
+            _ => {
+                let list: Vec<Option<i64>> = c
+                    .config
+                    .certificates
+                    .iter()
+                    .map(|cert| crate::tls::not_after(&cert.cert))
+                    .collect();
+                *cache = Some((c.gens.config, list.clone()));
+                list
+            }
+        }
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    crate::metrics::state::State {
+        not_after,
+        disk: crate::metrics::state::disk(&c.data),
+        hostmap_generation: c.gens.hostmap,
+        sites_generation: c.gens.sites,
+    }
+    .render(now_s, &mut text);
     let mut r = Response::new(Body::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

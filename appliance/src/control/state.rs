@@ -68,6 +68,9 @@ pub struct Control {
     /// A shutdown was asked for (it may still be handing the virtual
     /// addresses over before it stops accepting).
     pub stopping: bool,
+    /// The certificates' expiry, read once per config generation (for
+    /// `/metrics`).
+    pub cert_expiry: std::cell::RefCell<Option<(u64, Vec<Option<i64>>)>>,
 }
 
 /// A change of a site made through the admin API.

@@ -11,6 +11,7 @@
 
 mod process;
 mod prometheus;
+pub mod state;
 
 pub use process::Process;
 pub use prometheus::{escape, family, render_prometheus, BackendHealth};

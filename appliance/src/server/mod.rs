@@ -346,6 +346,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         hostmap_journal: journal,
         replica,
         stopping: false,
+        cert_expiry: Default::default(),
     };
     crate::control::start(crate::control::Start {
         control,

@@ -9,6 +9,7 @@
 pub mod self_signed;
 pub mod sni;
 pub mod tickets;
+pub mod validity;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -142,6 +143,12 @@ pub fn certificate_info(path: &Path) -> Result<(Vec<String>, String), String> {
         .collect();
     let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &chain[0]);
     Ok((names, crate::admin::token::hex(sha.as_ref())))
+}
+
+/// When the leaf of a certificate file expires (seconds since the epoch).
+pub fn not_after(path: &Path) -> Option<i64> {
+    let chain = read_chain(path).ok()?;
+    validity::not_after(&chain[0])
 }
 
 /// Where certificates uploaded through the admin API are kept.
