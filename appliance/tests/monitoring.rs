@@ -101,6 +101,28 @@ impl Drop for Prometheus {
 }
 
 impl Prometheus {
+    /// `GET /api/v1/PATH`: Null until Prometheus listens.
+    fn api(&self, path: &str) -> Value {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{}/api/v1/{path}", self.port))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The loaded rules, once each has been evaluated without error.
+    fn evaluated_rules(&self) -> Vec<Value> {
+        wait_for("every rule to be evaluated", || {
+            let v = self.api("rules");
+            let rules = v["data"]["groups"][0]["rules"].as_array()?.clone();
+            if let Some(r) = rules.iter().find(|r| r["health"] == "err") {
+                panic!("a rule fails to evaluate: {r}");
+            }
+            rules.iter().all(|r| r["health"] == "ok").then_some(rules)
+        })
+    }
+
     fn query(&self, q: &str) -> Value {
         let out = Command::new("curl")
             .args(["-sS", "--max-time", "5", "--data-urlencode"])
@@ -185,31 +207,12 @@ fn prometheus_scrapes_edgebox_and_every_alert_has_its_metrics() {
     }
     std::thread::sleep(Duration::from_secs(3));
     let rules = std::fs::read_to_string(monitoring().join("alerts.yml")).unwrap();
-    let exprs: Vec<String> = {
-        let r = Command::new("curl")
-            .args(["-sS", &format!("http://127.0.0.1:{port}/api/v1/rules")])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&r.stdout).unwrap();
-        let list = v["data"]["groups"][0]["rules"].as_array().unwrap().clone();
-        assert_eq!(
-            list.len(),
-            alert_names(&rules).len(),
-            "every rule loaded: {v}"
-        );
-        wait_for("every rule to be evaluated", || {
-            let r = Command::new("curl")
-                .args(["-sS", &format!("http://127.0.0.1:{port}/api/v1/rules")])
-                .output()
-                .unwrap();
-            let v: Value = serde_json::from_slice(&r.stdout).unwrap();
-            let rules = v["data"]["groups"][0]["rules"].as_array().unwrap().clone();
-            rules.iter().all(|r| r["health"] == "ok").then_some(())
-        });
-        list.iter()
-            .map(|r| r["query"].as_str().unwrap().to_owned())
-            .collect()
-    };
+    let loaded = prom.evaluated_rules();
+    assert_eq!(loaded.len(), alert_names(&rules).len(), "every rule loaded");
+    let exprs: Vec<String> = loaded
+        .iter()
+        .map(|r| r["query"].as_str().unwrap().to_owned())
+        .collect();
     let mut checked = Vec::new();
     for expr in &exprs {
         for metric in metrics_of(expr) {
@@ -232,6 +235,35 @@ fn prometheus_scrapes_edgebox_and_every_alert_has_its_metrics() {
         exprs.len(),
         checked.len(),
         checked.join(", ")
+    );
+    // Every query of the dashboard returns data: no panel shows a metric
+    // that does not exist.
+    let dashboard: Value = serde_json::from_slice(
+        &std::fs::read(monitoring().join("edgebox-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let r = prom.query(expr);
+            assert_eq!(
+                r["status"], "success",
+                "panel {}: `{expr}`: {r}",
+                panel["title"]
+            );
+            let series = r["data"]["result"].as_array().map_or(0, Vec::len);
+            assert!(
+                series > 0,
+                "panel {} shows nothing: `{expr}`",
+                panel["title"]
+            );
+            queries += 1;
+        }
+    }
+    println!(
+        "{} dashboard panels, {queries} queries, each with data",
+        dashboard["panels"].as_array().unwrap().len()
     );
     // What a scrape holds, kept for docs/monitoring.md's table.
     let scrape = eb.api("GET", "/metrics", None, &[]).expect(200).body;
