@@ -213,6 +213,7 @@ pub async fn dispatch(
 fn not_here(segs: &[&str], m: &Method) -> ApiError {
     let allowed = match segs {
         ["metrics"]
+        | ["status"]
         | ["v1", "status"]
         | ["v1", "logs"]
         | ["v1", "replication"]
@@ -504,6 +505,8 @@ struct CertView {
     default: bool,
     /// SHA-256 of the leaf certificate (DER), hex.
     sha256: String,
+    /// When the leaf expires, seconds since the epoch.
+    not_after: Option<i64>,
 }
 
 fn cert_view(c: &Certificate) -> CertView {
@@ -519,6 +522,7 @@ fn cert_view(c: &Certificate) -> CertView {
         },
         default: c.default,
         sha256,
+        not_after: crate::tls::not_after(&c.cert),
     }
 }
 

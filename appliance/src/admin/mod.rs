@@ -11,6 +11,7 @@ mod api;
 mod body;
 mod content;
 mod pools;
+mod status_page;
 pub mod token;
 
 use std::cell::RefCell;
@@ -311,6 +312,10 @@ async fn handle(
     };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    if method == http::Method::GET && path == "/status" {
+        // The page holds no data; what it shows it fetches with the token.
+        return status_page::response();
+    }
     let result = if authorized {
         api::dispatch(&control, req).await
     } else {
