@@ -472,7 +472,10 @@ fn status_metrics_logs_and_token_rotation() {
         "edgebox_responses_total{class=\"2xx\"} 5".to_owned(),
         format!("edgebox_backend_requests_total{{{backend}}} 5"),
         format!("edgebox_backend_request_duration_seconds_count{{{backend}}} 5"),
-        "edgebox_tls_handshakes_total{kind=\"full\"} 5".to_owned(),
+        "edgebox_tls_handshakes_total{kind=\"full\",version=\"1.3\"} 5".to_owned(),
+        "edgebox_listener_requests_total{listener=\"https\"} 5".to_owned(),
+        "edgebox_listener_connections_total{listener=\"https\"} 5".to_owned(),
+        "edgebox_listener_responses_total{listener=\"https\",class=\"2xx\"} 5".to_owned(),
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -98,6 +98,23 @@ fn a_published_directory_is_served_byte_exact() {
         head.contains(&format!("content-length: {}", files["css/site.css"].len())),
         "HEAD: {head}"
     );
+    // The site's own series: its 304 counted, its requests and bytes.
+    let metrics = eb.api("GET", "/metrics", None, &[]).expect(200).body;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "edgebox_site_not_modified_total{site=\"www\"} 1"),
+        "{metrics}"
+    );
+    let requests: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgebox_site_requests_total{site=\"www\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        requests >= 16,
+        "{requests}: every file twice, an index, a 404, a HEAD, a 304"
+    );
 
     // A range in the middle of the 100 MiB file.
     let part = eb.dir().join("part");

@@ -194,6 +194,59 @@ impl BackendValues {
     }
 }
 
+/// One listener's or one site's counters on one core: its traffic, and
+/// (listeners) connections or (sites) 304s.
+#[derive(Debug, Default)]
+pub struct NamedCounters {
+    pub traffic: Counters,
+    connections_total: AtomicU64,
+    connections_active: AtomicU64,
+    not_modified: AtomicU64,
+}
+
+impl NamedCounters {
+    pub fn opened(&self) {
+        bump(&self.connections_total, 1);
+        bump(&self.connections_active, 1);
+    }
+
+    pub fn closed(&self) {
+        let c = &self.connections_active;
+        c.store(read(c).saturating_sub(1), Ordering::Relaxed);
+    }
+
+    pub fn not_modified(&self) {
+        bump(&self.not_modified, 1);
+    }
+
+    pub fn snapshot(&self) -> NamedValues {
+        NamedValues {
+            traffic: self.traffic.snapshot(),
+            connections_total: read(&self.connections_total),
+            connections_active: read(&self.connections_active),
+            not_modified: read(&self.not_modified),
+        }
+    }
+}
+
+/// A point-in-time copy of [`NamedCounters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamedValues {
+    pub traffic: CounterValues,
+    pub connections_total: u64,
+    pub connections_active: u64,
+    pub not_modified: u64,
+}
+
+impl NamedValues {
+    pub fn add(&mut self, o: &NamedValues) {
+        self.traffic.add(&o.traffic);
+        self.connections_total += o.connections_total;
+        self.connections_active += o.connections_active;
+        self.not_modified += o.not_modified;
+    }
+}
+
 /// One pool's counters on one core.
 #[derive(Debug, Default)]
 pub struct PoolCounters {
@@ -260,8 +313,9 @@ pub struct CoreStats {
     connections_total: AtomicU64,
     refused_max: AtomicU64,
     refused_per_address: AtomicU64,
-    handshakes_full: AtomicU64,
-    handshakes_resumed: AtomicU64,
+    /// Completed handshakes by kind (full, resumed) and protocol version
+    /// (TLS 1.2, TLS 1.3).
+    handshakes: [[AtomicU64; 2]; 2],
     handshake_failures: AtomicU64,
     http2_floods: AtomicU64,
     /// When the core's executor last ran its housekeeping loop
@@ -269,6 +323,10 @@ pub struct CoreStats {
     alive_ms: AtomicU64,
     backends: Mutex<Vec<(BackendKey, Arc<BackendCounters>)>>,
     pools: Mutex<Vec<(Arc<str>, Arc<PoolCounters>)>>,
+    /// By listener name, and by site name: as many as the config ever
+    /// named (a removed one keeps its series until restart).
+    listeners: Mutex<Vec<(Arc<str>, Arc<NamedCounters>)>>,
+    sites: Mutex<Vec<(Arc<str>, Arc<NamedCounters>)>>,
 }
 
 impl CoreStats {
@@ -304,13 +362,9 @@ impl CoreStats {
         c.store(read(c).saturating_sub(1), Ordering::Relaxed);
     }
 
-    pub fn handshake(&self, resumed: bool) {
+    pub fn handshake(&self, resumed: bool, tls13: bool) {
         bump(
-            if resumed {
-                &self.handshakes_resumed
-            } else {
-                &self.handshakes_full
-            },
+            &self.handshakes[usize::from(resumed)][usize::from(tls13)],
             1,
         );
     }
@@ -354,6 +408,16 @@ impl CoreStats {
         c
     }
 
+    /// The counters of listener `name` (made on first use).
+    pub fn register_listener(&self, name: &str) -> Arc<NamedCounters> {
+        register_named(&self.listeners, name)
+    }
+
+    /// The counters of site `name` (made on first use).
+    pub fn register_site(&self, name: &str) -> Arc<NamedCounters> {
+        register_named(&self.sites, name)
+    }
+
     /// Forgets a pool that left the config.
     pub fn unregister_pool(&self, counters: &Arc<PoolCounters>) {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -369,8 +433,7 @@ impl CoreStats {
             connections_total: read(&self.connections_total),
             refused_max: read(&self.refused_max),
             refused_per_address: read(&self.refused_per_address),
-            handshakes_full: read(&self.handshakes_full),
-            handshakes_resumed: read(&self.handshakes_resumed),
+            handshakes: self.handshakes.each_ref().map(|k| k.each_ref().map(read)),
             handshake_failures: read(&self.handshake_failures),
             http2_floods: read(&self.http2_floods),
             backends: backends
@@ -381,6 +444,8 @@ impl CoreStats {
                 .iter()
                 .map(|(k, c)| (Arc::clone(k), c.snapshot()))
                 .collect(),
+            listeners: snapshot_named(&self.listeners),
+            sites: snapshot_named(&self.sites),
         }
     }
 }
@@ -395,13 +460,38 @@ pub struct CoreValues {
     pub refused_max: u64,
     /// Refused over `client.max_connections_per_address`.
     pub refused_per_address: u64,
-    pub handshakes_full: u64,
-    pub handshakes_resumed: u64,
+    /// By kind (full, resumed), then version (TLS 1.2, 1.3).
+    pub handshakes: [[u64; 2]; 2],
     pub handshake_failures: u64,
     /// HTTP/2 connections closed for spending their frame budget.
     pub http2_floods: u64,
     pub backends: Vec<(BackendKey, BackendValues)>,
     pub pools: Vec<(Arc<str>, PoolValues)>,
+    pub listeners: Vec<(Arc<str>, NamedValues)>,
+    pub sites: Vec<(Arc<str>, NamedValues)>,
+}
+
+fn register_named(
+    list: &Mutex<Vec<(Arc<str>, Arc<NamedCounters>)>>,
+    name: &str,
+) -> Arc<NamedCounters> {
+    let mut list = list.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, c)) = list.iter().find(|(k, _)| &**k == name) {
+        return Arc::clone(c);
+    }
+    let c = Arc::new(NamedCounters::default());
+    list.push((Arc::from(name), Arc::clone(&c)));
+    c
+}
+
+fn snapshot_named(
+    list: &Mutex<Vec<(Arc<str>, Arc<NamedCounters>)>>,
+) -> Vec<(Arc<str>, NamedValues)> {
+    list.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, c)| (Arc::clone(k), c.snapshot()))
+        .collect()
 }
 
 /// Every core's stats, indexed by core.

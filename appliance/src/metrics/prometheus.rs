@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::{BackendKey, BackendValues, CoreValues, CounterValues, PoolValues, LATENCY_BUCKETS};
+use super::{
+    BackendKey, BackendValues, CoreValues, CounterValues, NamedValues, PoolValues, LATENCY_BUCKETS,
+};
 
 /// What the control plane knows of one backend (from its shared state),
 /// beside what the cores counted.
@@ -115,15 +117,17 @@ pub fn render_prometheus(
         o,
         "edgebox_tls_handshakes_total",
         "counter",
-        "Completed TLS handshakes, full or resumed.",
+        "Completed TLS handshakes, full or resumed, by protocol version.",
     );
-    let full: u64 = cores.iter().map(|c| c.handshakes_full).sum();
-    let resumed: u64 = cores.iter().map(|c| c.handshakes_resumed).sum();
-    let _ = writeln!(o, "edgebox_tls_handshakes_total{{kind=\"full\"}} {full}");
-    let _ = writeln!(
-        o,
-        "edgebox_tls_handshakes_total{{kind=\"resumed\"}} {resumed}"
-    );
+    for (k, kind) in ["full", "resumed"].iter().enumerate() {
+        for (v, version) in ["1.2", "1.3"].iter().enumerate() {
+            let n: u64 = cores.iter().map(|c| c.handshakes[k][v]).sum();
+            let _ = writeln!(
+                o,
+                "edgebox_tls_handshakes_total{{kind=\"{kind}\",version=\"{version}\"}} {n}"
+            );
+        }
+    }
     family(
         o,
         "edgebox_tls_handshake_failures_total",
@@ -143,7 +147,15 @@ pub fn render_prometheus(
 
     let mut all_backends: BTreeMap<&BackendKey, BackendValues> = BTreeMap::new();
     let mut pools: BTreeMap<&str, PoolValues> = BTreeMap::new();
+    let mut listeners: BTreeMap<&str, NamedValues> = BTreeMap::new();
+    let mut sites: BTreeMap<&str, NamedValues> = BTreeMap::new();
     for c in cores {
+        for (k, v) in &c.listeners {
+            listeners.entry(k).or_default().add(v);
+        }
+        for (k, v) in &c.sites {
+            sites.entry(k).or_default().add(v);
+        }
         for (k, v) in &c.backends {
             all_backends.entry(k).or_default().add(v);
         }
@@ -208,6 +220,24 @@ pub fn render_prometheus(
     }
     backend_state(o, health, &all_backends);
     pool_state(o, &pools);
+    named_state(o, "listener", &LISTENER_STATE, &listeners);
+    family(
+        o,
+        "edgebox_listener_responses_total",
+        "counter",
+        "Responses by listener and status class.",
+    );
+    for (l, v) in &listeners {
+        for (i, n) in v.traffic.status.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "edgebox_listener_responses_total{{listener=\"{}\",class=\"{}xx\"}} {n}",
+                escape(l),
+                i + 1
+            );
+        }
+    }
+    named_state(o, "site", &SITE_STATE, &sites);
 
     family(
         o,
@@ -328,6 +358,63 @@ fn backend_state(
     }
 }
 
+const LISTENER_STATE: [Family<NamedValues>; 3] = [
+    (
+        "edgebox_listener_connections_total",
+        "counter",
+        "Client connections accepted, by listener.",
+        |v| v.connections_total,
+    ),
+    (
+        "edgebox_listener_connections_active",
+        "gauge",
+        "Open client connections, by listener.",
+        |v| v.connections_active,
+    ),
+    (
+        "edgebox_listener_requests_total",
+        "counter",
+        "Requests answered, by listener.",
+        |v| v.traffic.requests,
+    ),
+];
+
+const SITE_STATE: [Family<NamedValues>; 3] = [
+    (
+        "edgebox_site_requests_total",
+        "counter",
+        "Requests a static site answered, by site.",
+        |v| v.traffic.requests,
+    ),
+    (
+        "edgebox_site_response_bytes_total",
+        "counter",
+        "Response body bytes a static site sent, by site.",
+        |v| v.traffic.response_bytes,
+    ),
+    (
+        "edgebox_site_not_modified_total",
+        "counter",
+        "304 Not Modified answers of a static site (the client's copy was current), by site.",
+        |v| v.not_modified,
+    ),
+];
+
+/// Families of rows labelled `label` (a listener's or site's name).
+fn named_state(
+    o: &mut String,
+    label: &str,
+    families: &[Family<NamedValues>],
+    rows: &BTreeMap<&str, NamedValues>,
+) {
+    for (name, kind, help, get) in families {
+        family(o, name, kind, help);
+        for (n, v) in rows {
+            let _ = writeln!(o, "{name}{{{label}=\"{}\"}} {}", escape(n), get(v));
+        }
+    }
+}
+
 /// Per pool: in flight, refused by a limit, retries refused by the budget.
 fn pool_state(o: &mut String, pools: &BTreeMap<&str, PoolValues>) {
     for (name, kind, help, get) in POOL_STATE {
@@ -400,7 +487,13 @@ mod tests {
         cores[0].all.record(200, 100, Duration::from_millis(2));
         cores[1].all.record(503, 5, Duration::from_millis(20));
         cores[1].connection_opened();
-        cores[0].handshake(true);
+        cores[0].handshake(true, true);
+        let web = cores[1].register_listener("web");
+        web.opened();
+        web.traffic.record(503, 5, Duration::from_millis(20));
+        let www = cores[0].register_site("www");
+        www.traffic.record(304, 0, Duration::from_millis(1));
+        www.not_modified();
         let key = BackendKey {
             pool: "app".into(),
             backend: "a\"b".into(),
@@ -428,7 +521,13 @@ mod tests {
             "edgebox_request_duration_seconds_count 2",
             "edgebox_request_duration_seconds_sum 0.022",
             "edgebox_connections_active{core=\"1\"} 1",
-            "edgebox_tls_handshakes_total{kind=\"resumed\"} 1",
+            "edgebox_tls_handshakes_total{kind=\"resumed\",version=\"1.3\"} 1",
+            "edgebox_tls_handshakes_total{kind=\"full\",version=\"1.2\"} 0",
+            "edgebox_listener_requests_total{listener=\"web\"} 1",
+            "edgebox_listener_connections_active{listener=\"web\"} 1",
+            "edgebox_listener_responses_total{listener=\"web\",class=\"5xx\"} 1",
+            "edgebox_site_requests_total{site=\"www\"} 1",
+            "edgebox_site_not_modified_total{site=\"www\"} 1",
             "edgebox_backend_requests_total{pool=\"app\",backend=\"a\\\"b\"} 2",
             "edgebox_backend_responses_total{pool=\"app\",backend=\"a\\\"b\",class=\"2xx\"} 2",
             "edgebox_backend_request_duration_seconds_count{pool=\"app\",backend=\"a\\\"b\"} 2",

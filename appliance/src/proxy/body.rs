@@ -34,12 +34,24 @@ pub struct AccessRecord {
     pub bytes: u64,
     pub slot: Option<Slot>,
     pub pool_slot: Option<PoolSlot>,
+    /// The site's counters, if a site answered.
+    pub site: Option<std::sync::Arc<crate::metrics::NamedCounters>>,
 }
 
 impl AccessRecord {
     fn finish(&self) {
         let took = self.start.elapsed();
         self.svc.stats.all.record(self.status, self.bytes, took);
+        self.conn
+            .listener_stats
+            .traffic
+            .record(self.status, self.bytes, took);
+        if let Some(site) = &self.site {
+            site.traffic.record(self.status, self.bytes, took);
+            if self.status == 304 {
+                site.not_modified();
+            }
+        }
         let mut backend_name = "-";
         if let Some(pool) = self.pool {
             let counters = match &self.backend {

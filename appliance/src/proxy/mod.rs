@@ -58,7 +58,40 @@ pub struct Services {
     pub rng: RefCell<Rng>,
     /// Emptied request-head copies, for reuse (see [`Head`]).
     pub spare_heads: RefCell<Vec<HeadCopy>>,
+    /// This core's counters of each listener and site, kept here so that
+    /// a request finds them without the registry's lock.
+    pub named: RefCell<NamedStats>,
 }
+
+impl Services {
+    /// Listener `name`'s counters on this core.
+    pub fn listener_stats(&self, name: &str) -> Arc<crate::metrics::NamedCounters> {
+        self.named_stats(false, name)
+    }
+
+    /// Site `name`'s counters on this core.
+    pub fn site_stats(&self, name: &str) -> Arc<crate::metrics::NamedCounters> {
+        self.named_stats(true, name)
+    }
+
+    fn named_stats(&self, site: bool, name: &str) -> Arc<crate::metrics::NamedCounters> {
+        let key = (site, Arc::<str>::from(name));
+        if let Some(c) = self.named.borrow().get(&key) {
+            return Arc::clone(c);
+        }
+        let c = if site {
+            self.stats.register_site(name)
+        } else {
+            self.stats.register_listener(name)
+        };
+        self.named.borrow_mut().insert(key, Arc::clone(&c));
+        c
+    }
+}
+
+/// A core's counters by (is a site, name).
+pub type NamedStats =
+    std::collections::HashMap<(bool, Arc<str>), Arc<crate::metrics::NamedCounters>>;
 
 /// A copy of a request head's headers.
 pub type HeadCopy = Vec<(http::HeaderName, HeaderValue)>;
@@ -104,6 +137,8 @@ pub struct ConnInfo {
     /// The client is a trusted proxy: its forwarding headers are kept.
     pub trusted: bool,
     pub listener: Rc<str>,
+    /// The listener's counters on this core.
+    pub listener_stats: Arc<crate::metrics::NamedCounters>,
     pub scheme: &'static str,
     pub redirect_to_https_port: Option<u16>,
     /// The backend side of an upgrade this connection's request was granted.
@@ -207,6 +242,7 @@ pub async fn handle(
         bytes: 0,
         slot: None,
         pool_slot: None,
+        site: None,
     };
     let response = respond(&svc, &view, &conn, req, &mut record).await;
     record.status = response.status().as_u16();
@@ -350,13 +386,16 @@ async fn act(
                 .insert(header::CONTENT_TYPE, content_type.clone());
             r
         }
-        RouteAction::Static { served, .. } => crate::static_files::respond(
-            &svc.cache,
-            served.as_deref(),
-            req.method(),
-            req.uri().path(),
-            req.headers(),
-        ),
+        RouteAction::Static { served, site } => {
+            record.site = Some(svc.site_stats(site));
+            crate::static_files::respond(
+                &svc.cache,
+                served.as_deref(),
+                req.method(),
+                req.uri().path(),
+                req.headers(),
+            )
+        }
         RouteAction::Welcome => {
             let mut r = Response::new(ResBody::from(WELCOME));
             r.headers_mut().insert(

@@ -52,7 +52,9 @@ pub async fn serve(
         return;
     };
     core.stats.connection_opened();
-    let _open = OpenConnection(&core);
+    let listener_stats = core.services.listener_stats(&listener);
+    listener_stats.opened();
+    let _open = OpenConnection(&core, std::sync::Arc::clone(&listener_stats));
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
@@ -98,6 +100,7 @@ pub async fn serve(
         local,
         trusted: config.trusts(client.ip()),
         listener,
+        listener_stats,
         scheme: "http",
         redirect_to_https_port: config.redirect_to_https_port,
         tunnel: Default::default(),
@@ -144,8 +147,10 @@ pub async fn serve(
                 Either::Right(_) => return,
             };
             let session = tls.get_ref().1;
-            core.stats
-                .handshake(session.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+            core.stats.handshake(
+                session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+            );
             info.scheme = "https";
             let h2 = session.alpn_protocol() == Some(b"h2");
             let polls = rt::Polls::default();
@@ -229,11 +234,12 @@ async fn read_proxy_header(
 }
 
 /// Counts a connection as open while it lives.
-struct OpenConnection<'a>(&'a Core);
+struct OpenConnection<'a>(&'a Core, std::sync::Arc<crate::metrics::NamedCounters>);
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.stats.connection_closed();
+        self.1.closed();
     }
 }
 

@@ -50,6 +50,7 @@ impl Core {
                 cache: crate::static_files::cache::BlobCache::new(shared.blobs.clone()),
                 rng: std::cell::RefCell::new(crate::balance::Rng::new(seed)),
                 spare_heads: std::cell::RefCell::default(),
+                named: std::cell::RefCell::default(),
             }),
             stats,
             registry,
