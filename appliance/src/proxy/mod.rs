@@ -60,7 +60,8 @@ pub struct Services {
     pub spare_heads: RefCell<Vec<HeadCopy>>,
     /// This core's counters of each listener and site, kept here so that
     /// a request finds them without the registry's lock.
-    pub named: RefCell<NamedStats>,
+    pub listeners: RefCell<NamedStats>,
+    pub sites: RefCell<NamedStats>,
 }
 
 impl Services {
@@ -75,23 +76,24 @@ impl Services {
     }
 
     fn named_stats(&self, site: bool, name: &str) -> Arc<crate::metrics::NamedCounters> {
-        let key = (site, Arc::<str>::from(name));
-        if let Some(c) = self.named.borrow().get(&key) {
+        let map = if site { &self.sites } else { &self.listeners };
+        if let Some(c) = map.borrow().get(name) {
             return Arc::clone(c);
         }
+        // First use on this core: registered once, then found without the
+        // registry's lock or an allocation.
         let c = if site {
             self.stats.register_site(name)
         } else {
             self.stats.register_listener(name)
         };
-        self.named.borrow_mut().insert(key, Arc::clone(&c));
+        map.borrow_mut().insert(Arc::from(name), Arc::clone(&c));
         c
     }
 }
 
-/// A core's counters by (is a site, name).
-pub type NamedStats =
-    std::collections::HashMap<(bool, Arc<str>), Arc<crate::metrics::NamedCounters>>;
+/// A core's counters by listener or site name (looked up by `&str`).
+pub type NamedStats = std::collections::HashMap<Arc<str>, Arc<crate::metrics::NamedCounters>>;
 
 /// A copy of a request head's headers.
 pub type HeadCopy = Vec<(http::HeaderName, HeaderValue)>;

@@ -28,11 +28,6 @@ struct Cli {
 
 const TOKEN: &str = "bench-scrape-token-0123456789abc";
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let bin = match cli.edgebox {
@@ -107,7 +102,7 @@ fn main() -> Result<()> {
     }
     let _ = child.kill();
     let _ = child.wait();
-    let ratio = |a: &Vec<f64>, b: &Vec<f64>| median(a.clone()) / median(b.clone());
+    let ratio = |a: &[f64], b: &[f64]| bench::report::median(a) / bench::report::median(b);
     println!(
         "scraped ÷ quiet (medians): throughput {:.3}×, p50 {:.3}×, p99 {:.3}×",
         ratio(&scraped.0, &quiet.0),
