@@ -19,7 +19,7 @@
 //!   site whose blobs it lacks.
 //! - [`Node::serve`]: the answer to a peer's request.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::catalog::{bucket_of, Catalog, Item, Offer, Value, Version, BUCKETS};
 use super::wire::{Request, Response, PROTOCOL};
@@ -273,9 +273,9 @@ pub struct Node {
     pub catalog: Catalog,
     pending: BTreeMap<String, Pending>,
     /// Blob → the peer it is being fetched from.
-    inflight: HashMap<Hash, PeerId>,
+    inflight: BTreeMap<Hash, PeerId>,
     /// (blob, peer) → not before this time.
-    backoff: HashMap<(Hash, PeerId), u64>,
+    backoff: BTreeMap<(Hash, PeerId), u64>,
     events: VecDeque<Event>,
     limits: Limits,
     /// Blobs of items applied here that were lost (found corrupt), to fetch
@@ -391,7 +391,7 @@ impl Node {
     /// The next blob to fetch, and from whom; `None` when nothing more may
     /// start now.
     pub fn poll_fetch(&mut self, now_ms: u64, blobs: &dyn BlobIndex) -> Option<Fetch> {
-        let mut busy: HashMap<PeerId, usize> = HashMap::new();
+        let mut busy: BTreeMap<PeerId, usize> = BTreeMap::new();
         for p in self.inflight.values() {
             *busy.entry(*p).or_default() += 1;
         }
