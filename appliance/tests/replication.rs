@@ -146,6 +146,30 @@ impl Group {
         });
     }
 
+    /// Where member `i` sees each peer with `site`: (peer, state,
+    /// generation).
+    fn site_on_peers(&self, i: usize, site: &str) -> Vec<(String, &'static str, Option<u64>)> {
+        let v = self
+            .eb(i)
+            .api("GET", &format!("/v1/sites/{site}"), None, &[])
+            .expect(200)
+            .json();
+        let states = ["same", "behind", "ahead", "missing", "unknown"];
+        v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let state = states.iter().find(|s| p["state"] == **s).unwrap();
+                (
+                    p["peer"].as_str().unwrap().to_owned(),
+                    *state,
+                    p["generation"].as_u64(),
+                )
+            })
+            .collect()
+    }
+
     fn site_generation(&self, i: usize) -> u64 {
         self.eb(i)
             .api("GET", "/v1/sites/shop", None, &[])
@@ -253,6 +277,9 @@ fn a_peer_that_was_away_catches_up_by_itself() {
     ok(g.eb(0)
         .publish(&site(scratch.path(), "v1", "v1", 1), "shop"));
     g.wait_serves(2, "/", b"v1");
+    wait_for("node0 to see node2 at generation 1", || {
+        (g.site_on_peers(0, "shop")[1] == ("node2".into(), "same", Some(1))).then_some(())
+    });
     g.stop(2);
     ok(g.eb(0)
         .publish(&site(scratch.path(), "v2", "v2", 2), "shop"));
@@ -261,6 +288,18 @@ fn a_peer_that_was_away_catches_up_by_itself() {
     ok(g.eb(0)
         .publish(&site(scratch.path(), "v3", "v3", 4), "shop"));
     g.wait_serves(1, "/", b"v3");
+    // node0 shows where each peer stands with the site: node1 has what it
+    // serves, node2 (away) what it had when last seen.
+    wait_for("node0 to see node1 at generation 3", || {
+        (g.site_on_peers(0, "shop")
+            == [
+                ("node1".into(), "same", Some(3)),
+                ("node2".into(), "behind", Some(1)),
+            ])
+        .then_some(())
+    });
+    let table = ok(g.eb(0).ctl(&["sites"]));
+    assert!(table.contains("node1=3 node2=1 (behind)"), "{table}");
     g.restart(2);
     let caught_up = g.wait_serves(2, "/", b"v3");
     println!(
@@ -276,6 +315,9 @@ fn a_peer_that_was_away_catches_up_by_itself() {
     assert_eq!(docs["generation"], 1, "{docs}");
     assert!(g.get(2, "/big.bin") == noise(4, 300_000));
     g.wait_converged();
+    wait_for("node0 to see node2 at generation 3", || {
+        (g.site_on_peers(0, "shop")[1] == ("node2".into(), "same", Some(3))).then_some(())
+    });
 }
 
 /// The blob's file in a member's store.

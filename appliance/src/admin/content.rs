@@ -129,13 +129,15 @@ where
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read_all).await;
 }
 
-fn site_json(name: &str, r: &edgebox_storage::SiteRef) -> serde_json::Value {
-    json!({ "site": name, "generation": r.generation, "manifest": r.manifest, "history": r.history })
+fn site_json(c: &Control, name: &str, r: &edgebox_storage::SiteRef) -> serde_json::Value {
+    let peers = crate::replication::status::site_on_peers(c, name);
+    json!({ "site": name, "generation": r.generation, "manifest": r.manifest, "history": r.history, "peers": peers })
 }
 
 pub fn sites(control: &Rc<RefCell<Control>>) -> Result<Response<Body>> {
-    let list = control.borrow().content.sites()?;
-    let out: Vec<_> = list.iter().map(|(n, r)| site_json(n, r)).collect();
+    let c = control.borrow();
+    let list = c.content.sites()?;
+    let out: Vec<_> = list.iter().map(|(n, r)| site_json(&c, n, r)).collect();
     Ok(json_response(StatusCode::OK, &out))
 }
 
@@ -159,12 +161,12 @@ pub async fn site(
 ) -> Result<Response<Body>> {
     match *req.method() {
         Method::GET => {
-            let r = control
-                .borrow()
+            let c = control.borrow();
+            let r = c
                 .content
                 .site(name)?
                 .ok_or_else(|| ApiError::not_found(format!("site {name}")))?;
-            Ok(json_response(StatusCode::OK, &site_json(name, &r)))
+            Ok(json_response(StatusCode::OK, &site_json(&c, name, &r)))
         }
         Method::PUT => {
             let (_, p): (_, Publish) = super::api::read_json(req).await?;
@@ -209,7 +211,10 @@ fn publish_with(control: &Rc<RefCell<Control>>, name: &str, op: SiteOp) -> Resul
         .map_err(site_error)?
         .ok_or_else(|| ApiError::not_found(format!("site {name}")))?;
     tracing::info!(site = name, generation = r.generation, manifest = %r.manifest, "published");
-    Ok(json_response(StatusCode::OK, &site_json(name, &r)))
+    Ok(json_response(
+        StatusCode::OK,
+        &site_json(&control.borrow(), name, &r),
+    ))
 }
 
 /// `POST /v1/store/gc?grace_s=N` (default an hour).

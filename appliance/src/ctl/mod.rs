@@ -824,10 +824,35 @@ fn render_sites(v: &Value) -> String {
                 s(&site["generation"]),
                 s(&site["manifest"]).chars().take(16).collect(),
                 kept.join(","),
+                on_peers(&site["peers"]),
             ]
         })
         .collect();
-    table(&["SITE", "GENERATION", "MANIFEST", "KEPT"], &rows)
+    table(&["SITE", "GENERATION", "MANIFEST", "KEPT", "PEERS"], &rows)
+}
+
+/// `b=4 c=missing`: each peer's generation of a site, or its state.
+fn on_peers(v: &Value) -> String {
+    let peers: Vec<String> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p["state"].as_str() {
+            Some("same") => format!("{}={}", s(&p["peer"]), s(&p["generation"])),
+            _ if p["generation"].is_u64() => format!(
+                "{}={} ({})",
+                s(&p["peer"]),
+                s(&p["generation"]),
+                s(&p["state"])
+            ),
+            _ => format!("{}={}", s(&p["peer"]), s(&p["state"])),
+        })
+        .collect();
+    if peers.is_empty() {
+        "-".to_owned()
+    } else {
+        peers.join(" ")
+    }
 }
 
 fn render_failover(v: &Value) -> String {

@@ -497,6 +497,10 @@ async fn pull(net: &Rc<Net>, link: &Link, conn: &quinn::Connection) -> Result<()
         adopt(net, link.id, step.items);
         next = step.request;
     }
+    if let Some(g) = pull.glimpse() {
+        let mut c = net.control.borrow_mut();
+        c.replica.node.synced(link.id, g.clone());
+    }
     Ok(())
 }
 

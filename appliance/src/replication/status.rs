@@ -54,6 +54,52 @@ pub struct PeerView {
     pub pending: usize,
 }
 
+/// One site on one peer, as far as the last finished sync with it showed.
+#[derive(Debug, Serialize)]
+pub struct SiteOnPeer {
+    pub peer: String,
+    /// `same` (the generation served here), `behind`, `ahead`, `missing`
+    /// (neither the site nor its deletion there), or `unknown` (no sync
+    /// yet, or the site's bucket changed here since: the next sync tells).
+    pub state: &'static str,
+    /// The generation of the site's last change there (a publish, or a
+    /// deletion), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+/// Where each peer stands with `site`.
+pub fn site_on_peers(c: &Control, site: &str) -> Vec<SiteOnPeer> {
+    use edgebox_storage::replication::Seen;
+    let r = &c.replica;
+    let key = format!("{}{site}", super::shared::SITE_PREFIX);
+    let ours = r.node.catalog.get(&key).map(|i| i.version);
+    r.peers
+        .iter()
+        .enumerate()
+        .filter_map(|(id, p)| {
+            let peer = p.as_ref()?.name.clone();
+            let (state, generation) = match r.node.seen(id, &key) {
+                Seen::Unknown => ("unknown", None),
+                Seen::Lacks => ("missing", None),
+                Seen::Has(v) => {
+                    let state = match ours.map(|o| v.cmp(&o)) {
+                        Some(std::cmp::Ordering::Equal) => "same",
+                        Some(std::cmp::Ordering::Less) => "behind",
+                        Some(std::cmp::Ordering::Greater) | None => "ahead",
+                    };
+                    (state, Some(v.lamport))
+                }
+            };
+            Some(SiteOnPeer {
+                peer,
+                state,
+                generation,
+            })
+        })
+        .collect()
+}
+
 pub fn view(c: &Control) -> View {
     let now = now_ms();
     let r = &c.replica;

@@ -217,6 +217,11 @@ impl Catalog {
         h.finalize().into()
     }
 
+    /// One bucket's digest.
+    pub fn bucket(&self, bucket: u8) -> Hash {
+        Hash::from_bytes(self.buckets[usize::from(bucket)])
+    }
+
     /// Each bucket's digest.
     pub fn buckets(&self) -> Vec<Hash> {
         self.buckets.iter().map(|b| Hash::from_bytes(*b)).collect()

@@ -22,5 +22,7 @@ pub mod node;
 pub mod wire;
 
 pub use catalog::{bucket_of, Catalog, Item, Offer, Value, Version, BUCKETS};
-pub use node::{BlobIndex, Event, Fetch, Fetched, Limits, Next, Node, PeerId, Pull, SyncError};
+pub use node::{
+    BlobIndex, Event, Fetch, Fetched, Glimpse, Limits, Next, Node, PeerId, Pull, Seen, SyncError,
+};
 pub use wire::{Notice, Request, Response, PROTOCOL};

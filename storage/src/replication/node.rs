@@ -72,6 +72,56 @@ pub struct Pull {
     keys: VecDeque<(String, Version)>,
     /// Only keys this takes are asked for.
     wanted: fn(&str) -> bool,
+    glimpse: Glimpse,
+    done: bool,
+}
+
+/// What a finished [`Pull`] showed of the peer's catalog, kept to tell an
+/// operator which generation of a site the peer has: of each bucket that
+/// differed from ours, every key and version; every other bucket held what
+/// ours held then.
+#[derive(Debug, Clone, Default)]
+pub struct Glimpse {
+    /// Our bucket digests when the peer's were compared with them.
+    ours: Vec<Hash>,
+    differing: BTreeSet<u8>,
+    theirs: BTreeMap<String, Version>,
+}
+
+/// A key on a peer, as far as the last pull showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Has(Version),
+    /// Neither an item nor a tombstone.
+    Lacks,
+    /// Our bucket of the key changed since the pull: wait for the next.
+    Unknown,
+}
+
+impl Glimpse {
+    /// Our catalog is about to change in `bucket`: if the peer's bucket was
+    /// the same as ours, keep what that was.
+    fn freeze(&mut self, bucket: u8, ours: &Catalog) {
+        if self.differing.contains(&bucket)
+            || self.ours.get(usize::from(bucket)) != Some(&ours.bucket(bucket))
+        {
+            return;
+        }
+        self.theirs.extend(ours.summaries(bucket));
+        self.differing.insert(bucket);
+    }
+
+    /// What the peer has of `key`, judged against our catalog now.
+    pub fn seen(&self, key: &str, ours: &Catalog) -> Seen {
+        let bucket = bucket_of(key);
+        if self.differing.contains(&bucket) {
+            return self.theirs.get(key).map_or(Seen::Lacks, |v| Seen::Has(*v));
+        }
+        if self.ours.get(usize::from(bucket)) != Some(&ours.bucket(bucket)) {
+            return Seen::Unknown;
+        }
+        ours.get(key).map_or(Seen::Lacks, |i| Seen::Has(i.version))
+    }
 }
 
 impl Pull {
@@ -90,9 +140,16 @@ impl Pull {
                 buckets: VecDeque::new(),
                 keys: VecDeque::new(),
                 wanted,
+                glimpse: Glimpse::default(),
+                done: false,
             },
             first,
         )
+    }
+
+    /// What the peer's catalog looked like, once the pull is done.
+    pub fn glimpse(&self) -> Option<&Glimpse> {
+        self.done.then_some(&self.glimpse)
     }
 
     /// Takes the answer to the last request; says what to ask next and
@@ -107,6 +164,8 @@ impl Pull {
             (_, Response::Error { message }) => return Err(SyncError::Refused(message)),
             (Request::Digest { .. }, Response::Digest { root, .. }) => {
                 if root == ours.root() {
+                    self.glimpse.ours = ours.buckets();
+                    self.done = true;
                     return Ok(next);
                 }
                 next.request = Some(Request::Buckets { protocol: PROTOCOL });
@@ -123,6 +182,8 @@ impl Pull {
                     .filter(|&i| digests[i] != mine[i])
                     .map(|i| i as u8)
                     .collect();
+                self.glimpse.differing = self.buckets.iter().copied().collect();
+                self.glimpse.ours = mine;
             }
             (Request::Summaries { buckets, .. }, Response::Summaries { items }) => {
                 for (key, version) in items {
@@ -136,6 +197,7 @@ impl Pull {
                         version,
                         value: Value::Deleted,
                     };
+                    self.glimpse.theirs.insert(key.clone(), version);
                     if (self.wanted)(&key) && ours.offer(&probe) == Offer::Newer {
                         self.keys.push_back((key, version));
                     }
@@ -168,6 +230,7 @@ impl Pull {
         if next.request.is_none() {
             next.request = self.next_request();
         }
+        self.done = next.request.is_none();
         self.asked.clone_from(&next.request);
         Ok(next)
     }
@@ -281,6 +344,8 @@ pub struct Node {
     /// Blobs of items applied here that were lost (found corrupt), to fetch
     /// again, with the peers to ask.
     repairs: BTreeMap<Hash, BTreeSet<PeerId>>,
+    /// What the last finished pull from each peer showed of its catalog.
+    glimpses: BTreeMap<PeerId, Glimpse>,
 }
 
 impl Node {
@@ -324,8 +389,31 @@ impl Node {
             self.pending.remove(&item.key);
         }
         if self.catalog.offer(&item) == Offer::Newer {
-            self.catalog.insert(item);
+            self.insert(item);
         }
+    }
+
+    /// Puts `item` in the catalog; what the peers were last seen to have
+    /// stays known.
+    fn insert(&mut self, item: Item) -> Option<Item> {
+        let bucket = bucket_of(&item.key);
+        for g in self.glimpses.values_mut() {
+            g.freeze(bucket, &self.catalog);
+        }
+        self.catalog.insert(item)
+    }
+
+    /// A pull from `peer` finished: what it showed of the peer's catalog.
+    pub fn synced(&mut self, peer: PeerId, glimpse: Glimpse) {
+        self.glimpses.insert(peer, glimpse);
+    }
+
+    /// What `peer` has of `key`, as its last finished pull showed (kept
+    /// while the peer is away: a stopped peer shows what it had).
+    pub fn seen(&self, peer: PeerId, key: &str) -> Seen {
+        self.glimpses
+            .get(&peer)
+            .map_or(Seen::Unknown, |g| g.seen(key, &self.catalog))
     }
 
     /// [`Node::propose`] and [`Node::commit`] at once. The item to
@@ -484,7 +572,7 @@ impl Node {
         if self.catalog.offer(&item) != Offer::Newer {
             return;
         }
-        if let Some(old) = self.catalog.insert(item.clone()) {
+        if let Some(old) = self.insert(item.clone()) {
             if old.version.lamport == item.version.lamport && old.value != item.value {
                 self.events.push_back(Event::Conflict {
                     key: item.key,

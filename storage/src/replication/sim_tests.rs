@@ -563,3 +563,74 @@ fn a_corrupt_copy_is_refused_and_fetched_from_another_peer() {
     assert!(sim.stores[2].has(&file), "fetched again, whole");
     assert_eq!(sim.nodes[2].catalog.root(), sim.nodes[0].catalog.root());
 }
+
+/// A whole pull of `peer`'s catalog into `ours`, request after response;
+/// what `ours` lacks is applied at once (no blobs to wait for here).
+fn pull_from(peer: &Node, ours: &mut Node) {
+    let store = Mem::default();
+    let (mut pull, mut request) = Pull::start();
+    loop {
+        let response = peer.serve(&request, &store, &|_| None);
+        let next = pull.handle(response, &ours.catalog).unwrap();
+        for item in next.items {
+            ours.applied(item);
+        }
+        match next.request {
+            Some(r) => request = r,
+            None => return ours.synced(1, pull.glimpse().expect("done").clone()),
+        }
+    }
+}
+
+#[test]
+fn a_pull_tells_which_version_of_each_key_the_peer_has() {
+    let site = |n: u8| Value::Site {
+        manifest: Hash::of(&[n]),
+    };
+    let v = |lamport: u64, n: u8| Version {
+        lamport,
+        tiebreak: site(n).tiebreak(),
+    };
+    let (a, b, c, d) = ("site/a", "site/b", "site/c", "site/d");
+    let buckets: BTreeSet<u8> = [a, b, c, d].iter().map(|k| bucket_of(k)).collect();
+    assert_eq!(buckets.len(), 4, "the test needs the keys in buckets apart");
+    let mut peer = Node::default();
+    let mut ours = Node::default();
+    assert_eq!(ours.seen(1, a), Seen::Unknown, "no pull yet");
+    peer.local(a, site(1));
+    peer.local(b, site(2));
+
+    // A finished pull shows the peer's keys (from the differing buckets).
+    let (pull, _) = Pull::start();
+    assert!(pull.glimpse().is_none(), "nothing before it is done");
+    pull_from(&peer, &mut ours);
+    assert_eq!(ours.seen(1, a), Seen::Has(v(1, 1)));
+    assert_eq!(ours.seen(1, b), Seen::Has(v(1, 2)));
+    assert_eq!(ours.seen(1, c), Seen::Lacks);
+
+    // Equal now: the pull stops at the root, and ours stands for theirs,
+    // also after a change here (the bucket's old state is kept).
+    pull_from(&peer, &mut ours);
+    ours.local(b, site(3));
+    ours.local(c, site(5));
+    assert_eq!(ours.seen(1, a), Seen::Has(v(1, 1)));
+    assert_eq!(ours.seen(1, b), Seen::Has(v(1, 2)));
+    assert_eq!(ours.seen(1, c), Seen::Lacks);
+
+    // A catalog changed behind the node's back: that bucket is unknown.
+    ours.catalog.insert(Item {
+        key: d.into(),
+        version: v(7, 7),
+        value: site(7),
+    });
+    assert_eq!(ours.seen(1, d), Seen::Unknown);
+
+    // The peer moves on; the next pull sees its new version of one key and
+    // its older one of the key changed here.
+    peer.local(a, site(4));
+    pull_from(&peer, &mut ours);
+    assert_eq!(ours.seen(1, a), Seen::Has(v(2, 4)));
+    assert_eq!(ours.seen(1, b), Seen::Has(v(1, 2)));
+    assert_eq!(ours.seen(1, d), Seen::Lacks);
+    assert_eq!(ours.catalog.get(b).map(|i| i.version), Some(v(2, 3)));
+}
