@@ -59,8 +59,8 @@ pub struct PeerView {
 pub struct SiteOnPeer {
     pub peer: String,
     /// `same` (the generation served here), `behind`, `ahead`, `missing`
-    /// (neither the site nor its deletion there), or `unknown` (no sync
-    /// yet, or the site's bucket changed here since: the next sync tells).
+    /// (neither the site nor its deletion there), or `unknown` (no
+    /// finished sync with the peer yet).
     pub state: &'static str,
     /// The generation of the site's last change there (a publish, or a
     /// deletion), when known.
