@@ -2,7 +2,7 @@
 //! each with a version, and digests that let two catalogs find where they
 //! differ without listing everything.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -111,6 +111,9 @@ pub enum Offer {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     items: BTreeMap<String, Item>,
+    /// The keys of each bucket, so that a bucket's summaries (asked for on
+    /// every pull that found it different) do not scan every item.
+    keys: Vec<BTreeSet<String>>,
     /// XOR of the item digests in each bucket: a change is two XORs.
     buckets: Vec<[u8; 32]>,
     /// The largest clock of any key seen (reported to peers, for their
@@ -122,6 +125,7 @@ impl Default for Catalog {
     fn default() -> Self {
         Self {
             items: BTreeMap::new(),
+            keys: vec![BTreeSet::new(); BUCKETS],
             buckets: vec![[0; 32]; BUCKETS],
             clock: 0,
         }
@@ -201,6 +205,9 @@ impl Catalog {
         self.observe(item.version.lamport);
         let bucket = usize::from(bucket_of(&item.key));
         xor(&mut self.buckets[bucket], &item.digest());
+        if !self.items.contains_key(&item.key) {
+            self.keys[bucket].insert(item.key.clone());
+        }
         let old = self.items.insert(item.key.clone(), item);
         if let Some(o) = &old {
             xor(&mut self.buckets[bucket], &o.digest());
@@ -229,10 +236,10 @@ impl Catalog {
 
     /// The keys and versions in `bucket`.
     pub fn summaries(&self, bucket: u8) -> Vec<(String, Version)> {
-        self.items
-            .values()
-            .filter(|i| bucket_of(&i.key) == bucket)
-            .map(|i| (i.key.clone(), i.version))
+        self.keys[usize::from(bucket)]
+            .iter()
+            .filter_map(|k| self.items.get_key_value(k))
+            .map(|(k, i)| (k.clone(), i.version))
             .collect()
     }
 }
@@ -296,6 +303,29 @@ mod tests {
         );
         a.insert(old);
         assert_eq!(a.root(), before);
+    }
+
+    #[test]
+    fn a_bucket_lists_each_of_its_keys_once_at_its_latest_version() {
+        let mut c = Catalog::default();
+        for round in 1..=3u8 {
+            for n in 0..600u16 {
+                c.change(&format!("site/s{n}"), site(round));
+            }
+        }
+        let mut seen = 0;
+        for b in 0..=u8::MAX {
+            let listed = c.summaries(b);
+            let scanned: Vec<(String, Version)> = c
+                .items()
+                .filter(|i| bucket_of(&i.key) == b)
+                .map(|i| (i.key.clone(), i.version))
+                .collect();
+            assert_eq!(listed, scanned, "bucket {b}");
+            assert!(listed.iter().all(|(_, v)| v.lamport == 3), "bucket {b}");
+            seen += listed.len();
+        }
+        assert_eq!(seen, 600);
     }
 
     #[test]
