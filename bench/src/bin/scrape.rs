@@ -26,10 +26,10 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 struct Cli {
     /// Runs of each kind (quiet, scraped), alternating.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 8)]
     rounds: usize,
     /// Seconds each run lasts.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     seconds: u64,
     /// Milliseconds between scrapes (Prometheus' default is 15 000).
     #[arg(long, default_value_t = 1000)]
