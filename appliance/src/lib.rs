@@ -17,6 +17,7 @@
 //! edgebox check-config edgebox.json
 //! ```
 
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod clock;

@@ -250,11 +250,14 @@ fn supervise(
 
 fn check_config(path: PathBuf) -> Result<(), server::ServeError> {
     let loaded = server::read_config_file(&path)?;
-    let tickets = edgebox::tls::tickets::TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
+    let tls = edgebox::snapshot::TlsState {
+        tickets: edgebox::tls::tickets::TicketKeys::new(loaded.config.tls.ticket_rotation_s)?,
+        managed: edgebox::tls::managed::Managed::new(),
+    };
     let snapshot = loaded.build(
         &edgebox::hostmap::HostMap::default(),
         &edgebox::snapshot::Sites::new(),
-        &tickets,
+        &tls,
         edgebox::snapshot::Generations::default(),
         &mut edgebox::snapshot::Upstreams::default(),
     )?;

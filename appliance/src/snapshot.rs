@@ -239,8 +239,15 @@ pub struct Snapshot {
     /// The host map as requests see it.
     pub hostmap: HostIndex,
     pub pools: Vec<Pool>,
-    /// For HTTPS listeners; `None` when the config has no certificates.
+    /// For HTTPS listeners; `None` when the config has neither
+    /// certificates nor an `acme` section.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// What `tls` chooses certificates with (which names the configured
+    /// certificates cover, for ACME).
+    pub certs: Option<Arc<crate::tls::CertResolver>>,
+    /// Certificates obtained by ACME and the challenges being answered:
+    /// one object for the process's life, shared by every snapshot.
+    pub managed: Arc<crate::tls::managed::Managed>,
     pub client: ClientLimits,
 }
 
@@ -320,6 +327,8 @@ impl Snapshot {
             hostmap: HostIndex::new(hostmap, &self.config)?,
             pools: self.pools.clone(),
             tls: self.tls.clone(),
+            certs: self.certs.clone(),
+            managed: Arc::clone(&self.managed),
             client: self.client.clone(),
         })
     }
@@ -331,21 +340,29 @@ impl Snapshot {
         hostmap: &HostMap,
         sites: &Sites,
         base: &Path,
-        tickets: &Arc<TicketKeys>,
+        tls_state: &TlsState,
         generations: Generations,
         upstreams: &Resolving<'_>,
     ) -> Result<Self, ConfigError> {
         let now_ms = crate::clock::now_ms();
         config.validate()?;
-        let tls = match crate::tls::load_certificates(&config.certificates, base)? {
-            Some(certs) => Some(
-                crate::tls::server_config(
-                    Arc::new(certs),
-                    config.tls.session_tickets.then(|| Arc::clone(tickets)),
-                )
-                .map_err(|e| ConfigError::new("certificates", e))?,
-            ),
-            None => None,
+        let (tls, certs) = if config.certificates.is_empty() && config.acme.is_none() {
+            (None, None)
+        } else {
+            let certs = Arc::new(crate::tls::load_certificates(
+                &config.certificates,
+                base,
+                &tls_state.managed,
+            )?);
+            let tls = crate::tls::server_config(
+                Arc::clone(&certs),
+                config
+                    .tls
+                    .session_tickets
+                    .then(|| Arc::clone(&tls_state.tickets)),
+            )
+            .map_err(|e| ConfigError::new("certificates", e))?;
+            (Some(tls), Some(certs))
         };
         let pools = config
             .pools
@@ -386,9 +403,19 @@ impl Snapshot {
             hostmap: compiled,
             pools,
             tls,
+            certs,
+            managed: Arc::clone(&tls_state.managed),
             client,
         })
     }
+}
+
+/// What every snapshot's TLS shares with the others, for the process's
+/// life: the session-ticket keys and the ACME certificates.
+#[derive(Debug, Clone)]
+pub struct TlsState {
+    pub tickets: Arc<TicketKeys>,
+    pub managed: Arc<crate::tls::managed::Managed>,
 }
 
 fn ms(v: u64) -> Duration {
@@ -520,6 +547,8 @@ fn hsts_value(h: &config::Hsts) -> Result<HeaderValue, ConfigError> {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub tickets: Arc<TicketKeys>,
+    /// Certificates obtained by ACME, and challenge answers.
+    pub managed: Arc<crate::tls::managed::Managed>,
     /// Set by the control plane on SIGTERM/SIGINT or a shutdown request; cores
     /// poll it.
     pub shutting_down: AtomicBool,
@@ -596,13 +625,16 @@ pub(crate) fn for_test(pools: serde_json::Value, upstreams: &mut Upstreams) -> S
         .as_bytes(),
     )
     .expect("a valid test config");
-    let tickets = TicketKeys::new(3600).expect("ticket keys");
+    let tls = TlsState {
+        tickets: TicketKeys::new(3600).expect("ticket keys"),
+        managed: crate::tls::managed::Managed::new(),
+    };
     let snap = Snapshot::build(
         config,
         &HostMap::default(),
         &Sites::new(),
         Path::new("."),
-        &tickets,
+        &tls,
         Generations::default(),
         &Resolving {
             upstreams,

@@ -39,13 +39,16 @@ fn snapshot_with_hostmap() -> (Snapshot, HostMap) {
             )
             .unwrap();
     }
-    let tickets = edgebox::tls::tickets::TicketKeys::new(3600).unwrap();
+    let tls = edgebox::snapshot::TlsState {
+        tickets: edgebox::tls::tickets::TicketKeys::new(3600).unwrap(),
+        managed: edgebox::tls::managed::Managed::new(),
+    };
     let snap = Snapshot::build(
         config,
         &hostmap,
         &Sites::new(),
         Path::new("/"),
-        &tickets,
+        &tls,
         Generations::default(),
         &edgebox::snapshot::Resolving {
             upstreams: &Default::default(),

@@ -88,6 +88,8 @@ pub async fn dispatch(
             &Method::POST,
         ) => super::pools::set_state(control, req, name, address, action == &"drain").await,
         (["v1", "certificates"], &Method::GET) => certificates(control),
+        (["v1", "acme"], &Method::GET) => Ok(super::acme::get(control)),
+        (["v1", "acme", name, "renew"], &Method::POST) => super::acme::renew(control, name),
         (["v1", "certificates", name], _) => certificate(control, req, name).await,
         (["v1", "hostmap"], &Method::GET) => {
             let c = control.borrow();
@@ -218,12 +220,14 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         | ["v1", "logs"]
         | ["v1", "replication"]
         | ["v1", "failover"]
+        | ["v1", "acme"]
         | ["v1", "certificates"]
         | ["v1", "pools"]
         | ["v1", "pools", _, "status"]
         | ["v1", "sites"] => "GET",
         ["v1", "sites", _, "rollback"] | ["v1", "store", "gc" | "scrub"] => "POST",
         ["v1", "failover", "release" | "reclaim"] => "POST",
+        ["v1", "acme", _, "renew"] => "POST",
         ["v1", "config" | "listeners" | "routes" | "hostmap"] => "GET, PUT",
         ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => "POST",
         ["v1", "pools", _, "backends", _, "drain" | "enable"] => "POST",
@@ -450,6 +454,8 @@ fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
         sites_generation: c.gens.sites,
     }
     .render(now_s, &mut text);
+    c.acme
+        .render_prometheus(&c.shared.managed, now_s, &mut text);
     let mut r = Response::new(Body::full(Bytes::from(text)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

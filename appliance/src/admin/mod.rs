@@ -7,6 +7,7 @@
 //! one step. The endpoints are described in `docs/admin-api.yaml` (OpenAPI
 //! 3.1), which a test checks against the running server.
 
+mod acme;
 mod api;
 mod body;
 mod content;

@@ -116,14 +116,17 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// 64 hex digits as 32 bytes.
 pub fn parse_hex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    parse_hex_bytes(s)?.try_into().ok()
+}
+
+/// Hex digits (an even number of them) as bytes.
+pub fn parse_hex_bytes(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
         return None;
     }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ fn welcome(cert: &Path, key: &Path, ip: [u8; 4], https: u16, http: u16) -> Confi
         dns: Default::default(),
         replication: Default::default(),
         failover: None,
+        acme: None,
         network: Vec::new(),
     }
 }

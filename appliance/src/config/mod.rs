@@ -8,6 +8,7 @@
 //! [`ConfigError`] naming the field path and the reason, and nothing is applied.
 #![forbid(unsafe_code)]
 
+pub mod acme;
 mod default;
 mod failover;
 mod pool;
@@ -78,6 +79,10 @@ pub struct Config {
     /// This appliance's part in an active-backup pair (VRRP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<Failover>,
+    /// Certificates this appliance obtains and renews itself (ACME). Local
+    /// to each appliance: in a pair, only the master orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acme: Option<acme::Acme>,
     /// On the appliance: static addresses PID 1 gives the interfaces at boot
     /// (when the kernel command line names none). Changes apply at reboot.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -418,6 +423,10 @@ impl Config {
         pool::validate_pools(&self.pools)?;
         self.validate_routes()?;
         self.replication.validate()?;
+        if let Some(a) = &self.acme {
+            let has = |p| self.listeners.iter().any(|l| l.protocol == p);
+            a.validate(has(Protocol::Http), has(Protocol::Https))?;
+        }
         if let Some(f) = &self.failover {
             f.validate()?;
             for (i, name) in f.critical_pools.iter().enumerate() {
@@ -526,10 +535,10 @@ impl Config {
                         "only for http listeners",
                     ));
                 }
-                if self.certificates.is_empty() {
+                if self.certificates.is_empty() && self.acme.is_none() {
                     return Err(ConfigError::new(
                         at("protocol"),
-                        "an https listener needs at least one entry in certificates",
+                        "an https listener needs at least one entry in certificates, or an acme section",
                     ));
                 }
             }

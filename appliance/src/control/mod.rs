@@ -91,6 +91,7 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     };
     tokio::task::spawn_local(admin);
     tokio::task::spawn_local(crate::discovery::watch(Rc::clone(&control)));
+    tokio::task::spawn_local(crate::acme::run::run(Rc::clone(&control)));
     crate::replication::net::start(Rc::clone(&control), start.identity);
     let _ = ready.send(Ok(()));
     // Ticket keys follow the clock (a new one each period, the same on

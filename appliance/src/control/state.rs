@@ -71,6 +71,8 @@ pub struct Control {
     /// The certificates' expiry, read once per config generation (for
     /// `/metrics`).
     pub cert_expiry: std::cell::RefCell<Option<(u64, Vec<Option<i64>>)>>,
+    /// Certificates obtained by ACME: what is due, the account, counters.
+    pub acme: crate::acme::run::Manager,
 }
 
 /// A change of a site made through the admin API.
@@ -519,7 +521,10 @@ impl Control {
             hostmap,
             sites,
             &self.data,
-            &self.shared.tickets,
+            &crate::snapshot::TlsState {
+                tickets: Arc::clone(&self.shared.tickets),
+                managed: Arc::clone(&self.shared.managed),
+            },
             gens,
             &crate::snapshot::Resolving {
                 upstreams: &self.upstreams,

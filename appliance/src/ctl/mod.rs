@@ -100,6 +100,12 @@ enum CtlCommand {
         #[command(subcommand)]
         action: Option<CertAction>,
     },
+    /// Certificates obtained by ACME: each name's state, expiry, issuer and
+    /// last error (default: list them).
+    Acme {
+        #[command(subcommand)]
+        action: Option<AcmeAction>,
+    },
     /// The host → pool map.
     Hostmap {
         #[command(subcommand)]
@@ -221,6 +227,14 @@ enum CertAction {
     },
     /// Remove a certificate and its key.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AcmeAction {
+    /// Every managed name with its certificate and ACME state.
+    List,
+    /// Order a new certificate for a name now (within the hourly budget).
+    Renew { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -426,6 +440,14 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
             })?,
         },
         CtlCommand::Peers => show(get("/v1/replication")?, json_out, render_peers)?,
+        CtlCommand::Acme { action } => match action.unwrap_or(AcmeAction::List) {
+            AcmeAction::List => show(get("/v1/acme")?, json_out, render_acme)?,
+            AcmeAction::Renew { name } => show(
+                empty(Method::POST, &format!("/v1/acme/{}/renew", seg(&name)))?,
+                json_out,
+                |v| format!("{}: renewal due now ({})\n", name, s(&v["state"])),
+            )?,
+        },
         CtlCommand::Failover { action } => match action.unwrap_or(FailoverAction::Status) {
             FailoverAction::Status => show(get("/v1/failover")?, json_out, render_failover)?,
             FailoverAction::Release { wait_ms } => show(
@@ -853,6 +875,75 @@ fn on_peers(v: &Value) -> String {
     } else {
         peers.join(" ")
     }
+}
+
+/// `90d`, `5h`, `12m`, `30s`: how far `at` (Unix seconds) is from now.
+fn from_now(at: &Value) -> String {
+    let Some(at) = at.as_i64() else {
+        return "-".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let d = at - now;
+    let a = d.unsigned_abs();
+    let text = match a {
+        0..=119 => format!("{a}s"),
+        120..=7199 => format!("{}m", a / 60),
+        7200..=172_799 => format!("{}h", a / 3600),
+        _ => format!("{}d", a / 86_400),
+    };
+    if d < 0 {
+        format!("{text} ago")
+    } else {
+        format!("in {text}")
+    }
+}
+
+fn render_acme(v: &Value) -> String {
+    if v["enabled"] != true && v["certificates"].as_array().is_none_or(|c| c.is_empty()) {
+        return "acme is not configured\n".to_owned();
+    }
+    let mut out = String::new();
+    if v["enabled"] == true {
+        let _ = writeln!(
+            out,
+            "{}: {}; orders issued {}, failed {}, running {}\n",
+            s(&v["directory_url"]),
+            if v["ordering"] == true {
+                "ordering".to_owned()
+            } else {
+                format!("not ordering ({})", s(&v["idle_reason"]))
+            },
+            s(&v["orders"]["issued"]),
+            s(&v["orders"]["failed"]),
+            s(&v["orders"]["running"]),
+        );
+    }
+    let rows: Vec<Vec<String>> = v["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                s(&c["name"]),
+                s(&c["state"]),
+                from_now(&c["not_after"]),
+                s(&c["issuer"]),
+                if c["state"] == "ordering" {
+                    "now".into()
+                } else {
+                    from_now(&c["next_attempt"])
+                },
+                s(&c["last_error"]),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NAME", "STATE", "EXPIRES", "ISSUER", "NEXT", "LAST ERROR"],
+        &rows,
+    ));
+    out
 }
 
 fn render_failover(v: &Value) -> String {

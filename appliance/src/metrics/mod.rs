@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod process;
-mod prometheus;
+pub mod prometheus;
 pub mod state;
 
 pub use process::Process;

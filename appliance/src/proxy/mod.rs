@@ -287,7 +287,13 @@ async fn respond(
     let authority = authority.as_deref().unwrap_or_default();
     record.host = host.clone().into_owned();
 
-    // 2. listener policy
+    // 2. listener policy: an ACME HTTP-01 challenge this appliance is
+    // answering comes before the redirect (the CA asks over plain HTTP).
+    if conn.scheme == "http" {
+        if let Some(answer) = view.snap.managed.http_challenge(req.uri().path()) {
+            return plain(StatusCode::OK, bytes::Bytes::from(answer));
+        }
+    }
     if let Some(port) = conn.redirect_to_https_port {
         return redirect_to_https(&host, port, req.uri());
     }
@@ -504,8 +510,8 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
     host.to_str().ok().map(str::to_owned)
 }
 
-fn plain(status: StatusCode, body: &'static str) -> Response<ResBody> {
-    let mut r = Response::new(ResBody::from(body));
+fn plain(status: StatusCode, body: impl Into<ResBody>) -> Response<ResBody> {
+    let mut r = Response::new(body.into());
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -22,6 +22,15 @@ pub async fn apply(control: &Rc<RefCell<Control>>, item: Item) {
         "config" => apply_config(control, &item).await,
         "hostmap" => apply_shard(control, &item),
         "tickets" => apply_tickets(control, &item),
+        "cert" => {
+            let name = item
+                .key
+                .strip_prefix(crate::acme::CERT_PREFIX)
+                .unwrap_or_default();
+            control.borrow_mut().apply_cert(name, &item.value)
+        }
+        // Kept in the catalog, read from there when this appliance orders.
+        "acme-account" => Ok(()),
         _ => Err("not an item this appliance knows".to_owned()),
     };
     let mut c = control.borrow_mut();

@@ -81,6 +81,14 @@ pub fn kind_of(key: &str) -> Option<&'static str> {
     if shared::shard_of_key(key).is_some() {
         return Some("hostmap");
     }
+    if let Some(name) = key.strip_prefix(crate::acme::CERT_PREFIX) {
+        return crate::config::acme::check_dns_name(name)
+            .is_ok()
+            .then_some("cert");
+    }
+    if key.starts_with(crate::acme::ACCOUNT_PREFIX) {
+        return Some("acme-account");
+    }
     match key {
         CONFIG_KEY => Some("config"),
         TICKETS_KEY => Some("tickets"),
@@ -97,6 +105,8 @@ pub fn acceptable(item: &Item) -> bool {
             | (Some("config"), Value::Doc { .. })
             | (Some("hostmap"), Value::Blob { .. } | Value::Deleted)
             | (Some("tickets"), Value::Secret { .. })
+            | (Some("cert"), Value::Blob { .. } | Value::Deleted)
+            | (Some("acme-account"), Value::Secret { .. })
     )
 }
 
@@ -421,7 +431,9 @@ impl Replica {
             .node
             .catalog
             .items()
-            .filter(|i| i.key.starts_with(SHARD_PREFIX))
+            .filter(|i| {
+                i.key.starts_with(SHARD_PREFIX) || i.key.starts_with(crate::acme::CERT_PREFIX)
+            })
             .filter_map(|i| i.value.root_blob())
             .collect();
         keep.extend(self.node.protected(&self.index(content)));

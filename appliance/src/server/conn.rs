@@ -151,6 +151,11 @@ pub async fn serve(
                 session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
                 session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
             );
+            if session.alpn_protocol() == Some(crate::tls::managed::ACME_TLS_ALPN) {
+                // A CA validating a TLS-ALPN-01 challenge: the handshake was
+                // the whole answer (RFC 8737 3).
+                return;
+            }
             info.scheme = "https";
             let h2 = session.alpn_protocol() == Some(b"h2");
             let polls = rt::Polls::default();

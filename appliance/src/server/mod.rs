@@ -190,7 +190,7 @@ impl Loaded {
         self,
         hostmap: &HostMap,
         sites: &crate::snapshot::Sites,
-        tickets: &Arc<TicketKeys>,
+        tls: &crate::snapshot::TlsState,
         generations: Generations,
         upstreams: &mut Upstreams,
     ) -> Result<Snapshot, ServeError> {
@@ -209,7 +209,7 @@ impl Loaded {
             hostmap,
             sites,
             &self.base,
-            tickets,
+            tls,
             generations,
             &crate::snapshot::Resolving {
                 upstreams,
@@ -228,7 +228,10 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     })?;
     let store = crate::store::Store::new(&opts.data);
     let loaded = read_config(opts.config.as_deref(), &opts.data, opts.appliance)?;
-    let tickets = TicketKeys::new(loaded.config.tls.ticket_rotation_s)?;
+    let tls = crate::snapshot::TlsState {
+        tickets: TicketKeys::new(loaded.config.tls.ticket_rotation_s)?,
+        managed: crate::tls::managed::Managed::new(),
+    };
     let (hostmap_generation, hostmap, journal) = store.load_hostmap()?.unwrap_or_default();
     let persist = loaded.generation.is_none();
     let config_generation = match loaded.generation {
@@ -249,7 +252,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
     let sites = crate::control::state::load_sites(&content)
         .map_err(|e| ServeError::Content(e.to_string()))?;
     let mut upstreams = Upstreams::default();
-    let mut snapshot = loaded.build(&hostmap, &sites, &tickets, generations, &mut upstreams)?;
+    let mut snapshot = loaded.build(&hostmap, &sites, &tls, generations, &mut upstreams)?;
 
     crate::limits::ensure_memlock(MEMLOCK_PER_CORE * opts.cores as u64)?;
     let nofile = crate::limits::raise_nofile();
@@ -287,7 +290,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         data: &opts.data,
         content: &content,
         config: &snapshot.config,
-        tickets: &tickets,
+        tickets: &tls.tickets,
         limits: Default::default(),
     })
     .map_err(|e| ServeError::Replication(e.to_string()))?;
@@ -314,7 +317,8 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         .collect();
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
-        tickets,
+        tickets: tls.tickets,
+        managed: tls.managed,
         shutting_down: AtomicBool::new(false),
         exit: std::sync::atomic::AtomicU8::new(0),
         appliance: opts.appliance,
@@ -326,7 +330,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         failover: crate::failover::Slot::new(opts.data.clone()),
     });
     let (rebind_tx, rebind_rx) = tokio::sync::mpsc::unbounded_channel();
-    let control = crate::control::Control {
+    let mut control = crate::control::Control {
         shared: Arc::clone(&shared),
         store,
         data: opts.data.clone(),
@@ -347,7 +351,9 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         replica,
         stopping: false,
         cert_expiry: Default::default(),
+        acme: Default::default(),
     };
+    control.load_acme_certs();
     crate::control::start(crate::control::Start {
         control,
         identity: std::sync::Arc::new(identity),

@@ -6,6 +6,7 @@
 //! ([`tickets`]). There is no server-side session cache, so no lock is taken
 //! during a handshake.
 
+pub mod managed;
 pub mod self_signed;
 pub mod sni;
 pub mod tickets;
@@ -23,19 +24,55 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{self, ConfigError};
 use crate::router::HostPattern;
+use managed::Managed;
 use sni::SniTable;
 use tickets::TicketKeys;
 
-/// ALPN protocols offered, in order of preference.
-pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN protocols offered, in order of preference. `acme-tls/1` is chosen
+/// only by a CA validating a TLS-ALPN-01 challenge (no other client offers
+/// it); such a connection is closed after the handshake.
+pub const ALPN: [&[u8]; 3] = [b"h2", b"http/1.1", managed::ACME_TLS_ALPN];
 
-/// Picks the certificate for a handshake from the client's SNI name.
+/// Picks the certificate for a handshake from the client's SNI name: a
+/// configured certificate naming it exactly, then one obtained by ACME,
+/// then a configured wildcard, then the default (none when every
+/// certificate comes from ACME: the handshake then fails, as Caddy's does).
 #[derive(Debug)]
-pub struct CertResolver(SniTable<Arc<CertifiedKey>>);
+pub struct CertResolver {
+    table: Option<SniTable<Arc<CertifiedKey>>>,
+    managed: Arc<Managed>,
+}
+
+impl CertResolver {
+    /// Whether a configured certificate covers `name` (exactly or by a
+    /// wildcard; the default does not count).
+    pub fn covers(&self, name: &str) -> bool {
+        self.table.as_ref().is_some_and(|t| t.covers(name))
+    }
+}
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(Arc::clone(self.0.lookup(hello.server_name())))
+        let name = hello.server_name().map(sni::normalize);
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == managed::ACME_TLS_ALPN))
+        {
+            // RFC 8737 3: a validation handshake gets the challenge
+            // certificate or nothing.
+            return self.managed.alpn_challenge(name.as_deref()?);
+        }
+        let table = self.table.as_ref();
+        let Some(name) = name else {
+            return table.map(|t| Arc::clone(t.lookup(None)));
+        };
+        if let Some(k) = table.and_then(|t| t.exact(&name)) {
+            return Some(Arc::clone(k));
+        }
+        if let Some(k) = self.managed.resolve(&name) {
+            return Some(k);
+        }
+        table.map(|t| Arc::clone(t.wildcard(&name).unwrap_or_else(|| t.lookup(None))))
     }
 }
 
@@ -44,11 +81,13 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads every certificate and key named in the config (relative paths from
-/// `base`) and checks that each key matches its certificate.
+/// `base`) and checks that each key matches its certificate; the resolver
+/// also serves what `managed` holds.
 pub fn load_certificates(
     certs: &[config::Certificate],
     base: &Path,
-) -> Result<Option<CertResolver>, ConfigError> {
+    managed: &Arc<Managed>,
+) -> Result<CertResolver, ConfigError> {
     let provider = provider();
     let mut loaded = Vec::with_capacity(certs.len());
     for (i, c) in certs.iter().enumerate() {
@@ -80,21 +119,23 @@ pub fn load_certificates(
         };
         loaded.push((Arc::new(certified), names, c.default));
     }
-    let Some(default) = loaded
+    let table = loaded
         .iter()
         .find(|(_, _, is_default)| *is_default)
         .or(loaded.first())
-        .map(|(key, _, _)| Arc::clone(key))
-    else {
-        return Ok(None);
-    };
-    let mut table = SniTable::new(default);
-    for (key, names, _) in loaded {
-        for name in &names {
-            table.insert(name, Arc::clone(&key));
-        }
-    }
-    Ok(Some(CertResolver(table)))
+        .map(|(key, _, _)| {
+            let mut table = SniTable::new(Arc::clone(key));
+            for (key, names, _) in &loaded {
+                for name in names {
+                    table.insert(name, Arc::clone(key));
+                }
+            }
+            table
+        });
+    Ok(CertResolver {
+        table,
+        managed: Arc::clone(managed),
+    })
 }
 
 fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {

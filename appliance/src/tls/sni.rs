@@ -37,23 +37,38 @@ impl<T: Clone> SniTable<T> {
         let Some(name) = server_name else {
             return &self.default;
         };
-        let name = name.trim_end_matches('.');
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        if let Some(v) = self.exact.get(name) {
-            return v;
-        }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(v) = self.wildcard.get(parent) {
-                return v;
-            }
-        }
-        &self.default
+        let name = normalize(name);
+        self.exact(&name)
+            .or_else(|| self.wildcard(&name))
+            .unwrap_or(&self.default)
+    }
+
+    /// The value claiming exactly `name` (normalised, see [`normalize`]).
+    pub fn exact(&self, name: &str) -> Option<&T> {
+        self.exact.get(name)
+    }
+
+    /// The value of the one-label wildcard covering `name` (normalised).
+    pub fn wildcard(&self, name: &str) -> Option<&T> {
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+
+    /// Whether a name is claimed, exactly or by a wildcard (not by the
+    /// default).
+    pub fn covers(&self, name: &str) -> bool {
+        self.exact(name).is_some() || self.wildcard(name).is_some()
+    }
+}
+
+/// A server name as the tables key it: no trailing dot, lower case
+/// (borrowed when it already is).
+pub fn normalize(name: &str) -> std::borrow::Cow<'_, str> {
+    let name = name.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(name)
     }
 }
 

@@ -29,6 +29,11 @@ const GENERALIZED_TIME: u8 = 0x18;
 
 /// The certificate's `notAfter` as seconds since the Unix epoch.
 pub fn not_after(cert_der: &[u8]) -> Option<i64> {
+    validity(cert_der).map(|(_, after)| after)
+}
+
+/// The certificate's `notBefore` and `notAfter`, seconds since the epoch.
+pub fn validity(cert_der: &[u8]) -> Option<(i64, i64)> {
     let (SEQUENCE, cert, _) = element(cert_der)? else {
         return None;
     };
@@ -47,9 +52,10 @@ pub fn not_after(cert_der: &[u8]) -> Option<i64> {
     let (SEQUENCE, validity, _) = element(rest)? else {
         return None;
     };
-    let after = element(validity)?.2;
+    let (tag, before, after) = element(validity)?;
+    let before = time_of(tag, before)?;
     let (tag, time, _) = element(after)?;
-    time_of(tag, time)
+    Some((before, time_of(tag, time)?))
 }
 
 /// `YYMMDDHHMMSSZ` (UTCTime, 1950–2049) or `YYYYMMDDHHMMSSZ`.
@@ -109,12 +115,20 @@ mod tests {
     #[test]
     fn a_generated_certificates_not_after_is_read() {
         let mut params = rcgen::CertificateParams::new(vec!["shop.test".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2030, 1, 2);
         params.not_after = rcgen::date_time_ymd(2031, 7, 9);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(
             not_after(cert.der()),
             Some(days_from_civil(2031, 7, 9) * 86_400)
+        );
+        assert_eq!(
+            validity(cert.der()),
+            Some((
+                days_from_civil(2030, 1, 2) * 86_400,
+                days_from_civil(2031, 7, 9) * 86_400
+            ))
         );
         assert_eq!(not_after(&cert.der()[..40]), None, "cut short");
         assert_eq!(not_after(b"not DER"), None);

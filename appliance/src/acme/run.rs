@@ -1,0 +1,636 @@
+//! The ACME driver on the control thread: follows the config and the host
+//! map for the names wanted, starts the orders the [`Schedule`] says are
+//! due (only on the pair's master, or on an appliance without failover),
+//! runs each [`Order`] over HTTPS to the CA, provisions its challenges for
+//! the data plane, and stores what it gets: a blob in the content store
+//! (key and chain, one PEM) named by the catalog item `cert/NAME`, which
+//! replicates it to the peers. Then the cores serve it.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use edgebox_storage::replication::Value;
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+
+use super::jws::AccountKey;
+use super::order::{ChallengeKind, Method, Order, Problem, Request, Response, Session, Step};
+use super::schedule::Schedule;
+use crate::control::Control;
+use crate::tls::managed::{alpn_challenge_cert, Managed};
+
+/// Orders running at once (one until the account exists).
+const CONCURRENT: usize = 4;
+/// One request to the CA gives up after this long.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest answer read from the CA (a certificate chain is a few KiB).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// The control plane's ACME state.
+#[derive(Debug)]
+pub struct Manager {
+    pub schedule: Schedule,
+    /// The account for the configured directory, once loaded.
+    account: Option<Arc<Account>>,
+    /// The config and host-map generations the wanted names were taken at.
+    wanted_at: Option<(u64, u64)>,
+    pub running: usize,
+    pub issued: u64,
+    pub failed: u64,
+    /// Why this appliance does not order now, if it does not.
+    pub idle_reason: Option<&'static str>,
+}
+
+impl Default for Manager {
+    fn default() -> Self {
+        Self {
+            schedule: Schedule::new(100),
+            account: None,
+            wanted_at: None,
+            running: 0,
+            issued: 0,
+            failed: 0,
+            idle_reason: Some("no acme section"),
+        }
+    }
+}
+
+struct Account {
+    directory_url: String,
+    key: AccountKey,
+    session: Mutex<Session>,
+    tls: Arc<rustls::ClientConfig>,
+    /// The account URL as last stored in the catalog.
+    stored_kid: Mutex<Option<String>>,
+    /// Whether the account is in the catalog at all.
+    saved: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("directory_url", &self.directory_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The account as the catalog keeps it (a secret: replicated only over the
+/// authenticated channel, stored 0600).
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    directory_url: String,
+    /// PKCS#8, base64url.
+    key: String,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Starts what is due, every second, for as long as the control thread runs.
+pub async fn run(control: Rc<RefCell<Control>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let due = control.borrow_mut().acme_due(wall_ms());
+        for name in due {
+            tokio::task::spawn_local(order_one(Rc::clone(&control), name));
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Control {
+    /// Brings the wanted names up to date and takes the names due now.
+    pub fn acme_due(&mut self, now_ms: u64) -> Vec<String> {
+        let Some(cfg) = self.config.acme.clone() else {
+            if !self.acme.schedule.is_empty() {
+                self.acme.schedule.want(&BTreeSet::new());
+            }
+            self.acme.idle_reason = Some("no acme section");
+            self.acme.wanted_at = None;
+            return Vec::new();
+        };
+        self.acme.schedule.per_hour = cfg.orders_per_hour;
+        let at = (self.gens.config, self.gens.hostmap);
+        if self.acme.wanted_at != Some(at) {
+            self.acme.wanted_at = Some(at);
+            let names = self.acme_wanted(&cfg);
+            let (added, removed) = self.acme.schedule.want(&names);
+            if added + removed > 0 {
+                tracing::info!(
+                    added,
+                    removed,
+                    names = names.len(),
+                    "acme: names to cover changed"
+                );
+            }
+            for (name, stored) in self.shared.managed.all() {
+                self.acme.schedule.held(
+                    &name,
+                    secs_to_ms(stored.not_before),
+                    secs_to_ms(stored.not_after),
+                );
+            }
+        }
+        self.acme.idle_reason = self.acme_idle_reason();
+        if self.acme.idle_reason.is_some() {
+            return Vec::new();
+        }
+        let limit = match &self.acme.account {
+            Some(a) if lock(&a.session).kid.is_some() => CONCURRENT,
+            _ => 1,
+        };
+        let mut due = Vec::new();
+        while self.acme.running < limit {
+            let Some(name) = self.acme.schedule.due(now_ms) else {
+                break;
+            };
+            self.acme.running += 1;
+            due.push(name);
+        }
+        due
+    }
+
+    /// The names a certificate is wanted for: those listed, and the host
+    /// map's hosts that no configured certificate covers.
+    fn acme_wanted(&self, cfg: &crate::config::acme::Acme) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = cfg.names.iter().cloned().collect();
+        if cfg.hostmap {
+            let snap = self.shared.snapshot.load();
+            for (host, _) in self.hostmap.iter() {
+                let covered = snap.certs.as_ref().is_some_and(|c| c.covers(host));
+                if !covered && crate::config::acme::check_dns_name(host).is_ok() {
+                    names.insert(host.to_owned());
+                }
+            }
+        }
+        names
+    }
+
+    /// Why this appliance may not order now: a backup leaves it to the
+    /// master, which holds the addresses the CA validates against.
+    fn acme_idle_reason(&self) -> Option<&'static str> {
+        if self.stopping {
+            return Some("stopping");
+        }
+        if self.config.failover.is_some() {
+            let master = self
+                .shared
+                .failover
+                .status()
+                .is_some_and(|s| s.state == crate::failover::machine::State::Master);
+            if !master {
+                return Some("backup: the master orders");
+            }
+        }
+        None
+    }
+
+    /// Keeps an issued certificate: its PEM as a blob, then the catalog
+    /// item naming it (durable, and announced to the peers).
+    fn acme_store(&mut self, name: &str, bundle: &str) -> Result<(), String> {
+        let hash = self
+            .content
+            .blobs()
+            .put(bundle.as_bytes())
+            .map_err(|e| format!("could not store the certificate: {e}"))?;
+        self.replica.local(
+            &format!("{}{name}", super::CERT_PREFIX),
+            Value::Blob { hash },
+        );
+        Ok(())
+    }
+
+    /// A certificate item (from a peer, or found at start): served from now
+    /// on, and renewed when due.
+    pub fn apply_cert(&mut self, name: &str, value: &Value) -> Result<(), String> {
+        match value {
+            Value::Blob { hash } => {
+                let bytes = self
+                    .content
+                    .blobs()
+                    .read_verified(hash)
+                    .map_err(|e| e.to_string())?;
+                let (chain, key) = super::unbundle(&bytes)?;
+                let stored = self.shared.managed.install(name, chain, key)?;
+                self.acme.schedule.held(
+                    name,
+                    secs_to_ms(stored.not_before),
+                    secs_to_ms(stored.not_after),
+                );
+                Ok(())
+            }
+            Value::Deleted => {
+                self.shared.managed.remove(name);
+                Ok(())
+            }
+            _ => Err("not a certificate".into()),
+        }
+    }
+
+    /// Serves the certificates the catalog names (at start).
+    pub fn load_acme_certs(&mut self) {
+        let items: Vec<(String, Value)> = self
+            .replica
+            .node
+            .catalog
+            .items()
+            .filter_map(|i| {
+                let name = i.key.strip_prefix(super::CERT_PREFIX)?;
+                Some((name.to_owned(), i.value.clone()))
+            })
+            .collect();
+        let mut loaded = 0;
+        for (name, value) in items {
+            match self.apply_cert(&name, &value) {
+                Ok(()) => loaded += 1,
+                Err(e) => tracing::error!(name, "acme: cannot serve the stored certificate: {e}"),
+            }
+        }
+        if loaded > 0 {
+            tracing::info!(certificates = loaded, "acme: certificates loaded");
+        }
+    }
+
+    /// Writes the account's URL to the catalog once the CA has given it.
+    fn acme_save_account(&mut self) {
+        let Some(a) = self.acme.account.clone() else {
+            return;
+        };
+        let kid = lock(&a.session).kid.clone();
+        let saved = a.saved.load(std::sync::atomic::Ordering::Relaxed);
+        if saved && *lock(&a.stored_kid) == kid {
+            return;
+        }
+        let stored = StoredAccount {
+            directory_url: a.directory_url.clone(),
+            key: super::jws::b64(a.key.pkcs8()),
+            kid: kid.clone(),
+        };
+        let hex = crate::admin::token::hex(
+            serde_json::to_string(&stored)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        self.replica.local(
+            &super::account_key_name(&a.directory_url),
+            Value::Secret { hex },
+        );
+        *lock(&a.stored_kid) = kid;
+        a.saved.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The account for the configured directory: loaded from the catalog
+    /// (made here or replicated), or made now.
+    fn acme_account(&mut self) -> Result<Arc<Account>, Problem> {
+        let cfg = self
+            .config
+            .acme
+            .clone()
+            .ok_or_else(|| client("the acme section was removed"))?;
+        if let Some(a) = &self.acme.account {
+            if a.directory_url == cfg.directory_url {
+                return Ok(Arc::clone(a));
+            }
+        }
+        let tls = client_tls(cfg.ca_file.as_deref())?;
+        let item = self
+            .replica
+            .node
+            .catalog
+            .get(&super::account_key_name(&cfg.directory_url))
+            .map(|i| i.value.clone());
+        let stored = match item {
+            Some(Value::Secret { hex }) => crate::admin::token::parse_hex_bytes(&hex)
+                .and_then(|b| serde_json::from_slice::<StoredAccount>(&b).ok())
+                .filter(|s| s.directory_url == cfg.directory_url),
+            _ => None,
+        };
+        let from_catalog = stored.is_some();
+        let (key, kid) = match stored {
+            Some(s) => {
+                let pkcs8 = super::decode_b64url(&s.key)
+                    .ok_or_else(|| client("the stored account key is not base64url"))?;
+                (AccountKey::from_pkcs8(&pkcs8).map_err(client)?, s.kid)
+            }
+            None => (AccountKey::generate().map_err(client)?, None),
+        };
+        let eab = match &cfg.external_account {
+            Some(e) => Some((
+                e.key_id.clone(),
+                super::decode_b64url(&e.hmac_key)
+                    .ok_or_else(|| client("acme.external_account.hmac_key is not base64url"))?,
+            )),
+            None => None,
+        };
+        let account = Arc::new(Account {
+            directory_url: cfg.directory_url.clone(),
+            key,
+            session: Mutex::new(Session {
+                directory_url: cfg.directory_url.clone(),
+                directory: None,
+                kid: kid.clone(),
+                contact: cfg.contact(),
+                eab,
+            }),
+            tls,
+            stored_kid: Mutex::new(kid),
+            saved: std::sync::atomic::AtomicBool::new(from_catalog),
+        });
+        self.acme.account = Some(Arc::clone(&account));
+        // A new key is kept before it is first used, so a crash after the
+        // CA made the account does not lose it.
+        self.acme_save_account();
+        Ok(account)
+    }
+}
+
+/// The account's state is only touched on the control thread; the mutex
+/// makes it `Send` for the thread's start, and is never contended.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn secs_to_ms(s: i64) -> u64 {
+    u64::try_from(s).unwrap_or(0).saturating_mul(1000)
+}
+
+fn client(detail: impl Into<String>) -> Problem {
+    Problem {
+        kind: "client".into(),
+        detail: detail.into(),
+        retry_after: None,
+    }
+}
+
+/// Orders a certificate for `name`, and reports to the schedule.
+async fn order_one(control: Rc<RefCell<Control>>, name: String) {
+    let result = issue(&control, &name).await;
+    let mut c = control.borrow_mut();
+    c.acme.running = c.acme.running.saturating_sub(1);
+    c.acme_save_account();
+    let now = wall_ms();
+    match result {
+        Ok((nb, na)) => {
+            c.acme.issued += 1;
+            tracing::info!(
+                name,
+                not_after = na / 1000,
+                "acme: certificate issued and served"
+            );
+            c.acme.schedule.finished(&name, Ok((nb, na)), now);
+        }
+        Err(p) => {
+            c.acme.failed += 1;
+            tracing::warn!(name, "acme: order failed: {p}");
+            c.acme
+                .schedule
+                .finished(&name, Err((p.to_string(), p.retry_after)), now);
+        }
+    }
+}
+
+async fn issue(control: &Rc<RefCell<Control>>, name: &str) -> Result<(u64, u64), Problem> {
+    let (account, kinds, managed) = {
+        let mut c = control.borrow_mut();
+        let account = c.acme_account()?;
+        let kinds = c
+            .config
+            .acme
+            .as_ref()
+            .map(|a| a.challenges.clone())
+            .unwrap_or_default();
+        (account, kinds, Arc::clone(&c.shared.managed))
+    };
+    let key = rcgen::KeyPair::generate().map_err(|e| client(e.to_string()))?;
+    let csr = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .and_then(|p| p.serialize_request(&key))
+        .map_err(|e| client(format!("cannot make the certificate request: {e}")))?;
+    let mut order = Order::new(name, &kinds, csr.der().to_vec());
+    let outcome = drive(&mut order, &account, &managed).await;
+    for c in order.provisioned() {
+        match c.kind {
+            ChallengeKind::Http01 => managed.remove_http_challenge(&c.token),
+            ChallengeKind::TlsAlpn01 => managed.remove_alpn_challenge(&c.name),
+        }
+    }
+    let chain_pem = outcome?;
+    let bundle = super::bundle(&key.serialize_pem(), &chain_pem);
+    let (chain, key_der) = super::unbundle(bundle.as_bytes()).map_err(client)?;
+    // Checked (key fits, dates readable) before it is kept or served.
+    let (nb, na) = crate::tls::validity::validity(&chain[0])
+        .ok_or_else(|| client("cannot read the issued certificate's dates"))?;
+    let mut c = control.borrow_mut();
+    c.acme_store(name, &bundle).map_err(client)?;
+    managed.install(name, chain, key_der).map_err(client)?;
+    Ok((secs_to_ms(nb), secs_to_ms(na)))
+}
+
+async fn drive(order: &mut Order, account: &Account, managed: &Managed) -> Result<String, Problem> {
+    loop {
+        let step = order.next(&lock(&account.session), &account.key);
+        match step {
+            Step::Send(req) => {
+                let r = send(&account.tls, &req).await?;
+                order.receive(&mut lock(&account.session), &account.key, r);
+            }
+            Step::Wait(d) => tokio::time::sleep(d).await,
+            Step::Provision(c) => match c.kind {
+                ChallengeKind::Http01 => managed.add_http_challenge(&c.token, &c.key_authorization),
+                ChallengeKind::TlsAlpn01 => {
+                    let cert =
+                        alpn_challenge_cert(&c.name, &c.key_authorization).map_err(client)?;
+                    managed.add_alpn_challenge(&c.name, Arc::new(cert));
+                }
+            },
+            Step::Done(pem) => return Ok(pem),
+            Step::Failed(p) => return Err(p),
+        }
+    }
+}
+
+/// TLS to the CA: the roots of `ca_file`, or the web PKI's.
+fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, Problem> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| client(format!("acme.ca_file {}: {e}", path.display())))?;
+            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| client(format!("acme.ca_file {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| client(format!("acme.ca_file {}: {e}", path.display())))?;
+            }
+            if roots.is_empty() {
+                return Err(client(format!(
+                    "acme.ca_file {}: no certificate in it",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| client(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// One request to the CA on a connection of its own.
+async fn send(tls: &Arc<rustls::ClientConfig>, req: &Request) -> Result<Response, Problem> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(tls, req)).await {
+        Ok(r) => r.map_err(|e| Problem {
+            kind: "connection".into(),
+            detail: format!("{}: {e}", req.url),
+            retry_after: None,
+        }),
+        Err(_) => Err(Problem {
+            kind: "connection".into(),
+            detail: format!(
+                "{}: no answer within {} s",
+                req.url,
+                REQUEST_TIMEOUT.as_secs()
+            ),
+            retry_after: None,
+        }),
+    }
+}
+
+async fn exchange(tls: &Arc<rustls::ClientConfig>, req: &Request) -> Result<Response, String> {
+    let uri: http::Uri = req.url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    if uri.scheme_str() != Some("https") {
+        return Err("the CA's URLs must be https".into());
+    }
+    let host = uri.host().ok_or("no host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::task::spawn_local(async move {
+        let _ = conn.await;
+    });
+    let method = match req.method {
+        Method::Get => http::Method::GET,
+        Method::Head => http::Method::HEAD,
+        Method::Post => http::Method::POST,
+    };
+    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(http::header::HOST, authority)
+        .header(
+            http::header::USER_AGENT,
+            concat!("edgebox/", env!("CARGO_PKG_VERSION")),
+        );
+    if req.body.is_some() {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/jose+json");
+    }
+    let request = builder
+        .body(Full::new(bytes::Bytes::from(
+            req.body.clone().unwrap_or_default(),
+        )))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let status = response.status().as_u16();
+    let location = header("location");
+    let nonce = header("replay-nonce");
+    let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes()
+        .to_vec();
+    Ok(Response {
+        status,
+        location,
+        nonce,
+        retry_after,
+        body,
+    })
+}
+
+impl Manager {
+    /// The ACME families of `/metrics`: bounded, whatever the number of
+    /// names (one series per state and result).
+    pub fn render_prometheus(&self, managed: &Managed, now_s: i64, o: &mut String) {
+        use crate::metrics::prometheus::family;
+        use std::fmt::Write;
+        family(o, "edgebox_acme_names", "gauge", "Names edgebox obtains certificates for, by ACME state (failed: the last order failed; a certificate held before is still served).");
+        for (state, n) in self.schedule.counts() {
+            let _ = writeln!(o, "edgebox_acme_names{{state=\"{state}\"}} {n}");
+        }
+        family(
+            o,
+            "edgebox_acme_orders_total",
+            "counter",
+            "ACME orders finished since start, by result.",
+        );
+        let _ = writeln!(
+            o,
+            "edgebox_acme_orders_total{{result=\"issued\"}} {}",
+            self.issued
+        );
+        let _ = writeln!(
+            o,
+            "edgebox_acme_orders_total{{result=\"failed\"}} {}",
+            self.failed
+        );
+        let all = managed.all();
+        family(
+            o,
+            "edgebox_acme_certificates",
+            "gauge",
+            "Certificates obtained by ACME (here or by a peer) being served.",
+        );
+        let _ = writeln!(o, "edgebox_acme_certificates {}", all.len());
+        let soon = all
+            .iter()
+            .filter(|(_, s)| s.not_after - now_s < crate::metrics::state::SOON_S)
+            .count();
+        let expired = all.iter().filter(|(_, s)| s.not_after <= now_s).count();
+        family(o, "edgebox_acme_certificates_expiring_soon", "gauge", "ACME certificates expiring within 14 days (renewal is due at two thirds of the lifetime, so these are renewals that keep failing), or expired.");
+        let _ = writeln!(o, "edgebox_acme_certificates_expiring_soon {soon}");
+        family(
+            o,
+            "edgebox_acme_certificates_expired",
+            "gauge",
+            "ACME certificates past their notAfter, still the only one held for their name.",
+        );
+        let _ = writeln!(o, "edgebox_acme_certificates_expired {expired}");
+    }
+}
