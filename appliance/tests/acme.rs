@@ -446,6 +446,12 @@ fn with_the_ca_down_the_old_certificate_keeps_serving_and_the_failure_shows() {
     // A name nobody manages is refused by its name.
     let refused = eb.api("POST", "/v1/acme/other.test/renew", None, &[]);
     assert_eq!(refused.status, 404, "{}", refused.body);
+
+    // A restart (the CA still down) serves the certificate it kept.
+    let eb = Edgebox::restart(eb.stop(), 1);
+    assert_eq!(served_serial("steady.test", eb.addr("https")), serial);
+    let row = wait_row(&eb, "steady.test", ISSUE, |r| r["not_after"].is_i64());
+    assert!(row["issuer"].as_str().unwrap().contains("Pebble"), "{row}");
 }
 
 #[test]
@@ -491,7 +497,7 @@ fn a_certificate_obtained_by_one_appliance_is_served_by_its_peer() {
     assert_eq!(v["orders"]["issued"], 0, "the peer ordered nothing");
     // The account replicated too: the peer would order with it.
     let metrics = n1.api("GET", "/metrics", None, &[]).expect(200).body;
-    for kind in ["cert", "acme-account"] {
+    for kind in ["certs", "acme-account"] {
         assert!(
             metrics.contains(&format!(
                 "edgebox_replication_applied_total{{kind=\"{kind}\"}} "

@@ -7,7 +7,7 @@
 //! replicates it to the peers. Then the cores serve it.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,7 +20,8 @@ use super::jws::AccountKey;
 use super::order::{ChallengeKind, Method, Order, Problem, Request, Response, Session, Step};
 use super::schedule::Schedule;
 use crate::control::Control;
-use crate::tls::managed::{alpn_challenge_cert, Managed};
+use crate::tls::managed::{alpn_challenge_cert, Entry, Managed};
+use rustls_pki_types::pem::PemObject;
 
 /// Orders running at once (one until the account exists).
 const CONCURRENT: usize = 4;
@@ -42,6 +43,11 @@ pub struct Manager {
     pub failed: u64,
     /// Why this appliance does not order now, if it does not.
     pub idle_reason: Option<&'static str>,
+    /// The names of the certificates served, by shard.
+    shards: BTreeMap<u8, BTreeSet<String>>,
+    /// Shards whose stored blob lacks what is served here (a peer's
+    /// version replaced ours): written again on the next tick.
+    dirty: BTreeSet<u8>,
 }
 
 impl Default for Manager {
@@ -54,6 +60,8 @@ impl Default for Manager {
             issued: 0,
             failed: 0,
             idle_reason: Some("no acme section"),
+            shards: BTreeMap::new(),
+            dirty: BTreeSet::new(),
         }
     }
 }
@@ -110,6 +118,12 @@ pub fn wall_ms() -> u64 {
 impl Control {
     /// Brings the wanted names up to date and takes the names due now.
     pub fn acme_due(&mut self, now_ms: u64) -> Vec<String> {
+        for shard in std::mem::take(&mut self.acme.dirty) {
+            if let Err(e) = self.acme_write_shard(shard, None) {
+                tracing::error!("acme: could not write certificate shard {shard:02x}: {e}");
+                self.acme.dirty.insert(shard);
+            }
+        }
         let Some(cfg) = self.config.acme.clone() else {
             if !self.acme.schedule.is_empty() {
                 self.acme.schedule.want(&BTreeSet::new());
@@ -194,69 +208,104 @@ impl Control {
         None
     }
 
-    /// Keeps an issued certificate: its PEM as a blob, then the catalog
-    /// item naming it (durable, and announced to the peers).
-    fn acme_store(&mut self, name: &str, bundle: &str) -> Result<(), String> {
+    /// Writes shard `shard` as served here, with `new` (a certificate not
+    /// served yet) in it: a blob, then the catalog item naming it (durable,
+    /// and announced to the peers).
+    fn acme_write_shard(&mut self, shard: u8, new: Option<(&str, &Entry)>) -> Result<(), String> {
+        let managed = &self.shared.managed;
+        let held: Vec<(String, Arc<crate::tls::managed::Stored>)> = self
+            .acme
+            .shards
+            .get(&shard)
+            .into_iter()
+            .flatten()
+            .filter(|n| new.is_none_or(|(name, _)| name != n.as_str()))
+            .filter_map(|n| Some((n.clone(), managed.get(n)?)))
+            .collect();
+        let bytes =
+            super::shard::encode(held.iter().map(|(n, s)| (n.as_str(), &s.entry)).chain(new));
         let hash = self
             .content
             .blobs()
-            .put(bundle.as_bytes())
+            .put(&bytes)
             .map_err(|e| format!("could not store the certificate: {e}"))?;
-        self.replica.local(
-            &format!("{}{name}", super::CERT_PREFIX),
-            Value::Blob { hash },
-        );
+        self.replica
+            .local(&super::shard::key(shard), Value::Blob { hash });
         Ok(())
     }
 
-    /// A certificate item (from a peer, or found at start): served from now
-    /// on, and renewed when due.
-    pub fn apply_cert(&mut self, name: &str, value: &Value) -> Result<(), String> {
-        match value {
+    /// Serves a certificate (checked first when `check`), and renews it
+    /// when due.
+    fn acme_serve(&mut self, name: &str, entry: Entry, check: bool) -> Result<(u64, u64), String> {
+        let stored = self.shared.managed.install(name, entry, check)?;
+        let (nb, na) = (secs_to_ms(stored.not_before), secs_to_ms(stored.not_after));
+        self.acme.schedule.held(name, nb, na);
+        self.acme
+            .shards
+            .entry(super::shard::shard_of(name))
+            .or_default()
+            .insert(name.to_owned());
+        Ok((nb, na))
+    }
+
+    /// A certificate shard (from a peer, or found at start). Each name
+    /// keeps the certificate that expires last, ours or the shard's; what
+    /// we hold that the shard lacks is written back, so both converge.
+    pub fn apply_cert_shard(
+        &mut self,
+        shard: u8,
+        value: &Value,
+        from_peer: bool,
+    ) -> Result<(), String> {
+        let theirs = match value {
             Value::Blob { hash } => {
                 let bytes = self
                     .content
                     .blobs()
                     .read_verified(hash)
                     .map_err(|e| e.to_string())?;
-                let (chain, key) = super::unbundle(&bytes)?;
-                let stored = self.shared.managed.install(name, chain, key)?;
-                self.acme.schedule.held(
-                    name,
-                    secs_to_ms(stored.not_before),
-                    secs_to_ms(stored.not_after),
-                );
-                Ok(())
+                super::shard::decode(shard, &bytes)?
             }
-            Value::Deleted => {
-                self.shared.managed.remove(name);
-                Ok(())
+            Value::Deleted => BTreeMap::new(),
+            _ => return Err("not a certificate shard".into()),
+        };
+        let mut ours_newer = false;
+        for (name, entry) in theirs.iter() {
+            let na = crate::tls::validity::not_after(&entry.leaf)
+                .ok_or_else(|| format!("{name}: cannot read the certificate's validity"))?;
+            match self.shared.managed.get(name) {
+                Some(held) if held.not_after >= na => ours_newer |= held.entry.leaf != entry.leaf,
+                _ => {
+                    self.acme_serve(name, entry.clone(), from_peer)?;
+                }
             }
-            _ => Err("not a certificate".into()),
         }
+        let held = self.acme.shards.get(&shard).map_or(0, BTreeSet::len);
+        if from_peer && (ours_newer || held > theirs.len()) {
+            self.acme.dirty.insert(shard);
+        }
+        Ok(())
     }
 
     /// Serves the certificates the catalog names (at start).
     pub fn load_acme_certs(&mut self) {
-        let items: Vec<(String, Value)> = self
+        let items: Vec<(u8, Value)> = self
             .replica
             .node
             .catalog
             .items()
-            .filter_map(|i| {
-                let name = i.key.strip_prefix(super::CERT_PREFIX)?;
-                Some((name.to_owned(), i.value.clone()))
-            })
+            .filter_map(|i| Some((super::shard::of_key(&i.key)?, i.value.clone())))
             .collect();
-        let mut loaded = 0;
-        for (name, value) in items {
-            match self.apply_cert(&name, &value) {
-                Ok(()) => loaded += 1,
-                Err(e) => tracing::error!(name, "acme: cannot serve the stored certificate: {e}"),
+        for (shard, value) in items {
+            if let Err(e) = self.apply_cert_shard(shard, &value, false) {
+                tracing::error!("acme: cannot serve certificate shard {shard:02x}: {e}");
             }
         }
-        if loaded > 0 {
-            tracing::info!(certificates = loaded, "acme: certificates loaded");
+        if !self.shared.managed.is_empty() {
+            tracing::info!(
+                certificates = self.shared.managed.len(),
+                "acme: certificates loaded"
+            );
         }
     }
 
@@ -423,15 +472,19 @@ async fn issue(control: &Rc<RefCell<Control>>, name: &str) -> Result<(u64, u64),
         }
     }
     let chain_pem = outcome?;
-    let bundle = super::bundle(&key.serialize_pem(), &chain_pem);
-    let (chain, key_der) = super::unbundle(bundle.as_bytes()).map_err(client)?;
-    // Checked (key fits, dates readable) before it is kept or served.
-    let (nb, na) = crate::tls::validity::validity(&chain[0])
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| client(format!("the CA's certificate is not PEM: {e}")))?;
+    let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(client)?;
+    let entry = Entry::new(chain, key_der).map_err(client)?;
+    crate::tls::validity::validity(&entry.leaf)
         .ok_or_else(|| client("cannot read the issued certificate's dates"))?;
+    // Kept, then served: a certificate served here is always one a restart
+    // finds again.
     let mut c = control.borrow_mut();
-    c.acme_store(name, &bundle).map_err(client)?;
-    managed.install(name, chain, key_der).map_err(client)?;
-    Ok((secs_to_ms(nb), secs_to_ms(na)))
+    c.acme_write_shard(super::shard::shard_of(name), Some((name, &entry)))
+        .map_err(client)?;
+    c.acme_serve(name, entry, true).map_err(client)
 }
 
 async fn drive(order: &mut Order, account: &Account, managed: &Managed) -> Result<String, Problem> {

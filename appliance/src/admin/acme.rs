@@ -97,7 +97,7 @@ pub fn view(c: &Control) -> AcmeView {
         });
         v.not_before = Some(stored.not_before);
         v.not_after = Some(stored.not_after);
-        v.issuer = stored.chain.first().and_then(|d| issuer(d));
+        v.issuer = issuer(&stored.entry.leaf);
     }
     AcmeView {
         enabled: c.config.acme.is_some(),

@@ -22,13 +22,12 @@ pub async fn apply(control: &Rc<RefCell<Control>>, item: Item) {
         "config" => apply_config(control, &item).await,
         "hostmap" => apply_shard(control, &item),
         "tickets" => apply_tickets(control, &item),
-        "cert" => {
-            let name = item
-                .key
-                .strip_prefix(crate::acme::CERT_PREFIX)
-                .unwrap_or_default();
-            control.borrow_mut().apply_cert(name, &item.value)
-        }
+        "certs" => match crate::acme::shard::of_key(&item.key) {
+            Some(shard) => control
+                .borrow_mut()
+                .apply_cert_shard(shard, &item.value, true),
+            None => Err("not a certificate shard".into()),
+        },
         // Kept in the catalog, read from there when this appliance orders.
         "acme-account" => Ok(()),
         _ => Err("not an item this appliance knows".to_owned()),

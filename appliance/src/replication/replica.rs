@@ -81,10 +81,8 @@ pub fn kind_of(key: &str) -> Option<&'static str> {
     if shared::shard_of_key(key).is_some() {
         return Some("hostmap");
     }
-    if let Some(name) = key.strip_prefix(crate::acme::CERT_PREFIX) {
-        return crate::config::acme::check_dns_name(name)
-            .is_ok()
-            .then_some("cert");
+    if crate::acme::shard::of_key(key).is_some() {
+        return Some("certs");
     }
     if key.starts_with(crate::acme::ACCOUNT_PREFIX) {
         return Some("acme-account");
@@ -105,7 +103,7 @@ pub fn acceptable(item: &Item) -> bool {
             | (Some("config"), Value::Doc { .. })
             | (Some("hostmap"), Value::Blob { .. } | Value::Deleted)
             | (Some("tickets"), Value::Secret { .. })
-            | (Some("cert"), Value::Blob { .. } | Value::Deleted)
+            | (Some("certs"), Value::Blob { .. } | Value::Deleted)
             | (Some("acme-account"), Value::Secret { .. })
     )
 }
@@ -432,7 +430,7 @@ impl Replica {
             .catalog
             .items()
             .filter(|i| {
-                i.key.starts_with(SHARD_PREFIX) || i.key.starts_with(crate::acme::CERT_PREFIX)
+                i.key.starts_with(SHARD_PREFIX) || i.key.starts_with(crate::acme::shard::PREFIX)
             })
             .filter_map(|i| i.value.root_blob())
             .collect();

@@ -19,6 +19,8 @@ use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+pub use crate::acme::shard::Entry;
+
 /// The path prefix of HTTP-01 challenges (RFC 8555 8.3).
 pub const HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 /// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
@@ -32,8 +34,7 @@ pub struct Stored {
     /// Unique for the process's life: a core's cache entry for an older
     /// certificate of the same name is not taken for this one.
     pub id: u64,
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
+    pub entry: Entry,
     /// Validity of the leaf, Unix seconds.
     pub not_before: i64,
     pub not_after: i64,
@@ -47,6 +48,9 @@ pub struct Managed {
     /// HTTP-01: token → key authorization.
     http: ArcSwap<HashMap<String, String>>,
     ids: AtomicU64,
+    /// The distinct intermediate chains, each kept once however many
+    /// certificates a CA issued under it (written by the control plane).
+    chains: std::sync::Mutex<Vec<Arc<[CertificateDer<'static>]>>>,
 }
 
 thread_local! {
@@ -59,24 +63,30 @@ impl Managed {
         Arc::new(Self::default())
     }
 
-    /// Installs (or replaces) the certificate of `name`; checks that the key
-    /// fits the leaf first, so nothing unusable is ever served.
+    /// Installs (or replaces) the certificate of `name`. With `check`, the
+    /// key is first proven to fit the leaf (a parse of both), so nothing
+    /// unusable is ever served; certificates read back from this
+    /// appliance's own store were checked when they came in.
     pub fn install(
         &self,
         name: &str,
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
+        mut entry: Entry,
+        check: bool,
     ) -> Result<Arc<Stored>, String> {
-        let leaf = chain.first().ok_or("an empty certificate chain")?;
-        let (not_before, not_after) =
-            super::validity::validity(leaf).ok_or("cannot read the certificate's validity")?;
-        // Parsing it once here proves key and certificate belong together.
-        CertifiedKey::from_der(chain.clone(), key.clone_key(), &super::provider())
+        let (not_before, not_after) = super::validity::validity(&entry.leaf)
+            .ok_or("cannot read the certificate's validity")?;
+        if check {
+            CertifiedKey::from_der(
+                entry.full_chain(),
+                PrivateKeyDer::Pkcs8(entry.key.clone_key()),
+                &super::provider(),
+            )
             .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
+        }
+        entry.chain = self.intern(&entry.chain);
         let stored = Arc::new(Stored {
             id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
-            chain,
-            key,
+            entry,
             not_before,
             not_after,
         });
@@ -86,6 +96,15 @@ impl Managed {
             m
         });
         Ok(stored)
+    }
+
+    fn intern(&self, chain: &Arc<[CertificateDer<'static>]>) -> Arc<[CertificateDer<'static>]> {
+        let mut known = self.chains.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = known.iter().find(|c| c[..] == chain[..]) {
+            return Arc::clone(c);
+        }
+        known.push(Arc::clone(chain));
+        Arc::clone(chain)
     }
 
     pub fn remove(&self, name: &str) {
@@ -126,13 +145,11 @@ impl Managed {
             if let Some(k) = cache.get(&stored.id) {
                 return Some(Arc::clone(k));
             }
-            let key = CertifiedKey::from_der(
-                stored.chain.clone(),
-                stored.key.clone_key(),
-                &super::provider(),
-            )
-            .ok()?;
-            let key = Arc::new(key);
+            let signing = super::provider()
+                .key_provider
+                .load_private_key(PrivateKeyDer::Pkcs8(stored.entry.key.clone_key()))
+                .ok()?;
+            let key = Arc::new(CertifiedKey::new(stored.entry.full_chain(), signing));
             if cache.len() >= CORE_CACHE {
                 // Any entry makes room: a name handshaking often is back
                 // after one parse.
@@ -221,23 +238,25 @@ pub fn alpn_challenge_cert(name: &str, key_authorization: &str) -> Result<Certif
 mod tests {
     use super::*;
 
-    fn issue(name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    fn issue(name: &str) -> Entry {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        (
+        Entry::new(
             vec![cert.der().clone()],
             PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
         )
+        .unwrap()
     }
 
     #[test]
     fn a_certificate_is_parsed_once_per_core_and_replaced_whole() {
         let m = Managed::new();
-        let (chain, key) = issue("shop.test");
-        let first = m.install("shop.test", chain.clone(), key).unwrap();
+        let e = issue("shop.test");
+        let chain = e.full_chain();
+        let first = m.install("shop.test", e, true).unwrap();
         let a = m.resolve("shop.test").unwrap();
         let b = m.resolve("shop.test").unwrap();
         assert!(Arc::ptr_eq(&a, &b), "parsed once on this thread");
@@ -250,8 +269,9 @@ mod tests {
             .unwrap();
         assert!(!Arc::ptr_eq(&a, &c));
         // A renewal is served at once, not the cached old one.
-        let (chain2, key2) = issue("shop.test");
-        let second = m.install("shop.test", chain2.clone(), key2).unwrap();
+        let e2 = issue("shop.test");
+        let chain2 = e2.full_chain();
+        let second = m.install("shop.test", e2, true).unwrap();
         assert_ne!(first.id, second.id);
         assert_eq!(m.resolve("shop.test").unwrap().cert, chain2);
         m.remove("shop.test");
@@ -261,9 +281,9 @@ mod tests {
     #[test]
     fn a_key_that_does_not_fit_is_refused() {
         let m = Managed::new();
-        let (chain, _) = issue("shop.test");
-        let (_, other_key) = issue("shop.test");
-        let err = m.install("shop.test", chain, other_key).unwrap_err();
+        let mut e = issue("shop.test");
+        e.key = issue("shop.test").key;
+        let err = m.install("shop.test", e, true).unwrap_err();
         assert!(err.contains("does not fit"), "{err}");
         assert!(m.is_empty());
     }
