@@ -138,20 +138,24 @@ impl Control {
             self.acme.wanted_at = Some(at);
             let names = self.acme_wanted(&cfg);
             let (added, removed) = self.acme.schedule.want(&names);
-            if added + removed > 0 {
+            if !added.is_empty() || removed > 0 {
                 tracing::info!(
-                    added,
+                    added = added.len(),
                     removed,
                     names = names.len(),
                     "acme: names to cover changed"
                 );
             }
-            for (name, stored) in self.shared.managed.all() {
-                self.acme.schedule.held(
-                    &name,
-                    secs_to_ms(stored.not_before),
-                    secs_to_ms(stored.not_after),
-                );
+            // A name new to the schedule may have a certificate already
+            // (kept from before, or a peer's).
+            for name in added {
+                if let Some(stored) = self.shared.managed.get(&name) {
+                    self.acme.schedule.held(
+                        &name,
+                        secs_to_ms(stored.not_before),
+                        secs_to_ms(stored.not_after),
+                    );
+                }
             }
         }
         self.acme.idle_reason = self.acme_idle_reason();

@@ -125,8 +125,8 @@ impl Schedule {
 
     /// The names certificates are wanted for from now on: new ones are due
     /// at once, ones no longer wanted are forgotten (their certificates are
-    /// not renewed). Returns how many were added and removed.
-    pub fn want(&mut self, names: &BTreeSet<String>) -> (usize, usize) {
+    /// not renewed). Returns the names added, and how many were removed.
+    pub fn want(&mut self, names: &BTreeSet<String>) -> (Vec<String>, usize) {
         let gone: Vec<String> = self
             .entries
             .keys()
@@ -138,7 +138,7 @@ impl Schedule {
                 self.queue.remove(&(e.next_ms, n.clone()));
             }
         }
-        let mut added = 0;
+        let mut added = Vec::new();
         for n in names {
             if !self.entries.contains_key(n) {
                 self.entries.insert(
@@ -153,7 +153,7 @@ impl Schedule {
                     },
                 );
                 self.queue.insert((0, n.clone()));
-                added += 1;
+                added.push(n.clone());
             }
         }
         (added, gone.len())
@@ -367,7 +367,10 @@ mod tests {
         let t = 3 * DAY;
         s.due(t);
         s.finished("a.test", Ok((t, t + 90 * DAY)), t);
-        assert_eq!(s.want(&names(&["a.test", "c.test"])), (1, 1));
+        assert_eq!(
+            s.want(&names(&["a.test", "c.test"])),
+            (vec!["c.test".to_owned()], 1)
+        );
         assert!(s.get("b.test").is_none());
         assert_eq!(s.due(t).as_deref(), Some("c.test"));
         assert_eq!(s.due(t), None);
