@@ -193,23 +193,13 @@ impl Control {
         names
     }
 
-    /// Why this appliance may not order now: a backup leaves it to the
-    /// master, which holds the addresses the CA validates against.
+    /// Why this appliance may not order now, if it may not.
     fn acme_idle_reason(&self) -> Option<&'static str> {
-        if self.stopping {
-            return Some("stopping");
-        }
-        if self.config.failover.is_some() {
-            let master = self
-                .shared
-                .failover
-                .status()
-                .is_some_and(|s| s.state == crate::failover::machine::State::Master);
-            if !master {
-                return Some("backup: the master orders");
-            }
-        }
-        None
+        idle_reason(
+            self.stopping,
+            self.config.failover.is_some(),
+            self.shared.failover.status().map(|s| s.state),
+        )
     }
 
     /// Writes shard `shard` as served here, with `new` (a certificate not
@@ -403,6 +393,24 @@ impl Control {
         // CA made the account does not lose it.
         self.acme_save_account();
         Ok(account)
+    }
+}
+
+/// Why an appliance does not order: it is stopping, or it is in a pair
+/// and not its master (the master holds the addresses the CA validates
+/// against, and one orderer spends the CA's limits once). `state` is the
+/// failover's, `None` while it has not started.
+fn idle_reason(
+    stopping: bool,
+    failover: bool,
+    state: Option<crate::failover::machine::State>,
+) -> Option<&'static str> {
+    if stopping {
+        return Some("stopping");
+    }
+    match (failover, state) {
+        (false, _) | (true, Some(crate::failover::machine::State::Master)) => None,
+        (true, _) => Some("backup: the master orders"),
     }
 }
 
@@ -689,5 +697,32 @@ impl Manager {
             "ACME certificates past their notAfter, still the only one held for their name.",
         );
         let _ = writeln!(o, "edgebox_acme_certificates_expired {expired}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::machine::State;
+
+    #[test]
+    fn in_a_pair_only_the_master_orders() {
+        assert_eq!(
+            idle_reason(false, false, None),
+            None,
+            "on its own it orders"
+        );
+        assert_eq!(idle_reason(false, true, Some(State::Master)), None);
+        for not_master in [None, Some(State::Initialize), Some(State::Backup)] {
+            assert_eq!(
+                idle_reason(false, true, not_master),
+                Some("backup: the master orders")
+            );
+        }
+        assert_eq!(
+            idle_reason(true, true, Some(State::Master)),
+            Some("stopping")
+        );
+        assert_eq!(idle_reason(true, false, None), Some("stopping"));
     }
 }
