@@ -321,6 +321,12 @@ fn names_listed_and_hosts_of_the_map_get_certificates_by_http01_and_tls_alpn01_a
     assert_eq!(v["orders"]["issued"], 2);
     assert_eq!(v["orders"]["failed"], 0);
 
+    // A shop taken out of the map is no longer renewed; its certificate
+    // stays served until it expires.
+    eb.api("DELETE", "/v1/hostmap/shop.test", None, &[])
+        .expect(204);
+    wait_row(&eb, "shop.test", ISSUE, |r| r["state"] == "served");
+
     let listing = ok(eb.ctl(&["acme"]));
     assert!(
         listing.contains("listed.test") && listing.contains("valid"),
@@ -328,7 +334,7 @@ fn names_listed_and_hosts_of_the_map_get_certificates_by_http01_and_tls_alpn01_a
     );
     let metrics = eb.api("GET", "/metrics", None, &[]).expect(200).body;
     assert!(
-        metrics.contains("edgebox_acme_names{state=\"valid\"} 2"),
+        metrics.contains("edgebox_acme_names{state=\"valid\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("edgebox_acme_certificates 2"));

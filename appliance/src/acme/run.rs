@@ -38,6 +38,9 @@ pub struct Manager {
     account: Option<Arc<Account>>,
     /// The config and host-map generations the wanted names were taken at.
     wanted_at: Option<(u64, u64)>,
+    /// Hosts of the host map changed one by one since then (`None`: the
+    /// map was replaced whole, look at all of it).
+    changed_hosts: Option<BTreeSet<String>>,
     pub running: usize,
     pub issued: u64,
     pub failed: u64,
@@ -56,6 +59,7 @@ impl Default for Manager {
             schedule: Schedule::new(100),
             account: None,
             wanted_at: None,
+            changed_hosts: Some(BTreeSet::new()),
             running: 0,
             issued: 0,
             failed: 0,
@@ -134,6 +138,29 @@ impl Control {
         };
         self.acme.schedule.per_hour = cfg.orders_per_hour;
         let at = (self.gens.config, self.gens.hostmap);
+        let changed = self.acme.changed_hosts.replace(BTreeSet::new());
+        let whole = self.acme.wanted_at.map(|(config, _)| config) != Some(at.0);
+        if self.acme.wanted_at != Some(at) && !whole {
+            if let Some(hosts) = changed {
+                // Entries set or deleted one by one: only they are looked
+                // at, so a change costs the same with a million shops.
+                self.acme.wanted_at = Some(at);
+                for host in hosts {
+                    let wanted = cfg.names.contains(&host) || self.acme_wants_host(&cfg, &host);
+                    if wanted && self.acme.schedule.add(&host) {
+                        if let Some(stored) = self.shared.managed.get(&host) {
+                            self.acme.schedule.held(
+                                &host,
+                                secs_to_ms(stored.not_before),
+                                secs_to_ms(stored.not_after),
+                            );
+                        }
+                    } else if !wanted {
+                        self.acme.schedule.remove(&host);
+                    }
+                }
+            }
+        }
         if self.acme.wanted_at != Some(at) {
             self.acme.wanted_at = Some(at);
             let names = self.acme_wanted(&cfg);
@@ -184,13 +211,19 @@ impl Control {
         if cfg.hostmap {
             let snap = self.shared.snapshot.load();
             for (host, _) in self.hostmap.iter() {
-                let covered = snap.certs.as_ref().is_some_and(|c| c.covers(host));
-                if !covered && crate::config::acme::check_dns_name(host).is_ok() {
+                if wants_host(&snap, host) {
                     names.insert(host.to_owned());
                 }
             }
         }
         names
+    }
+
+    /// Whether the host map's `host` (in it now) gets a certificate.
+    fn acme_wants_host(&self, cfg: &crate::config::acme::Acme, host: &str) -> bool {
+        cfg.hostmap
+            && self.hostmap.get(host).is_some()
+            && wants_host(&self.shared.snapshot.load(), host)
     }
 
     /// Why this appliance may not order now, if it may not.
@@ -394,6 +427,13 @@ impl Control {
         self.acme_save_account();
         Ok(account)
     }
+}
+
+/// A host of the host map gets a certificate unless a configured one
+/// covers it or it cannot have one (an IP address, one label).
+fn wants_host(snap: &crate::snapshot::Snapshot, host: &str) -> bool {
+    let covered = snap.certs.as_ref().is_some_and(|c| c.covers(host));
+    !covered && crate::config::acme::check_dns_name(host).is_ok()
 }
 
 /// Why an appliance does not order: it is stopping, or it is in a pair
@@ -650,6 +690,18 @@ async fn exchange(tls: &Arc<rustls::ClientConfig>, req: &Request) -> Result<Resp
 }
 
 impl Manager {
+    /// Host-map entries changed (set or deleted) one by one.
+    pub fn hosts_changed<'a>(&mut self, hosts: impl IntoIterator<Item = &'a str>) {
+        if let Some(changed) = &mut self.changed_hosts {
+            changed.extend(hosts.into_iter().map(str::to_owned));
+        }
+    }
+
+    /// The host map was replaced whole.
+    pub fn hostmap_replaced(&mut self) {
+        self.changed_hosts = None;
+    }
+
     /// The ACME families of `/metrics`: bounded, whatever the number of
     /// names (one series per state and result).
     pub fn render_prometheus(&self, managed: &Managed, now_s: i64, o: &mut String) {

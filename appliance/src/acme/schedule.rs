@@ -134,29 +134,42 @@ impl Schedule {
             .cloned()
             .collect();
         for n in &gone {
-            if let Some(e) = self.entries.remove(n) {
-                self.queue.remove(&(e.next_ms, n.clone()));
-            }
+            self.remove(n);
         }
-        let mut added = Vec::new();
-        for n in names {
-            if !self.entries.contains_key(n) {
-                self.entries.insert(
-                    n.clone(),
-                    Entry {
-                        state: State::Pending,
-                        not_before_ms: None,
-                        not_after_ms: None,
-                        next_ms: 0,
-                        attempts: 0,
-                        last_error: None,
-                    },
-                );
-                self.queue.insert((0, n.clone()));
-                added.push(n.clone());
-            }
-        }
+        let added = names.iter().filter(|n| self.add(n)).cloned().collect();
         (added, gone.len())
+    }
+
+    /// One name wanted from now on (due at once); false if it was already.
+    pub fn add(&mut self, name: &str) -> bool {
+        if self.entries.contains_key(name) {
+            return false;
+        }
+        self.entries.insert(
+            name.to_owned(),
+            Entry {
+                state: State::Pending,
+                not_before_ms: None,
+                not_after_ms: None,
+                next_ms: 0,
+                attempts: 0,
+                last_error: None,
+            },
+        );
+        self.queue.insert((0, name.to_owned()));
+        true
+    }
+
+    /// One name no longer wanted; false if it was not. An order running
+    /// for it finishes and is then forgotten.
+    pub fn remove(&mut self, name: &str) -> bool {
+        match self.entries.remove(name) {
+            Some(e) => {
+                self.queue.remove(&(e.next_ms, name.to_owned()));
+                true
+            }
+            None => false,
+        }
     }
 
     /// A certificate for `name` is held (found at start, issued here, or

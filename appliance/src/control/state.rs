@@ -451,6 +451,7 @@ impl Control {
                 self.hostmap_journal = 0;
                 self.publish(prepared.snapshot);
                 self.hostmap = Arc::new(map);
+                self.acme.hostmap_replaced();
                 tracing::info!(
                     generation = gens.hostmap,
                     entries = self.hostmap.len(),
@@ -484,6 +485,7 @@ impl Control {
         }
         self.publish(snapshot);
         self.hostmap = Arc::new(map);
+        self.acme.hosts_changed(changes.iter().map(|c| c.host()));
         Ok(())
     }
 
