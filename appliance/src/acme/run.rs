@@ -46,8 +46,6 @@ pub struct Manager {
     pub failed: u64,
     /// Why this appliance does not order now, if it does not.
     pub idle_reason: Option<&'static str>,
-    /// The names of the certificates served, by shard.
-    shards: BTreeMap<u8, BTreeSet<String>>,
     /// Shards whose stored blob lacks what is served here (a peer's
     /// version replaced ours): written again on the next tick.
     dirty: BTreeSet<u8>,
@@ -64,7 +62,6 @@ impl Default for Manager {
             issued: 0,
             failed: 0,
             idle_reason: Some("no acme section"),
-            shards: BTreeMap::new(),
             dirty: BTreeSet::new(),
         }
     }
@@ -102,6 +99,21 @@ struct StoredAccount {
 
 /// Starts what is due, every second, for as long as the control thread runs.
 pub async fn run(control: Rc<RefCell<Control>>) {
+    let managed = Arc::clone(&control.borrow().shared.managed);
+    let started = std::time::Instant::now();
+    let preload = tokio::task::spawn_blocking(move || {
+        managed.preload();
+        managed.len()
+    });
+    if let Ok(n) = preload.await {
+        if n > 0 {
+            tracing::info!(
+                certificates = n,
+                took_ms = started.elapsed().as_millis() as u64,
+                "acme: certificates read"
+            );
+        }
+    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -239,18 +251,14 @@ impl Control {
     /// served yet) in it: a blob, then the catalog item naming it (durable,
     /// and announced to the peers).
     fn acme_write_shard(&mut self, shard: u8, new: Option<(&str, &Entry)>) -> Result<(), String> {
-        let managed = &self.shared.managed;
-        let held: Vec<(String, Arc<crate::tls::managed::Stored>)> = self
-            .acme
-            .shards
-            .get(&shard)
+        let held: Vec<_> = self
+            .shared
+            .managed
+            .shard(shard)
             .into_iter()
-            .flatten()
-            .filter(|n| new.is_none_or(|(name, _)| name != n.as_str()))
-            .filter_map(|n| Some((n.clone(), managed.get(n)?)))
+            .filter(|(n, _)| new.is_none_or(|(name, _)| name != &**n))
             .collect();
-        let bytes =
-            super::shard::encode(held.iter().map(|(n, s)| (n.as_str(), &s.entry)).chain(new));
+        let bytes = super::shard::encode(held.iter().map(|(n, s)| (&**n, &s.entry)).chain(new));
         let hash = self
             .content
             .blobs()
@@ -267,23 +275,13 @@ impl Control {
         let stored = self.shared.managed.install(name, entry, check)?;
         let (nb, na) = (secs_to_ms(stored.not_before), secs_to_ms(stored.not_after));
         self.acme.schedule.held(name, nb, na);
-        self.acme
-            .shards
-            .entry(super::shard::shard_of(name))
-            .or_default()
-            .insert(name.to_owned());
         Ok((nb, na))
     }
 
-    /// A certificate shard (from a peer, or found at start). Each name
-    /// keeps the certificate that expires last, ours or the shard's; what
-    /// we hold that the shard lacks is written back, so both converge.
-    pub fn apply_cert_shard(
-        &mut self,
-        shard: u8,
-        value: &Value,
-        from_peer: bool,
-    ) -> Result<(), String> {
+    /// A peer's certificate shard. Each name keeps the certificate that
+    /// expires last, ours or the shard's; what we hold that the shard lacks
+    /// is written back, so both converge.
+    pub fn apply_cert_shard(&mut self, shard: u8, value: &Value) -> Result<(), String> {
         let theirs = match value {
             Value::Blob { hash } => {
                 let bytes = self
@@ -303,37 +301,37 @@ impl Control {
             match self.shared.managed.get(name) {
                 Some(held) if held.not_after >= na => ours_newer |= held.entry.leaf != entry.leaf,
                 _ => {
-                    self.acme_serve(name, entry.clone(), from_peer)?;
+                    self.acme_serve(name, entry.clone(), true)?;
                 }
             }
         }
-        let held = self.acme.shards.get(&shard).map_or(0, BTreeSet::len);
-        if from_peer && (ours_newer || held > theirs.len()) {
+        let held = self.shared.managed.shard(shard).len();
+        if ours_newer || held > theirs.len() {
             self.acme.dirty.insert(shard);
         }
         Ok(())
     }
 
-    /// Serves the certificates the catalog names (at start).
-    pub fn load_acme_certs(&mut self) {
-        let items: Vec<(u8, Value)> = self
+    /// Tells the data plane where the certificate shards are stored (at
+    /// start): each is read when first needed, and all of them soon after
+    /// the start by [`run`], off the data plane.
+    pub fn open_acme_certs(&mut self) {
+        let sources: Vec<(u8, edgebox_storage::Hash)> = self
             .replica
             .node
             .catalog
             .items()
-            .filter_map(|i| Some((super::shard::of_key(&i.key)?, i.value.clone())))
+            .filter_map(|i| match (super::shard::of_key(&i.key), &i.value) {
+                (Some(shard), Value::Blob { hash }) => Some((shard, *hash)),
+                _ => None,
+            })
             .collect();
-        for (shard, value) in items {
-            if let Err(e) = self.apply_cert_shard(shard, &value, false) {
-                tracing::error!("acme: cannot serve certificate shard {shard:02x}: {e}");
-            }
+        if !sources.is_empty() {
+            tracing::info!(shards = sources.len(), "acme: certificate shards found");
         }
-        if !self.shared.managed.is_empty() {
-            tracing::info!(
-                certificates = self.shared.managed.len(),
-                "acme: certificates loaded"
-            );
-        }
+        self.shared
+            .managed
+            .open(self.content.blobs().clone(), sources);
     }
 
     /// Writes the account's URL to the catalog once the CA has given it.

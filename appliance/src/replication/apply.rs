@@ -23,9 +23,7 @@ pub async fn apply(control: &Rc<RefCell<Control>>, item: Item) {
         "hostmap" => apply_shard(control, &item),
         "tickets" => apply_tickets(control, &item),
         "certs" => match crate::acme::shard::of_key(&item.key) {
-            Some(shard) => control
-                .borrow_mut()
-                .apply_cert_shard(shard, &item.value, true),
+            Some(shard) => control.borrow_mut().apply_cert_shard(shard, &item.value),
             None => Err("not a certificate shard".into()),
         },
         // Kept in the catalog, read from there when this appliance orders.

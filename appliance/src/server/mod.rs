@@ -353,7 +353,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         cert_expiry: Default::default(),
         acme: Default::default(),
     };
-    control.load_acme_certs();
+    control.open_acme_certs();
     crate::control::start(crate::control::Start {
         control,
         identity: std::sync::Arc::new(identity),

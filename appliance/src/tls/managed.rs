@@ -2,23 +2,30 @@
 //! challenges, as every core's handshakes and plain-HTTP requests see them.
 //!
 //! The control plane writes (a new certificate, a challenge provisioned or
-//! withdrawn) by publishing a new map through `arc-swap`; cores only read.
-//! Certificates are kept as DER and parsed into a rustls [`CertifiedKey`]
-//! on a core's first handshake for the name, then kept in that core's own
-//! bounded cache: so a table of 100 000 names costs its bytes, not 100 000
-//! parsed keys, and no handshake takes a lock. The certificate table is a
-//! persistent map, so adding one name copies a path of the map, not the
-//! whole map.
+//! withdrawn) by publishing new maps through `arc-swap`; cores only read.
+//!
+//! Certificates are in the 256 shards they are stored in
+//! ([`crate::acme::shard`]). A shard is read from its blob the first time
+//! anything needs it (a handshake for one of its names, the control plane,
+//! or the preload that follows the start), so start-up does not grow with
+//! the number of certificates. Each is kept as DER and parsed into a rustls
+//! [`CertifiedKey`] on a core's first handshake for the name, then kept in
+//! that core's own bounded cache: so 100 000 names cost their bytes, not
+//! 100 000 parsed keys, and no handshake takes a lock once its shard is
+//! read. A shard's table is a persistent map, so adding one name copies a
+//! path of it, not the whole map.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
+use edgebox_storage::{Blobs, Hash};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::acme::shard::shard_of;
 pub use crate::acme::shard::Entry;
 
 /// The path prefix of HTTP-01 challenges (RFC 8555 8.3).
@@ -40,17 +47,28 @@ pub struct Stored {
     pub not_after: i64,
 }
 
+type Table = imbl::HashMap<Arc<str>, Arc<Stored>>;
+
+/// One shard: where it is stored, and its table once read.
 #[derive(Debug, Default)]
+struct Slot {
+    source: Mutex<Option<Hash>>,
+    table: OnceLock<ArcSwap<Table>>,
+}
+
+#[derive(Debug)]
 pub struct Managed {
-    certs: ArcSwap<imbl::HashMap<Arc<str>, Arc<Stored>>>,
+    slots: Box<[Slot]>,
+    /// Where shards are read from (none: nothing stored, as in tests).
+    blobs: OnceLock<Blobs>,
     /// TLS-ALPN-01: the challenge certificate for a name.
     alpn: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     /// HTTP-01: token → key authorization.
     http: ArcSwap<HashMap<String, String>>,
     ids: AtomicU64,
     /// The distinct intermediate chains, each kept once however many
-    /// certificates a CA issued under it (written by the control plane).
-    chains: std::sync::Mutex<Vec<Arc<[CertificateDer<'static>]>>>,
+    /// certificates a CA issued under it.
+    chains: Mutex<Vec<Arc<[CertificateDer<'static>]>>>,
 }
 
 thread_local! {
@@ -60,21 +78,84 @@ thread_local! {
 
 impl Managed {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Arc::new(Self {
+            slots: (0..256).map(|_| Slot::default()).collect(),
+            blobs: OnceLock::new(),
+            alpn: ArcSwap::default(),
+            http: ArcSwap::default(),
+            ids: AtomicU64::new(0),
+            chains: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Where the shards are stored: read from `blobs` when first needed.
+    pub fn open(&self, blobs: Blobs, sources: impl IntoIterator<Item = (u8, Hash)>) {
+        let _ = self.blobs.set(blobs);
+        for (shard, hash) in sources {
+            *lock(&self.slots[usize::from(shard)].source) = Some(hash);
+        }
+    }
+
+    /// Shard `shard`'s table, read from its blob on first use. A shard that
+    /// cannot be read serves nothing (and says so); it is read whole or
+    /// not at all.
+    fn table(&self, shard: u8) -> &ArcSwap<Table> {
+        let slot = &self.slots[usize::from(shard)];
+        slot.table.get_or_init(|| {
+            let source = *lock(&slot.source);
+            let (Some(hash), Some(blobs)) = (source, self.blobs.get()) else {
+                return ArcSwap::default();
+            };
+            let read = blobs
+                .read_verified(&hash)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| crate::acme::shard::decode(shard, &bytes));
+            match read {
+                Ok(entries) => {
+                    let mut table = Table::new();
+                    for (name, entry) in entries {
+                        match self.stored(entry) {
+                            Ok(s) => {
+                                table.insert(Arc::from(name), s);
+                            }
+                            Err(e) => tracing::error!(name, "acme: a stored certificate is unusable: {e}"),
+                        }
+                    }
+                    ArcSwap::from_pointee(table)
+                }
+                Err(e) => {
+                    tracing::error!("acme: certificate shard {shard:02x} cannot be read, its names are not served: {e}");
+                    ArcSwap::default()
+                }
+            }
+        })
+    }
+
+    fn stored(&self, mut entry: Entry) -> Result<Arc<Stored>, String> {
+        let (not_before, not_after) = super::validity::validity(&entry.leaf)
+            .ok_or("cannot read the certificate's validity")?;
+        entry.chain = self.intern(&entry.chain);
+        Ok(Arc::new(Stored {
+            id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
+            entry,
+            not_before,
+            not_after,
+        }))
+    }
+
+    /// Reads every shard not read yet (after the start, off the data
+    /// plane, so that handshakes rarely find one unread).
+    pub fn preload(&self) {
+        for shard in 0..=255 {
+            self.table(shard);
+        }
     }
 
     /// Installs (or replaces) the certificate of `name`. With `check`, the
     /// key is first proven to fit the leaf (a parse of both), so nothing
     /// unusable is ever served; certificates read back from this
     /// appliance's own store were checked when they came in.
-    pub fn install(
-        &self,
-        name: &str,
-        mut entry: Entry,
-        check: bool,
-    ) -> Result<Arc<Stored>, String> {
-        let (not_before, not_after) = super::validity::validity(&entry.leaf)
-            .ok_or("cannot read the certificate's validity")?;
+    pub fn install(&self, name: &str, entry: Entry, check: bool) -> Result<Arc<Stored>, String> {
         if check {
             CertifiedKey::from_der(
                 entry.full_chain(),
@@ -83,15 +164,9 @@ impl Managed {
             )
             .map_err(|e| format!("the key does not fit the certificate: {e}"))?;
         }
-        entry.chain = self.intern(&entry.chain);
-        let stored = Arc::new(Stored {
-            id: self.ids.fetch_add(1, Ordering::Relaxed) + 1,
-            entry,
-            not_before,
-            not_after,
-        });
-        self.certs.rcu(|m| {
-            let mut m = imbl::HashMap::clone(m);
+        let stored = self.stored(entry)?;
+        self.table(shard_of(name)).rcu(|m| {
+            let mut m = Table::clone(m);
             m.insert(Arc::from(name), Arc::clone(&stored));
             m
         });
@@ -99,7 +174,7 @@ impl Managed {
     }
 
     fn intern(&self, chain: &Arc<[CertificateDer<'static>]>) -> Arc<[CertificateDer<'static>]> {
-        let mut known = self.chains.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = lock(&self.chains);
         if let Some(c) = known.iter().find(|c| c[..] == chain[..]) {
             return Arc::clone(c);
         }
@@ -108,38 +183,43 @@ impl Managed {
     }
 
     pub fn remove(&self, name: &str) {
-        self.certs.rcu(|m| {
-            let mut m = imbl::HashMap::clone(m);
+        self.table(shard_of(name)).rcu(|m| {
+            let mut m = Table::clone(m);
             m.remove(name);
             m
         });
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Stored>> {
-        self.certs.load().get(name).cloned()
+        self.table(shard_of(name)).load().get(name).cloned()
     }
 
-    pub fn len(&self) -> usize {
-        self.certs.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.certs.load().is_empty()
-    }
-
-    /// Every name with its certificate.
-    pub fn all(&self) -> Vec<(Arc<str>, Arc<Stored>)> {
-        self.certs
+    /// Shard `shard`'s names with their certificates.
+    pub fn shard(&self, shard: u8) -> Vec<(Arc<str>, Arc<Stored>)> {
+        self.table(shard)
             .load()
             .iter()
             .map(|(n, s)| (Arc::clone(n), Arc::clone(s)))
             .collect()
     }
 
+    /// Every name with its certificate (reads every shard).
+    pub fn all(&self) -> Vec<(Arc<str>, Arc<Stored>)> {
+        (0..=255).flat_map(|s| self.shard(s)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        (0..=255).map(|s| self.table(s).load().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The certificate for `name` (lower case, no trailing dot), parsed on
     /// this thread's first use.
     pub fn resolve(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        let stored = self.certs.load().get(name).cloned()?;
+        let stored = self.get(name)?;
         PARSED.with(|cache| {
             let mut cache = cache.borrow_mut();
             if let Some(k) = cache.get(&stored.id) {
@@ -211,6 +291,10 @@ impl Managed {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The certificate answering a TLS-ALPN-01 challenge for `name`: self-signed,
 /// for `name` alone, with the critical acmeIdentifier extension holding the
 /// SHA-256 of the key authorization (RFC 8737 3).
@@ -239,6 +323,10 @@ mod tests {
     use super::*;
 
     fn issue(name: &str) -> Entry {
+        issue_for(name)
+    }
+
+    pub(crate) fn issue_for(name: &str) -> Entry {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
             .unwrap()
@@ -276,6 +364,43 @@ mod tests {
         assert_eq!(m.resolve("shop.test").unwrap().cert, chain2);
         m.remove("shop.test");
         assert!(m.resolve("shop.test").is_none());
+    }
+
+    #[test]
+    fn a_shard_is_read_from_its_blob_when_first_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let names: Vec<String> = (0..)
+            .map(|i| format!("shop{i}.test"))
+            .filter(|n| shard_of(n) == 3)
+            .take(2)
+            .collect();
+        let entries: Vec<Entry> = names.iter().map(|n| issue(n)).collect();
+        let bytes = crate::acme::shard::encode(names.iter().map(String::as_str).zip(&entries));
+        let hash = blobs.put(&bytes).unwrap();
+        let missing = Hash::of(b"never stored");
+        let m = Managed::new();
+        m.open(blobs, [(3, hash), (4, missing)]);
+        assert!(m.slots[3].table.get().is_none(), "nothing read at open");
+        let key = m.resolve(&names[1]).expect("read on first use");
+        assert_eq!(key.cert, entries[1].full_chain());
+        assert!(m.slots[3].table.get().is_some());
+        assert!(m.slots[5].table.get().is_none(), "only the shard needed");
+        // A shard whose blob is gone serves nothing, and says so once.
+        let in_4 = (0..)
+            .map(|i| format!("x{i}.test"))
+            .find(|n| shard_of(n) == 4)
+            .unwrap();
+        assert!(m.get(&in_4).is_none());
+        m.preload();
+        assert_eq!(m.len(), 2);
+        // A new certificate joins its shard's table.
+        let third = (0..)
+            .map(|i| format!("y{i}.test"))
+            .find(|n| shard_of(n) == 3)
+            .unwrap();
+        m.install(&third, issue(&third), true).unwrap();
+        assert_eq!(m.shard(3).len(), 3);
     }
 
     #[test]
