@@ -34,7 +34,9 @@ struct Pebble {
     dns: Child,
     dir: tempfile::TempDir,
     pub directory: String,
+    listen: u16,
     mgmt: SocketAddr,
+    dns_port: u16,
     /// pebble's issuing root, fetched from its management interface.
     pub root: PathBuf,
 }
@@ -57,21 +59,42 @@ impl Pebble {
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": validity_s,
         }});
-        let config_path = dir.path().join("pebble.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
         let dns_child = Command::new("pebble-challtestsrv")
             .args(["-dns01", &format!("127.0.0.1:{dns}")])
             .args(["-management", &format!("127.0.0.1:{}", free_tcp_port())])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .stdout(log("dns.log"))
+            .stdout(std::fs::File::create(dir.path().join("dns.log")).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble-challtestsrv (Debian's pebble package; the test command installs it)");
-        let ca = Command::new("pebble")
+        let ca = Self::spawn_ca(dir.path(), dns);
+        let mut me = Self {
+            ca,
+            dns: dns_child,
+            root: dir.path().join("pebble-root.pem"),
+            dir,
+            directory: format!("https://127.0.0.1:{listen}/dir"),
+            listen,
+            mgmt: format!("127.0.0.1:{mgmt}").parse().unwrap(),
+            dns_port: dns,
+        };
+        me.ready(pki);
+        me
+    }
+
+    fn spawn_ca(dir: &std::path::Path, dns: u16) -> Child {
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .unwrap()
+        };
+        Command::new("pebble")
             .arg("-config")
-            .arg(&config_path)
+            .arg(dir.join("pebble.json"))
             .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
             // No random waits before validating; every order gets its own
             // authorizations, so each one proves its challenge again.
@@ -80,24 +103,27 @@ impl Pebble {
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
             .spawn()
-            .expect("pebble (the test command installs it)");
-        let mut me = Self {
-            ca,
-            dns: dns_child,
-            root: dir.path().join("pebble-root.pem"),
-            dir,
-            directory: format!("https://127.0.0.1:{listen}/dir"),
-            mgmt: format!("127.0.0.1:{mgmt}").parse().unwrap(),
-        };
+            .expect("pebble (the test command installs it)")
+    }
+
+    /// Waits until pebble listens, and fetches its root.
+    fn ready(&mut self, pki: &Pki) {
+        let listen = self.listen;
         wait_for("pebble to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", listen)).ok()
         });
-        let root = curl(pki, &[&format!("https://{}/roots/0", me.mgmt)]);
+        let root = curl(pki, &[&format!("https://{}/roots/0", self.mgmt)]);
         assert!(root.status.success(), "pebble's root: {}", root.stderr);
         assert!(root.stdout.contains("BEGIN CERTIFICATE"));
-        std::fs::write(&me.root, &root.stdout).unwrap();
-        me.check_alive();
-        me
+        std::fs::write(&self.root, &root.stdout).unwrap();
+        self.check_alive();
+    }
+
+    /// Starts the CA again after [`Pebble::kill`]: on the same addresses,
+    /// with none of its state (accounts, root), as pebble always does.
+    fn restart(&mut self, pki: &Pki) {
+        self.ca = Self::spawn_ca(self.dir.path(), self.dns_port);
+        self.ready(pki);
     }
 
     fn check_alive(&mut self) {
@@ -453,7 +479,22 @@ fn with_the_ca_down_the_old_certificate_keeps_serving_and_the_failure_shows() {
     let refused = eb.api("POST", "/v1/acme/other.test/renew", None, &[]);
     assert_eq!(refused.status, 404, "{}", refused.body);
 
-    // A restart (the CA still down) serves the certificate it kept.
+    // The CA comes back having forgotten everything (pebble keeps no
+    // state): the account is registered again and the renewal goes through.
+    pebble.restart(&pki);
+    ok(eb.ctl(&["acme", "renew", "steady.test"]));
+    let renewed = wait_row(&eb, "steady.test", ISSUE, |r| r["state"] == "valid");
+    assert_eq!(renewed["attempts"], 0);
+    let serial = served_serial("steady.test", addr);
+    let got = verified_get(&pebble, "steady.test", addr);
+    assert!(
+        got.status.success(),
+        "curl against the new root: {}",
+        got.stderr
+    );
+    pebble.kill();
+
+    // A restart (the CA down again) serves the certificate it kept.
     let eb = Edgebox::restart(eb.stop(), 1);
     assert_eq!(served_serial("steady.test", eb.addr("https")), serial);
     let row = wait_row(&eb, "steady.test", ISSUE, |r| r["not_after"].is_i64());

@@ -208,6 +208,8 @@ pub struct Order {
     fetching_nonce: bool,
     nonce: Option<String>,
     bad_nonces: u32,
+    /// The account was registered again once during this order.
+    registered_again: bool,
     polls: u32,
     order_url: Option<String>,
     authorizations: Vec<String>,
@@ -227,6 +229,7 @@ impl Order {
             fetching_nonce: false,
             nonce: None,
             bad_nonces: 0,
+            registered_again: false,
             polls: 0,
             order_url: None,
             authorizations: Vec::new(),
@@ -356,6 +359,18 @@ impl Order {
             if problem.kind == "badNonce" && self.bad_nonces < NONCE_RETRIES {
                 // Sent again, as it was, with the nonce this answer carried.
                 self.bad_nonces += 1;
+                return;
+            }
+            if problem.kind == "accountDoesNotExist"
+                && matches!(self.phase, Phase::NewOrder)
+                && !self.registered_again
+            {
+                // The CA forgot the account (a test CA restarted, an
+                // account deactivated elsewhere): register the key again,
+                // once, and go on.
+                self.registered_again = true;
+                session.kid = None;
+                self.phase = Phase::Account;
                 return;
             }
             self.fail(problem);

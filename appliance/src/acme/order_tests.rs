@@ -14,6 +14,8 @@ struct FakeCa {
     live_nonces: HashSet<String>,
     /// Reject this many good nonces with badNonce.
     bad_nonces: u32,
+    /// Account URLs the CA no longer knows.
+    forgotten: Vec<String>,
     accounts: u32,
     orders: u32,
     /// Which challenge types the authorization offers.
@@ -157,8 +159,12 @@ impl FakeCa {
                 r
             }
             url => {
+                let kid = header["kid"].as_str().unwrap_or_default().to_owned();
+                if self.forgotten.contains(&kid) {
+                    return self.problem(400, "accountDoesNotExist", "no such account");
+                }
                 assert_eq!(
-                    header["kid"], "https://ca.test/acct/1",
+                    kid, "https://ca.test/acct/1",
                     "{url} is signed by the account"
                 );
                 match url {
@@ -436,4 +442,29 @@ fn rate_limits_and_malformed_answers_fail_with_what_the_ca_said() {
     };
     assert_eq!(p.kind, "client");
     assert!(p.detail.contains("directory"), "{p}");
+}
+
+#[test]
+fn an_account_the_ca_forgot_is_registered_again_once() {
+    let key = AccountKey::generate().unwrap();
+    let mut ca = FakeCa::new(key.thumbprint());
+    ca.forgotten = vec!["https://ca.test/acct/old".into()];
+    let mut s = session();
+    s.kid = Some("https://ca.test/acct/old".into());
+    let run = drive(&mut ca, &mut s, &key, &[ChallengeKind::Http01]);
+    assert!(run.outcome.is_ok(), "{:?}", run.outcome);
+    assert_eq!(ca.accounts, 1, "registered again");
+    assert_eq!(s.kid.as_deref(), Some("https://ca.test/acct/1"));
+
+    // A CA that forgets the new account too: the order fails, no loop.
+    let mut ca = FakeCa::new(key.thumbprint());
+    ca.forgotten = vec![
+        "https://ca.test/acct/old".into(),
+        "https://ca.test/acct/1".into(),
+    ];
+    let mut s = session();
+    s.kid = Some("https://ca.test/acct/old".into());
+    let run = drive(&mut ca, &mut s, &key, &[ChallengeKind::Http01]);
+    assert_eq!(run.outcome.unwrap_err().kind, "accountDoesNotExist");
+    assert_eq!(ca.accounts, 1);
 }
