@@ -118,6 +118,10 @@ async def drive(ws, url, token, backend, shot):
     )
     took = await until("the backend draining", health, "draining")
     print(f"draining shown after {took * 1000:.0f} ms", flush=True)
+    acme = ("[...document.querySelectorAll('#certs tr')].map((r) => r.textContent)"
+            ".find((t) => t.startsWith('ACME')) || ''")
+    await until("the ACME certificates", "(" + acme + ").startsWith('ACME3 served')", True)
+    print("acme: " + await js(acme), flush=True)
     # A few more polls, so that the screenshot's charts have lines.
     await asyncio.sleep(4)
     png = await call("Page.captureScreenshot", format="png", captureBeyondViewport=True)

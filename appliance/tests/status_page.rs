@@ -1,7 +1,8 @@
 //! The status page in a real headless browser (Debian's chromium, driven
 //! over the DevTools protocol by tests/status_page.py): it signs in with the
 //! token, shows a backend going down within its health-check interval, and
-//! its drain button drains it; no console error; a screenshot is saved.
+//! its drain button drains it; it counts the ACME certificates held; no
+//! console error; a screenshot is saved.
 
 #![allow(clippy::unwrap_used)]
 
@@ -35,7 +36,26 @@ fn the_status_page_shows_a_backend_going_down_and_drains_it() {
         json!([{"action": {"proxy": {"pool": "app"}}}]),
     );
     c["client"] = json!({});
-    let eb = Edgebox::start(&c, 1);
+    // Three certificates as ACME would have left them (no CA here).
+    let dir = tempfile::tempdir().unwrap();
+    let acme: Vec<_> = ["a.shop.test", "b.shop.test", "c.shop.test"]
+        .iter()
+        .map(|name| {
+            use rustls_pki_types::pem::PemObject;
+            let leaf = pki.leaf_90_days(name, &[name]);
+            let chain = std::fs::read(&leaf.cert).unwrap();
+            let chain = rustls_pki_types::CertificateDer::pem_slice_iter(&chain)
+                .map(|c| c.unwrap())
+                .collect();
+            let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+            (
+                name.to_string(),
+                edgebox::tls::managed::Entry::new(chain, key).unwrap(),
+            )
+        })
+        .collect();
+    edgebox::acme::import::import(&dir.path().join("data"), acme).unwrap();
+    let eb = Edgebox::start_in(dir, &c, 1);
     let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/status_page.py");
     let mut driver = Command::new("/usr/bin/python3")
@@ -91,6 +111,12 @@ fn the_status_page_shows_a_backend_going_down_and_drains_it() {
         .expect(200)
         .json();
     assert_eq!(status["backends"][0]["state"], "draining", "{status}");
+    let acme = next();
+    assert_eq!(
+        acme, "acme: ACME3 served",
+        "the row: three held, no state of a schedule"
+    );
+    println!("{acme}");
     let errors = next();
     assert_eq!(errors, "console errors: 0", "{errors} {}", next());
     let exit = wait_for("the driver to finish", || driver.try_wait().unwrap());
