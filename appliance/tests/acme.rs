@@ -553,3 +553,147 @@ fn a_certificate_obtained_by_one_appliance_is_served_by_its_peer() {
         );
     }
 }
+
+/// A directory that is pebble's plus `renewalInfo` (RFC 9773), which
+/// pebble 2.4 does not offer: every other URL in it is pebble's own, so the
+/// orders go to pebble; the renewal windows come from here. The first
+/// certificate asked about is told its window has passed (a CA revoking
+/// it, say); every other gets one years away.
+struct RenewalInfo {
+    pub directory: String,
+    /// The certificate IDs asked about, in order.
+    pub asked: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RenewalInfo {
+    fn start(pki: &Pki, pebble: &Pebble) -> Self {
+        let dir = curl(pki, &[&pebble.directory]);
+        assert!(dir.status.success(), "pebble's directory: {}", dir.stderr);
+        let leaf = pki.leaf("renewal-info", &["127.0.0.1"]);
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(&leaf.cert)
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut directory: Value = serde_json::from_str(&dir.stdout).unwrap();
+        directory["renewalInfo"] = json!(format!("https://127.0.0.1:{port}/ari"));
+        let directory = directory.to_string();
+        let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (acceptor, directory, seen) =
+                        (acceptor.clone(), directory.clone(), Arc::clone(&seen));
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let path = req.uri().path().to_owned();
+                                let body = match path.strip_prefix("/ari/") {
+                                    None => directory.clone(),
+                                    Some(id) => {
+                                        let mut seen = seen.lock().unwrap();
+                                        let first = seen.first().is_none_or(|f| f == id);
+                                        seen.push(id.to_owned());
+                                        let (start, end) = if first {
+                                            ("2020-01-01T00:00:00Z", "2020-01-02T00:00:00Z")
+                                        } else {
+                                            ("2099-01-01T00:00:00Z", "2099-01-02T00:00:00Z")
+                                        };
+                                        json!({"suggestedWindow": {"start": start, "end": end}})
+                                            .to_string()
+                                    }
+                                };
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                        http_body_util::Full::new(bytes::Bytes::from(body)),
+                                    ))
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        Self {
+            directory: format!("https://127.0.0.1:{port}/dir"),
+            asked,
+        }
+    }
+}
+
+#[test]
+fn a_ca_renewal_window_that_has_passed_renews_at_once_and_a_later_one_waits() {
+    let pki = Pki::new();
+    let (https, http) = (free_tcp_port(), free_tcp_port());
+    let pebble = Pebble::start(&pki, http, https, 7_776_000);
+    let ari = RenewalInfo::start(&pki, &pebble);
+    let mut cfg = config(
+        &pebble,
+        &pki,
+        https,
+        http,
+        json!({"names": ["window.test"]}),
+    );
+    cfg["acme"]["directory_url"] = json!(ari.directory);
+    let eb = Edgebox::start(&cfg, 1);
+    let first = wait_row(&eb, "window.test", ISSUE, |r| r["state"] == "valid");
+    // The first certificate's window has passed: renewed at once, well
+    // before two thirds of its 90 days.
+    let second = wait_row(&eb, "window.test", ISSUE, |r| {
+        r["state"] == "valid" && r["not_before"].as_i64() > first["not_before"].as_i64()
+    });
+    let v = wait_for("the renewed certificate's window to be asked for", || {
+        let v = acme_state(&eb);
+        (ari.asked.lock().unwrap().len() >= 2).then_some(v)
+    });
+    assert_eq!(v["orders"]["issued"], 2, "{v:#}");
+    let asked = ari.asked.lock().unwrap().clone();
+    assert_ne!(
+        asked[0], asked[1],
+        "asked about each certificate by its own ID"
+    );
+    // The second one's window is in 2099; capped at nine tenths of its
+    // lifetime, which is still far off: no third order.
+    std::thread::sleep(Duration::from_secs(3));
+    let v = acme_state(&eb);
+    assert_eq!(v["orders"]["issued"], 2, "{v:#}");
+    let row = &v["certificates"][0];
+    let lifetime = row["not_after"].as_u64().unwrap() - row["not_before"].as_u64().unwrap();
+    let due = row["next_attempt"].as_u64().unwrap() - row["not_before"].as_u64().unwrap();
+    assert_eq!(
+        due,
+        lifetime * 1000 / 10 * 9 / 1000,
+        "{row} (second: {second})"
+    );
+    // The ID is RFC 9773's for the certificate served.
+    let served = served_serial("window.test", eb.addr("https"));
+    let serial = edgebox::acme::jws::b64(&served);
+    assert!(asked[1].ends_with(&format!(".{serial}")), "{asked:?}");
+}

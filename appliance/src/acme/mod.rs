@@ -11,6 +11,7 @@
 //!   kept in [`shard`]s (blobs named by the catalog items `certs/XX`),
 //!   so a peer serves them too.
 
+pub mod ari;
 pub mod import;
 pub mod jws;
 pub mod order;

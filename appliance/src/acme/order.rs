@@ -123,6 +123,9 @@ pub struct Directory {
     pub new_nonce: String,
     pub new_account: String,
     pub new_order: String,
+    /// RFC 9773: where renewal windows are asked for, if the CA offers them.
+    #[serde(default)]
+    pub renewal_info: Option<String>,
     #[serde(default)]
     pub meta: Option<Value>,
 }

@@ -379,6 +379,7 @@ fn rate_limits_and_malformed_answers_fail_with_what_the_ca_said() {
         new_nonce: "n".into(),
         new_account: "a".into(),
         new_order: "o".into(),
+        renewal_info: None,
         meta: None,
     });
     s.kid = Some("k".into());

@@ -49,6 +49,12 @@ pub struct Manager {
     /// Shards whose stored blob lacks what is served here (a peer's
     /// version replaced ours): written again on the next tick.
     dirty: BTreeSet<u8>,
+    /// When to ask the CA for each certificate's renewal window (RFC
+    /// 9773), if it offers them: (Unix ms, name), and by name.
+    ari: BTreeSet<(u64, String)>,
+    ari_next: std::collections::HashMap<String, u64>,
+    /// A directory fetch (for `renewalInfo`) is out.
+    fetching_directory: bool,
 }
 
 impl Default for Manager {
@@ -63,6 +69,9 @@ impl Default for Manager {
             failed: 0,
             idle_reason: Some("no acme section"),
             dirty: BTreeSet::new(),
+            ari: BTreeSet::new(),
+            ari_next: Default::default(),
+            fetching_directory: false,
         }
     }
 }
@@ -121,6 +130,7 @@ pub async fn run(control: Rc<RefCell<Control>>) {
         for name in due {
             tokio::task::spawn_local(order_one(Rc::clone(&control), name));
         }
+        ask_renewal_info(&control);
     }
 }
 
@@ -160,13 +170,7 @@ impl Control {
                 for host in hosts {
                     let wanted = cfg.names.contains(&host) || self.acme_wants_host(&cfg, &host);
                     if wanted && self.acme.schedule.add(&host) {
-                        if let Some(stored) = self.shared.managed.get(&host) {
-                            self.acme.schedule.held(
-                                &host,
-                                secs_to_ms(stored.not_before),
-                                secs_to_ms(stored.not_after),
-                            );
-                        }
+                        self.acme_found(&host);
                     } else if !wanted {
                         self.acme.schedule.remove(&host);
                     }
@@ -188,13 +192,7 @@ impl Control {
             // A name new to the schedule may have a certificate already
             // (kept from before, or a peer's).
             for name in added {
-                if let Some(stored) = self.shared.managed.get(&name) {
-                    self.acme.schedule.held(
-                        &name,
-                        secs_to_ms(stored.not_before),
-                        secs_to_ms(stored.not_after),
-                    );
-                }
+                self.acme_found(&name);
             }
         }
         self.acme.idle_reason = self.acme_idle_reason();
@@ -269,13 +267,27 @@ impl Control {
         Ok(())
     }
 
+    /// A name new to the schedule may have a certificate already (kept
+    /// from before, or a peer's): it is renewed when due, not ordered.
+    fn acme_found(&mut self, name: &str) {
+        if let Some(stored) = self.shared.managed.get(name) {
+            self.acme_held(name, &stored);
+        }
+    }
+
+    fn acme_held(&mut self, name: &str, stored: &crate::tls::managed::Stored) {
+        let (nb, na) = (secs_to_ms(stored.not_before), secs_to_ms(stored.not_after));
+        self.acme.schedule.held(name, nb, na);
+        // The CA's renewal window for it, if the CA offers them, soon.
+        self.acme.ari_at(name, 0);
+    }
+
     /// Serves a certificate (checked first when `check`), and renews it
     /// when due.
     fn acme_serve(&mut self, name: &str, entry: Entry, check: bool) -> Result<(u64, u64), String> {
         let stored = self.shared.managed.install(name, entry, check)?;
-        let (nb, na) = (secs_to_ms(stored.not_before), secs_to_ms(stored.not_after));
-        self.acme.schedule.held(name, nb, na);
-        Ok((nb, na))
+        self.acme_held(name, &stored);
+        Ok((secs_to_ms(stored.not_before), secs_to_ms(stored.not_after)))
     }
 
     /// A peer's certificate shard. Each name keeps the certificate that
@@ -468,6 +480,114 @@ fn client(detail: impl Into<String>) -> Problem {
         detail: detail.into(),
         retry_after: None,
     }
+}
+
+/// How many renewal windows are asked for a second at most (100 000
+/// certificates asked every six hours are about 5 a second).
+const ARI_PER_TICK: usize = 20;
+
+/// Asks the CA for the renewal windows that are due, if it offers them
+/// (its directory has `renewalInfo`); fetches the directory first if no
+/// order has yet.
+fn ask_renewal_info(control: &Rc<RefCell<Control>>) {
+    let mut c = control.borrow_mut();
+    if c.config.acme.is_none() || c.acme.idle_reason.is_some() || c.acme.fetching_directory {
+        return;
+    }
+    let now = wall_ms();
+    if c.acme.ari.first().is_none_or(|(at, _)| *at > now) {
+        return;
+    }
+    let Ok(account) = c.acme_account() else {
+        return;
+    };
+    let directory = lock(&account.session).directory.clone();
+    let Some(directory) = directory else {
+        c.acme.fetching_directory = true;
+        drop(c);
+        let control = Rc::clone(control);
+        tokio::task::spawn_local(async move {
+            let url = account.directory_url.clone();
+            let req = Request {
+                method: Method::Get,
+                url,
+                body: None,
+            };
+            match send(&account.tls, &req).await {
+                Ok(r) if r.status == 200 => {
+                    match serde_json::from_slice::<super::order::Directory>(&r.body) {
+                        Ok(d) => lock(&account.session).directory = Some(d),
+                        Err(e) => tracing::warn!("acme: the CA's directory: {e}"),
+                    }
+                }
+                Ok(r) => tracing::warn!(status = r.status, "acme: the CA's directory"),
+                Err(e) => tracing::warn!("acme: the CA's directory: {e}"),
+            }
+            control.borrow_mut().acme.fetching_directory = false;
+        });
+        return;
+    };
+    let due = c.acme.ari_due(now, ARI_PER_TICK);
+    let Some(base) = directory.renewal_info else {
+        // This CA offers no renewal windows: two thirds of the lifetime.
+        return;
+    };
+    for name in due {
+        let Some(stored) = c.shared.managed.get(&name) else {
+            continue;
+        };
+        let Some(id) = super::ari::cert_id(&stored.entry.leaf) else {
+            continue;
+        };
+        let url = format!("{}/{id}", base.trim_end_matches('/'));
+        let (control, account) = (Rc::clone(control), Arc::clone(&account));
+        tokio::task::spawn_local(async move {
+            let req = Request {
+                method: Method::Get,
+                url,
+                body: None,
+            };
+            let answer = send(&account.tls, &req).await;
+            let mut c = control.borrow_mut();
+            let retry = match answer {
+                Ok(r) if r.status == 200 => match super::ari::parse(&r.body) {
+                    Ok(w) => {
+                        let at = super::ari::pick(w, random_u64());
+                        if c.acme.schedule.suggest(&name, at) {
+                            tracing::info!(
+                                name,
+                                renew_at_s = at / 1000,
+                                "acme: the CA's renewal window moves the renewal"
+                            );
+                        }
+                        r.retry_after
+                    }
+                    Err(e) => {
+                        tracing::warn!(name, "acme: renewal information: {e}");
+                        None
+                    }
+                },
+                Ok(r) => {
+                    tracing::debug!(name, status = r.status, "acme: no renewal information");
+                    None
+                }
+                Err(e) => {
+                    tracing::debug!(name, "acme: renewal information: {e}");
+                    None
+                }
+            };
+            if c.acme.schedule.get(&name).is_some() {
+                c.acme
+                    .ari_at(&name, wall_ms() + super::ari::next_poll_ms(retry));
+            }
+        });
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u64::from_le_bytes(b)
 }
 
 /// Orders a certificate for `name`, and reports to the schedule.
@@ -688,6 +808,31 @@ async fn exchange(tls: &Arc<rustls::ClientConfig>, req: &Request) -> Result<Resp
 }
 
 impl Manager {
+    /// Asks for `name`'s renewal window at `at_ms` (replacing the time it
+    /// had).
+    fn ari_at(&mut self, name: &str, at_ms: u64) {
+        if let Some(old) = self.ari_next.insert(name.to_owned(), at_ms) {
+            self.ari.remove(&(old, name.to_owned()));
+        }
+        self.ari.insert((at_ms, name.to_owned()));
+    }
+
+    /// Up to `n` names whose renewal window is due for asking.
+    fn ari_due(&mut self, now_ms: u64, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.ari.first() {
+                Some((at, _)) if *at <= now_ms => {}
+                _ => break,
+            }
+            if let Some((_, name)) = self.ari.pop_first() {
+                self.ari_next.remove(&name);
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// Host-map entries changed (set or deleted) one by one.
     pub fn hosts_changed<'a>(&mut self, hosts: impl IntoIterator<Item = &'a str>) {
         if let Some(changed) = &mut self.changed_hosts {

@@ -261,6 +261,26 @@ impl Schedule {
         }
     }
 
+    /// The CA's renewal information (RFC 9773) says to renew `name` at
+    /// `at_ms`: a name holding a certificate renews then instead of at two
+    /// thirds of its lifetime, but never later than nine tenths of it. A
+    /// name that is ordering, failing or without a certificate keeps its
+    /// own time. True if the time moved.
+    pub fn suggest(&mut self, name: &str, at_ms: u64) -> bool {
+        let Some(e) = self.entries.get(name) else {
+            return false;
+        };
+        let (State::Valid, Some(nb), Some(na)) = (e.state, e.not_before_ms, e.not_after_ms) else {
+            return false;
+        };
+        let at = at_ms.min(nb + na.saturating_sub(nb) / 10 * 9);
+        if at == e.next_ms {
+            return false;
+        }
+        self.requeue(name, at);
+        true
+    }
+
     /// An operator asked for a new certificate now (`edgebox ctl certs
     /// renew`): due at once, back-off forgotten; the hour's budget still
     /// holds. False if the name is not managed.
@@ -392,6 +412,32 @@ mod tests {
         assert!(!s.force("zz.test", t));
         assert_eq!(s.due(t).as_deref(), Some("a.test"));
         assert_eq!(s.due(t), None);
+    }
+
+    #[test]
+    fn the_cas_renewal_window_moves_the_renewal_within_the_lifetime() {
+        let mut s = Schedule::new(100);
+        s.want(&names(&["a.test", "b.test"]));
+        let t = 9 * DAY;
+        s.held("a.test", t, t + 90 * DAY);
+        // Earlier than two thirds (a revocation coming): renewed then.
+        assert!(s.suggest("a.test", t + 10 * DAY));
+        assert_eq!(s.get("a.test").unwrap().next_ms, t + 10 * DAY);
+        assert_eq!(
+            s.due(t + 10 * DAY - 1).as_deref(),
+            Some("b.test"),
+            "b has none yet"
+        );
+        assert_eq!(s.due(t + 10 * DAY - 1), None);
+        assert_eq!(s.due(t + 10 * DAY).as_deref(), Some("a.test"));
+        s.finished("a.test", Ok((t + 10 * DAY, t + 100 * DAY)), t + 10 * DAY);
+        // Later, but not past nine tenths of the lifetime.
+        assert!(s.suggest("a.test", t + 99 * DAY));
+        assert_eq!(s.get("a.test").unwrap().next_ms, t + 10 * DAY + 81 * DAY);
+        assert!(!s.suggest("a.test", t + 99 * DAY), "no change");
+        // Not for a name ordering or without a certificate.
+        assert!(!s.suggest("b.test", t));
+        assert!(!s.suggest("zz.test", t));
     }
 
     #[test]

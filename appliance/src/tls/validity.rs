@@ -85,7 +85,7 @@ fn time_of(tag: u8, t: &[u8]) -> Option<i64> {
 }
 
 /// Days from 1970-01-01 to the given date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
