@@ -11,6 +11,9 @@
 //! - `cargo run -p bench --release --bin replication`
 //!   (`src/bin/replication.rs`): two edgeboxes replicating on loopback:
 //!   propagation of a small publish, 1 GiB of blobs, client latency meanwhile.
+//! - `cargo run -p bench --release --bin certs` (`src/bin/certs.rs`):
+//!   100 000 ACME certificates: start-up, memory, config changes and
+//!   cold and warm handshakes, against an edgebox holding none.
 //! - `cargo bench -p bench --bench micro` (`benches/micro.rs`, criterion):
 //!   host → pod lookup in a 1 000 000-entry host map, route matching, BLAKE3
 //!   hashing and manifest lookup, each on the code the data plane runs.
@@ -24,6 +27,31 @@ pub mod report;
 pub mod runner;
 pub mod servers;
 pub mod tls_client;
+
+/// A server process the bench started: [`Server::stop`] ends it with
+/// SIGTERM and waits; dropped (a failed run), it is killed.
+#[derive(Debug)]
+pub struct Server(pub std::process::Child);
+
+impl Server {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn stop(mut self) -> Result<()> {
+        let pid = rustix::process::Pid::from_raw(self.0.id() as i32).context("pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// What a starting `edgebox serve` printed before `data: …`: its admin URL
 /// and its listeners' addresses by scheme.

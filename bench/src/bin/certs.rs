@@ -23,7 +23,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +52,7 @@ struct Cli {
 const TOKEN: &str = "bench-certs-token-0123456789abc";
 
 struct Running {
-    child: Child,
+    child: bench::Server,
     admin: String,
     https: SocketAddr,
     started: Duration,
@@ -84,7 +84,7 @@ impl Running {
             .map(|(_, a)| *a)
             .context("no https listener")?;
         Ok(Self {
-            child,
+            child: bench::Server(child),
             admin,
             https,
             started,
@@ -127,18 +127,8 @@ impl Running {
         Ok(t.elapsed())
     }
 
-    fn stop(mut self) -> Result<()> {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).context("pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> Result<()> {
+        self.child.stop()
     }
 }
 

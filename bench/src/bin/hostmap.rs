@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -38,7 +38,7 @@ struct Cli {
 const TOKEN: &str = "bench-hostmap-token-0123456789";
 
 struct Edgebox {
-    child: Child,
+    child: bench::Server,
     admin: String,
 }
 
@@ -62,7 +62,13 @@ impl Edgebox {
         let admin = bench::read_banner(&mut child)?
             .admin
             .context("edgebox printed no admin address")?;
-        Ok((Self { child, admin }, started.elapsed()))
+        Ok((
+            Self {
+                child: bench::Server(child),
+                admin,
+            },
+            started.elapsed(),
+        ))
     }
 
     fn rss_bytes(&self) -> Result<u64> {
@@ -75,18 +81,8 @@ impl Edgebox {
         Ok(kb * 1024)
     }
 
-    fn stop(mut self) -> Result<()> {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).context("pid")?;
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM)?;
-        self.child.wait()?;
-        Ok(())
-    }
-}
-
-impl Drop for Edgebox {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) -> Result<()> {
+        self.child.stop()
     }
 }
 
