@@ -12,6 +12,7 @@
 //!   so a peer serves them too.
 
 pub mod ari;
+pub mod http;
 pub mod import;
 pub mod jws;
 pub mod order;

@@ -107,7 +107,8 @@ impl std::fmt::Display for Problem {
 }
 
 impl Problem {
-    fn client(detail: impl Into<String>) -> Self {
+    /// Something that went wrong on this side, not the CA's.
+    pub fn client(detail: impl Into<String>) -> Self {
         Self {
             kind: "client".into(),
             detail: detail.into(),

@@ -1,10 +1,11 @@
 //! The ACME driver on the control thread: follows the config and the host
 //! map for the names wanted, starts the orders the [`Schedule`] says are
 //! due (only on the pair's master, or on an appliance without failover),
-//! runs each [`Order`] over HTTPS to the CA, provisions its challenges for
-//! the data plane, and stores what it gets: a blob in the content store
-//! (key and chain, one PEM) named by the catalog item `cert/NAME`, which
-//! replicates it to the peers. Then the cores serve it.
+//! runs each [`Order`] over HTTPS to the CA ([`super::http`]), provisions
+//! its challenges for the data plane, and keeps what it gets in its shard
+//! (a blob named by the catalog item `certs/XX`, which replicates it to the
+//! peers) before the cores serve it. It also asks a CA that offers them for
+//! renewal windows ([`super::ari`]).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -13,11 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use edgebox_storage::replication::Value;
-use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 
+use super::http::{client_tls, send};
 use super::jws::AccountKey;
-use super::order::{ChallengeKind, Method, Order, Problem, Request, Response, Session, Step};
+use super::order::{ChallengeKind, Method, Order, Problem, Request, Session, Step};
 use super::schedule::Schedule;
 use crate::control::Control;
 use crate::tls::managed::{alpn_challenge_cert, Entry, Managed};
@@ -25,10 +26,6 @@ use rustls_pki_types::pem::PemObject;
 
 /// Orders running at once (one until the account exists).
 const CONCURRENT: usize = 4;
-/// One request to the CA gives up after this long.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// The largest answer read from the CA (a certificate chain is a few KiB).
-const MAX_ANSWER: usize = 1 << 20;
 
 /// The control plane's ACME state.
 #[derive(Debug)]
@@ -73,6 +70,94 @@ impl Default for Manager {
             ari_next: Default::default(),
             fetching_directory: false,
         }
+    }
+}
+
+impl Manager {
+    /// Asks for `name`'s renewal window at `at_ms` (replacing the time it
+    /// had).
+    fn ari_at(&mut self, name: &str, at_ms: u64) {
+        if let Some(old) = self.ari_next.insert(name.to_owned(), at_ms) {
+            self.ari.remove(&(old, name.to_owned()));
+        }
+        self.ari.insert((at_ms, name.to_owned()));
+    }
+
+    /// Up to `n` names whose renewal window is due for asking.
+    fn ari_due(&mut self, now_ms: u64, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.ari.first() {
+                Some((at, _)) if *at <= now_ms => {}
+                _ => break,
+            }
+            if let Some((_, name)) = self.ari.pop_first() {
+                self.ari_next.remove(&name);
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    /// Host-map entries changed (set or deleted) one by one.
+    pub fn hosts_changed<'a>(&mut self, hosts: impl IntoIterator<Item = &'a str>) {
+        if let Some(changed) = &mut self.changed_hosts {
+            changed.extend(hosts.into_iter().map(str::to_owned));
+        }
+    }
+
+    /// The host map was replaced whole.
+    pub fn hostmap_replaced(&mut self) {
+        self.changed_hosts = None;
+    }
+
+    /// The ACME families of `/metrics`: bounded, whatever the number of
+    /// names (one series per state and result).
+    pub fn render_prometheus(&self, managed: &Managed, now_s: i64, o: &mut String) {
+        use crate::metrics::prometheus::family;
+        use std::fmt::Write;
+        family(o, "edgebox_acme_names", "gauge", "Names edgebox obtains certificates for, by ACME state (failed: the last order failed; a certificate held before is still served).");
+        for (state, n) in self.schedule.counts() {
+            let _ = writeln!(o, "edgebox_acme_names{{state=\"{state}\"}} {n}");
+        }
+        family(
+            o,
+            "edgebox_acme_orders_total",
+            "counter",
+            "ACME orders finished since start, by result.",
+        );
+        let _ = writeln!(
+            o,
+            "edgebox_acme_orders_total{{result=\"issued\"}} {}",
+            self.issued
+        );
+        let _ = writeln!(
+            o,
+            "edgebox_acme_orders_total{{result=\"failed\"}} {}",
+            self.failed
+        );
+        let all = managed.all();
+        family(
+            o,
+            "edgebox_acme_certificates",
+            "gauge",
+            "Certificates obtained by ACME (here or by a peer) being served.",
+        );
+        let _ = writeln!(o, "edgebox_acme_certificates {}", all.len());
+        let soon = all
+            .iter()
+            .filter(|(_, s)| s.not_after - now_s < crate::metrics::state::SOON_S)
+            .count();
+        let expired = all.iter().filter(|(_, s)| s.not_after <= now_s).count();
+        family(o, "edgebox_acme_certificates_expiring_soon", "gauge", "ACME certificates expiring within 14 days (renewal is due at two thirds of the lifetime, so these are renewals that keep failing), or expired.");
+        let _ = writeln!(o, "edgebox_acme_certificates_expiring_soon {soon}");
+        family(
+            o,
+            "edgebox_acme_certificates_expired",
+            "gauge",
+            "ACME certificates past their notAfter, still the only one held for their name.",
+        );
+        let _ = writeln!(o, "edgebox_acme_certificates_expired {expired}");
     }
 }
 
@@ -381,7 +466,7 @@ impl Control {
             .config
             .acme
             .clone()
-            .ok_or_else(|| client("the acme section was removed"))?;
+            .ok_or_else(|| Problem::client("the acme section was removed"))?;
         if let Some(a) = &self.acme.account {
             if a.directory_url == cfg.directory_url {
                 return Ok(Arc::clone(a));
@@ -404,16 +489,20 @@ impl Control {
         let (key, kid) = match stored {
             Some(s) => {
                 let pkcs8 = super::decode_b64url(&s.key)
-                    .ok_or_else(|| client("the stored account key is not base64url"))?;
-                (AccountKey::from_pkcs8(&pkcs8).map_err(client)?, s.kid)
+                    .ok_or_else(|| Problem::client("the stored account key is not base64url"))?;
+                (
+                    AccountKey::from_pkcs8(&pkcs8).map_err(Problem::client)?,
+                    s.kid,
+                )
             }
-            None => (AccountKey::generate().map_err(client)?, None),
+            None => (AccountKey::generate().map_err(Problem::client)?, None),
         };
         let eab = match &cfg.external_account {
             Some(e) => Some((
                 e.key_id.clone(),
-                super::decode_b64url(&e.hmac_key)
-                    .ok_or_else(|| client("acme.external_account.hmac_key is not base64url"))?,
+                super::decode_b64url(&e.hmac_key).ok_or_else(|| {
+                    Problem::client("acme.external_account.hmac_key is not base64url")
+                })?,
             )),
             None => None,
         };
@@ -472,14 +561,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn secs_to_ms(s: i64) -> u64 {
     u64::try_from(s).unwrap_or(0).saturating_mul(1000)
-}
-
-fn client(detail: impl Into<String>) -> Problem {
-    Problem {
-        kind: "client".into(),
-        detail: detail.into(),
-        retry_after: None,
-    }
 }
 
 /// How many renewal windows are asked for a second at most (100 000
@@ -629,10 +710,10 @@ async fn issue(control: &Rc<RefCell<Control>>, name: &str) -> Result<(u64, u64),
             .unwrap_or_default();
         (account, kinds, Arc::clone(&c.shared.managed))
     };
-    let key = rcgen::KeyPair::generate().map_err(|e| client(e.to_string()))?;
+    let key = rcgen::KeyPair::generate().map_err(|e| Problem::client(e.to_string()))?;
     let csr = rcgen::CertificateParams::new(vec![name.to_owned()])
         .and_then(|p| p.serialize_request(&key))
-        .map_err(|e| client(format!("cannot make the certificate request: {e}")))?;
+        .map_err(|e| Problem::client(format!("cannot make the certificate request: {e}")))?;
     let mut order = Order::new(name, &kinds, csr.der().to_vec());
     let outcome = drive(&mut order, &account, &managed).await;
     for c in order.provisioned() {
@@ -644,17 +725,18 @@ async fn issue(control: &Rc<RefCell<Control>>, name: &str) -> Result<(u64, u64),
     let chain_pem = outcome?;
     let chain = rustls_pki_types::CertificateDer::pem_slice_iter(chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| client(format!("the CA's certificate is not PEM: {e}")))?;
-    let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(client)?;
-    let entry = Entry::new(chain, key_der).map_err(client)?;
+        .map_err(|e| Problem::client(format!("the CA's certificate is not PEM: {e}")))?;
+    let key_der =
+        rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(Problem::client)?;
+    let entry = Entry::new(chain, key_der).map_err(Problem::client)?;
     crate::tls::validity::validity(&entry.leaf)
-        .ok_or_else(|| client("cannot read the issued certificate's dates"))?;
+        .ok_or_else(|| Problem::client("cannot read the issued certificate's dates"))?;
     // Kept, then served: a certificate served here is always one a restart
     // finds again.
     let mut c = control.borrow_mut();
     c.acme_write_shard(super::shard::shard_of(name), Some((name, &entry)))
-        .map_err(client)?;
-    c.acme_serve(name, entry, true).map_err(client)
+        .map_err(Problem::client)?;
+    c.acme_serve(name, entry, true).map_err(Problem::client)
 }
 
 async fn drive(order: &mut Order, account: &Account, managed: &Managed) -> Result<String, Problem> {
@@ -669,229 +751,14 @@ async fn drive(order: &mut Order, account: &Account, managed: &Managed) -> Resul
             Step::Provision(c) => match c.kind {
                 ChallengeKind::Http01 => managed.add_http_challenge(&c.token, &c.key_authorization),
                 ChallengeKind::TlsAlpn01 => {
-                    let cert =
-                        alpn_challenge_cert(&c.name, &c.key_authorization).map_err(client)?;
+                    let cert = alpn_challenge_cert(&c.name, &c.key_authorization)
+                        .map_err(Problem::client)?;
                     managed.add_alpn_challenge(&c.name, Arc::new(cert));
                 }
             },
             Step::Done(pem) => return Ok(pem),
             Step::Failed(p) => return Err(p),
         }
-    }
-}
-
-/// TLS to the CA: the roots of `ca_file`, or the web PKI's.
-fn client_tls(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, Problem> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| client(format!("acme.ca_file {}: {e}", path.display())))?;
-            for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert =
-                    cert.map_err(|e| client(format!("acme.ca_file {}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| client(format!("acme.ca_file {}: {e}", path.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(client(format!(
-                    "acme.ca_file {}: no certificate in it",
-                    path.display()
-                )));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| client(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// One request to the CA on a connection of its own.
-async fn send(tls: &Arc<rustls::ClientConfig>, req: &Request) -> Result<Response, Problem> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, exchange(tls, req)).await {
-        Ok(r) => r.map_err(|e| Problem {
-            kind: "connection".into(),
-            detail: format!("{}: {e}", req.url),
-            retry_after: None,
-        }),
-        Err(_) => Err(Problem {
-            kind: "connection".into(),
-            detail: format!(
-                "{}: no answer within {} s",
-                req.url,
-                REQUEST_TIMEOUT.as_secs()
-            ),
-            retry_after: None,
-        }),
-    }
-}
-
-async fn exchange(tls: &Arc<rustls::ClientConfig>, req: &Request) -> Result<Response, String> {
-    let uri: http::Uri = req.url.parse().map_err(|e| format!("bad URL: {e}"))?;
-    if uri.scheme_str() != Some("https") {
-        return Err("the CA's URLs must be https".into());
-    }
-    let host = uri.host().ok_or("no host")?.to_owned();
-    let port = uri.port_u16().unwrap_or(443);
-    let tcp = tokio::net::TcpStream::connect((host.trim_matches(['[', ']']), port))
-        .await
-        .map_err(|e| e.to_string())?;
-    let server = rustls_pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-        .map_err(|e| e.to_string())?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-        .connect(server, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::task::spawn_local(async move {
-        let _ = conn.await;
-    });
-    let method = match req.method {
-        Method::Get => http::Method::GET,
-        Method::Head => http::Method::HEAD,
-        Method::Post => http::Method::POST,
-    };
-    let authority = uri.authority().map_or(host.clone(), |a| a.to_string());
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(uri.path_and_query().map_or("/", |p| p.as_str()))
-        .header(http::header::HOST, authority)
-        .header(
-            http::header::USER_AGENT,
-            concat!("edgebox/", env!("CARGO_PKG_VERSION")),
-        );
-    if req.body.is_some() {
-        builder = builder.header(http::header::CONTENT_TYPE, "application/jose+json");
-    }
-    let request = builder
-        .body(Full::new(bytes::Bytes::from(
-            req.body.clone().unwrap_or_default(),
-        )))
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let status = response.status().as_u16();
-    let location = header("location");
-    let nonce = header("replay-nonce");
-    let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
-    let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes()
-        .to_vec();
-    Ok(Response {
-        status,
-        location,
-        nonce,
-        retry_after,
-        body,
-    })
-}
-
-impl Manager {
-    /// Asks for `name`'s renewal window at `at_ms` (replacing the time it
-    /// had).
-    fn ari_at(&mut self, name: &str, at_ms: u64) {
-        if let Some(old) = self.ari_next.insert(name.to_owned(), at_ms) {
-            self.ari.remove(&(old, name.to_owned()));
-        }
-        self.ari.insert((at_ms, name.to_owned()));
-    }
-
-    /// Up to `n` names whose renewal window is due for asking.
-    fn ari_due(&mut self, now_ms: u64, n: usize) -> Vec<String> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            match self.ari.first() {
-                Some((at, _)) if *at <= now_ms => {}
-                _ => break,
-            }
-            if let Some((_, name)) = self.ari.pop_first() {
-                self.ari_next.remove(&name);
-                out.push(name);
-            }
-        }
-        out
-    }
-
-    /// Host-map entries changed (set or deleted) one by one.
-    pub fn hosts_changed<'a>(&mut self, hosts: impl IntoIterator<Item = &'a str>) {
-        if let Some(changed) = &mut self.changed_hosts {
-            changed.extend(hosts.into_iter().map(str::to_owned));
-        }
-    }
-
-    /// The host map was replaced whole.
-    pub fn hostmap_replaced(&mut self) {
-        self.changed_hosts = None;
-    }
-
-    /// The ACME families of `/metrics`: bounded, whatever the number of
-    /// names (one series per state and result).
-    pub fn render_prometheus(&self, managed: &Managed, now_s: i64, o: &mut String) {
-        use crate::metrics::prometheus::family;
-        use std::fmt::Write;
-        family(o, "edgebox_acme_names", "gauge", "Names edgebox obtains certificates for, by ACME state (failed: the last order failed; a certificate held before is still served).");
-        for (state, n) in self.schedule.counts() {
-            let _ = writeln!(o, "edgebox_acme_names{{state=\"{state}\"}} {n}");
-        }
-        family(
-            o,
-            "edgebox_acme_orders_total",
-            "counter",
-            "ACME orders finished since start, by result.",
-        );
-        let _ = writeln!(
-            o,
-            "edgebox_acme_orders_total{{result=\"issued\"}} {}",
-            self.issued
-        );
-        let _ = writeln!(
-            o,
-            "edgebox_acme_orders_total{{result=\"failed\"}} {}",
-            self.failed
-        );
-        let all = managed.all();
-        family(
-            o,
-            "edgebox_acme_certificates",
-            "gauge",
-            "Certificates obtained by ACME (here or by a peer) being served.",
-        );
-        let _ = writeln!(o, "edgebox_acme_certificates {}", all.len());
-        let soon = all
-            .iter()
-            .filter(|(_, s)| s.not_after - now_s < crate::metrics::state::SOON_S)
-            .count();
-        let expired = all.iter().filter(|(_, s)| s.not_after <= now_s).count();
-        family(o, "edgebox_acme_certificates_expiring_soon", "gauge", "ACME certificates expiring within 14 days (renewal is due at two thirds of the lifetime, so these are renewals that keep failing), or expired.");
-        let _ = writeln!(o, "edgebox_acme_certificates_expiring_soon {soon}");
-        family(
-            o,
-            "edgebox_acme_certificates_expired",
-            "gauge",
-            "ACME certificates past their notAfter, still the only one held for their name.",
-        );
-        let _ = writeln!(o, "edgebox_acme_certificates_expired {expired}");
     }
 }
 
