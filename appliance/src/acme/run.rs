@@ -240,7 +240,9 @@ impl Control {
                 self.acme.schedule.want(&BTreeSet::new());
             }
             self.acme.idle_reason = Some("no acme section");
+            // Looked at whole when a section comes: nothing to keep.
             self.acme.wanted_at = None;
+            self.acme.changed_hosts = Some(BTreeSet::new());
             return Vec::new();
         };
         self.acme.schedule.per_hour = cfg.orders_per_hour;
