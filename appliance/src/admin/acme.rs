@@ -54,12 +54,6 @@ pub struct NameView {
     pub last_error: Option<String>,
 }
 
-/// The issuer's distinguished name, as text.
-fn issuer(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.issuer().to_string())
-}
-
 pub fn view(c: &Control) -> AcmeView {
     let managed: BTreeMap<String, _> = c
         .shared
@@ -97,7 +91,7 @@ pub fn view(c: &Control) -> AcmeView {
         });
         v.not_before = Some(stored.not_before);
         v.not_after = Some(stored.not_after);
-        v.issuer = issuer(&stored.entry.leaf);
+        v.issuer = stored.issuer().map(str::to_owned);
     }
     AcmeView {
         enabled: c.config.acme.is_some(),

@@ -45,6 +45,20 @@ pub struct Stored {
     /// Validity of the leaf, Unix seconds.
     pub not_before: i64,
     pub not_after: i64,
+    /// The issuer's name, read when first asked for (the admin API).
+    issuer: OnceLock<Option<String>>,
+}
+
+impl Stored {
+    /// The issuer's distinguished name, as text.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer
+            .get_or_init(|| {
+                let (_, cert) = x509_parser::parse_x509_certificate(&self.entry.leaf).ok()?;
+                Some(cert.issuer().to_string())
+            })
+            .as_deref()
+    }
 }
 
 type Table = imbl::HashMap<Arc<str>, Arc<Stored>>;
@@ -140,6 +154,7 @@ impl Managed {
             entry,
             not_before,
             not_after,
+            issuer: OnceLock::new(),
         }))
     }
 
