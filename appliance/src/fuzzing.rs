@@ -25,6 +25,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("routing_path", routing_path),
     ("http2_frames", http2_frames),
     ("vrrp_packet", vrrp_packet),
+    ("acme_answers", acme_answers),
 ];
 
 /// The config document: a document taken is valid, and reads back the same
@@ -209,6 +210,96 @@ pub fn vrrp_packet(data: &[u8]) {
     backup.start(0);
     backup.receive(1, src, dst, ttl, bytes);
     assert_ne!(backup.state(), State::Initialize);
+}
+
+/// What an ACME CA or a peer sends: the first byte picks what.
+/// - 0: a certificate shard from a peer (the next byte its number): one
+///   taken reads back the same after it is written out;
+/// - 1: a renewal window (RFC 9773): one taken ends after it starts, and
+///   the moment picked is in it;
+/// - 2: a CA's answers, split at 0xff bytes (each: a status byte, then the
+///   body), to an order in any phase: the order ends or asks again, and
+///   never panics, however wrong the answers.
+pub fn acme_answers(data: &[u8]) {
+    use crate::acme::{ari, order, shard};
+    let Some((&kind, rest)) = data.split_first() else {
+        return;
+    };
+    match kind % 3 {
+        0 => {
+            let Some((&s, bytes)) = rest.split_first() else {
+                return;
+            };
+            if let Ok(m) = shard::decode(s, bytes) {
+                let again =
+                    shard::decode(s, &shard::encode(m.iter().map(|(n, e)| (n.as_str(), e))))
+                        .expect("a shard written out reads back");
+                assert_eq!(again.len(), m.len());
+                for (name, e) in &m {
+                    let a = &again[name];
+                    assert_eq!((&a.leaf, &a.chain[..]), (&e.leaf, &e.chain[..]));
+                    assert_eq!(a.key.secret_pkcs8_der(), e.key.secret_pkcs8_der());
+                }
+            }
+        }
+        1 => {
+            if let Ok(w) = ari::parse(rest) {
+                assert!(w.start_ms < w.end_ms);
+                let at = ari::pick(w, u64::from_le_bytes([rest.len() as u8; 8]));
+                assert!((w.start_ms..w.end_ms).contains(&at));
+            }
+            if let Ok(text) = std::str::from_utf8(rest) {
+                let _ = ari::rfc3339_ms(text);
+            }
+        }
+        _ => {
+            static KEY: std::sync::OnceLock<crate::acme::jws::AccountKey> =
+                std::sync::OnceLock::new();
+            let key = KEY.get_or_init(|| crate::acme::jws::AccountKey::generate().expect("a key"));
+            let mut session = order::Session {
+                directory_url: "https://ca.test/dir".into(),
+                directory: None,
+                kid: None,
+                contact: Vec::new(),
+                eab: None,
+            };
+            let mut o = order::Order::new(
+                "shop.test",
+                &[
+                    order::ChallengeKind::Http01,
+                    order::ChallengeKind::TlsAlpn01,
+                ],
+                vec![0x30, 0],
+            );
+            let mut answers = rest.split(|&b| b == 0xff);
+            for _ in 0..256 {
+                match o.next(&session, key) {
+                    order::Step::Send(_) => {
+                        let Some(answer) = answers.next() else {
+                            return;
+                        };
+                        let (status, body) = answer
+                            .split_first()
+                            .map_or((200, &[][..]), |(&s, b)| (u16::from(s) + 200, b));
+                        o.receive(
+                            &mut session,
+                            key,
+                            order::Response {
+                                status,
+                                location: Some("https://ca.test/x".into()),
+                                nonce: Some("n".into()),
+                                retry_after: None,
+                                body: body.to_vec(),
+                            },
+                        );
+                    }
+                    order::Step::Wait(_) | order::Step::Provision(_) => {}
+                    order::Step::Done(_) | order::Step::Failed(_) => return,
+                }
+            }
+            panic!("an order neither ended nor ran out of answers in 256 steps");
+        }
+    }
 }
 
 #[cfg(test)]
