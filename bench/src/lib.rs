@@ -34,6 +34,23 @@ pub mod tls_client;
 pub struct Server(pub std::process::Child);
 
 impl Server {
+    /// Starts `edgebox serve` (`cmd`: the binary with its arguments) with
+    /// the admin `token` and quiet logs, and waits for its banner.
+    pub fn spawn(mut cmd: std::process::Command, token: &str) -> Result<(Self, Banner)> {
+        use std::process::Stdio;
+        let child = cmd
+            .env("EDGEBOX_ADMIN_TOKEN", token)
+            .env("EDGEBOX_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting edgebox")?;
+        let mut server = Self(child);
+        let banner = read_banner(&mut server.0)?;
+        Ok((server, banner))
+    }
+
     pub fn id(&self) -> u32 {
         self.0.id()
     }

@@ -23,7 +23,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,21 +60,14 @@ struct Running {
 
 impl Running {
     fn start(bin: &Path, dir: &Path, t: Instant) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .arg("serve")
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
             .arg("--data")
             .arg(dir.join("data"))
             .arg("--config")
             .arg(dir.join("edgebox.json"))
-            .args(["--cores", "1"])
-            .env("EDGEBOX_ADMIN_TOKEN", TOKEN)
-            .env("EDGEBOX_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting edgebox")?;
-        let banner = bench::read_banner(&mut child)?;
+            .args(["--cores", "1"]);
+        let (child, banner) = bench::Server::spawn(cmd, TOKEN)?;
         let started = t.elapsed();
         let admin = banner.admin.context("no admin address")?;
         let https = banner
@@ -84,7 +77,7 @@ impl Running {
             .map(|(_, a)| *a)
             .context("no https listener")?;
         Ok(Self {
-            child: bench::Server(child),
+            child,
             admin,
             https,
             started,

@@ -15,7 +15,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -50,25 +50,10 @@ impl Edgebox {
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }
-        let mut child = cmd
-            .args(["--cores", "2"])
-            .env("EDGEBOX_ADMIN_TOKEN", TOKEN)
-            .env("EDGEBOX_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting edgebox")?;
-        let admin = bench::read_banner(&mut child)?
-            .admin
-            .context("edgebox printed no admin address")?;
-        Ok((
-            Self {
-                child: bench::Server(child),
-                admin,
-            },
-            started.elapsed(),
-        ))
+        cmd.args(["--cores", "2"]);
+        let (child, banner) = bench::Server::spawn(cmd, TOKEN)?;
+        let admin = banner.admin.context("edgebox printed no admin address")?;
+        Ok((Self { child, admin }, started.elapsed()))
     }
 
     fn rss_bytes(&self) -> Result<u64> {
