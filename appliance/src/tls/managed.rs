@@ -197,14 +197,6 @@ impl Managed {
         Arc::clone(chain)
     }
 
-    pub fn remove(&self, name: &str) {
-        self.table(shard_of(name)).rcu(|m| {
-            let mut m = Table::clone(m);
-            m.remove(name);
-            m
-        });
-    }
-
     pub fn get(&self, name: &str) -> Option<Arc<Stored>> {
         self.table(shard_of(name)).load().get(name).cloned()
     }
@@ -377,8 +369,6 @@ mod tests {
         let second = m.install("shop.test", e2, true).unwrap();
         assert_ne!(first.id, second.id);
         assert_eq!(m.resolve("shop.test").unwrap().cert, chain2);
-        m.remove("shop.test");
-        assert!(m.resolve("shop.test").is_none());
     }
 
     #[test]
