@@ -45,4 +45,5 @@ pub mod snapshot;
 pub mod static_files;
 pub mod store;
 pub mod tls;
+pub mod update;
 pub mod upstream;
