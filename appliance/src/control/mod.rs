@@ -106,11 +106,20 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
     let disk = Rc::new(RefCell::new(DiskProbe::default()));
     let data = control.borrow().data.clone();
     let transitions = std::cell::Cell::new(0);
+    // For PID 1's trial of a new boot slot: whether this server is healthy.
+    let health_file = std::env::var_os(crate::update::HEALTH_ENV).map(std::path::PathBuf::from);
+    let mut reported = (0u32, String::new());
     loop {
         tokio::select! {
             _ = track.tick() => {
                 track_health(&shared, &disk, &data);
                 tell_dead_peer_from_lost_path(&control, &transitions);
+                if let Some(path) = &health_file {
+                    reported.0 += 1;
+                    if reported.0 % 10 == 1 {
+                        report_health(&control.borrow(), path, &mut reported.1);
+                    }
+                }
             },
             _ = term.recv() => begin_shutdown(&control, "SIGTERM"),
             _ = int.recv() => begin_shutdown(&control, "SIGINT"),
@@ -130,6 +139,54 @@ async fn control_loop(start: Start, ready: std::sync::mpsc::SyncSender<std::io::
                 });
             },
         }
+    }
+}
+
+/// Whether this server is what a new boot slot must be before it is kept:
+/// running (so its config loaded and its listeners are up), not stopping,
+/// and, in a pair, in touch with the peer: failover master or backup, and
+/// replication connected to a peer.
+pub fn health(c: &Control) -> Result<(), String> {
+    use crate::failover::machine::State;
+    if c.stopping {
+        return Err("shutting down".into());
+    }
+    let mut missing = Vec::new();
+    if let Some(f) = c.shared.failover.status() {
+        if let Some(e) = &f.error {
+            missing.push(format!("failover stopped: {e}"));
+        } else if !matches!(f.state, State::Master | State::Backup) {
+            missing.push(format!(
+                "failover is {}",
+                serde_json::to_value(f.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let peers: Vec<_> = c.replica.peers.iter().flatten().collect();
+    if !peers.is_empty() && !peers.iter().any(|p| p.state == "connected") {
+        missing.push("replication: no peer connected".into());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join("; "))
+    }
+}
+
+/// Writes [`health`] to `path` (`ok`, or `waiting: why`) when it changed.
+fn report_health(c: &Control, path: &std::path::Path, last: &mut String) {
+    let now = match health(c) {
+        Ok(()) => "ok\n".to_owned(),
+        Err(why) => format!("waiting: {why}\n"),
+    };
+    if now != *last {
+        if let Err(e) = crate::fsutil::write_atomic(path, now.as_bytes(), 0o644) {
+            tracing::warn!("{}: {e}", path.display());
+        }
+        *last = now;
     }
 }
 

@@ -26,6 +26,9 @@ pub struct NetConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BootParams {
     pub net: Vec<NetConfig>,
+    /// The boot slot (`edgebox.slot=a|b`, written into each slot's boot
+    /// entry; see [`crate::update::slots`]).
+    pub slot: Option<crate::update::Slot>,
 }
 
 /// A parameter that cannot be used, and why.
@@ -85,7 +88,15 @@ pub fn parse(cmdline: &str) -> Result<BootParams, CmdlineError> {
                 }
                 params.net.push(net);
             }
-            _ => return Err(fail("unknown edgebox parameter (known: edgebox.net)")),
+            "slot" => {
+                params.slot =
+                    Some(crate::update::Slot::parse(value).ok_or_else(|| fail("expected a or b"))?);
+            }
+            _ => {
+                return Err(fail(
+                    "unknown edgebox parameter (known: edgebox.net, edgebox.slot)",
+                ))
+            }
         }
     }
     Ok(params)
@@ -185,6 +196,7 @@ mod tests {
                 "twice",
             ),
             ("edgebox.nett=eth0,10.0.0.1/8", "unknown edgebox parameter"),
+            ("edgebox.slot=c", "expected a or b"),
         ] {
             let e = parse(line).unwrap_err();
             assert!(e.to_string().contains(needle), "{line}: {e}");

@@ -25,6 +25,24 @@ pub const DATA_DIR: &str = "/data";
 /// --admin-token`); installed in the data directory when it has none.
 pub const FIRST_BOOT_TOKEN: &str = "/etc/edgebox/admin-token.sha256";
 
+/// `/dev/<name>` of the block device whose GPT partition name is `name`
+/// (the kernel puts it in `PARTNAME` of the device's uevent).
+pub fn partition(name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir("/sys/class/block").ok()?.flatten() {
+        let uevent = std::fs::read_to_string(entry.path().join("uevent")).unwrap_or_default();
+        let field = |key: &str| {
+            uevent
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        if field("PARTNAME").as_deref() == Some(name) {
+            return field("DEVNAME").map(|d| std::path::Path::new("/dev").join(d));
+        }
+    }
+    None
+}
+
 /// Whether this process is the system's init.
 pub fn is_pid1() -> bool {
     std::process::id() == 1

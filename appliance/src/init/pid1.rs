@@ -16,6 +16,8 @@ use super::cmdline::{self, NetConfig};
 use super::modules::{Aliases, Deps};
 use super::supervise::Next;
 use super::{net, DATA_DIR, DATA_PARTITION, FIRST_BOOT_TOKEN};
+use crate::update::esp::Esp;
+use crate::update::{Slot, State};
 
 fn say(msg: impl std::fmt::Display) {
     println!("edgebox init: {msg}");
@@ -48,7 +50,7 @@ pub fn run() -> ! {
             cmdline::BootParams::default()
         });
     load_modules(&release);
-    let data = mount_data();
+    let (data, data_mounted) = mount_data();
     install_first_boot_token(&data);
     let nets = if params.net.is_empty() {
         persisted_network(&data)
@@ -56,11 +58,131 @@ pub fn run() -> ! {
         params.net
     };
     configure_network(&nets);
+    let trial = params.slot.and_then(check_slot);
     say(format_args!(
         "set up in {} ms; starting edgebox serve",
         started.elapsed().as_millis()
     ));
-    supervise(&data)
+    supervise(&data, trial.map(|t| (t, started, data_mounted)))
+}
+
+/// A slot booted on trial.
+#[derive(Debug)]
+struct Trial {
+    slot: Slot,
+    generation: u64,
+    version: String,
+}
+
+/// Says which slot booted and how it stands; a slot on trial is returned,
+/// to be watched.
+fn check_slot(slot: Slot) -> Option<Trial> {
+    let slots = match Esp::mount().and_then(|esp| esp.slots()) {
+        Ok(s) => s,
+        Err(e) => {
+            error(format_args!("boot slots: {e}"));
+            return None;
+        }
+    };
+    let version = crate::update::image_version();
+    let state = slots.state(slot, Some(slot));
+    say(format_args!(
+        "boot slot {slot}: edgebox image {version}, {}",
+        serde_json::to_value(state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    ));
+    if let Some(f) = slots.failed_update(slot) {
+        error(format_args!(
+            "the update to {} (slot {}) was tried and did not become healthy; slot {slot} runs again",
+            f.version, f.slot
+        ));
+    }
+    let entry = slots.entry(slot)?;
+    (state == State::Trial).then_some(Trial {
+        slot,
+        generation: entry.generation,
+        version,
+    })
+}
+
+/// Watches a slot on trial once a second: blesses it once the server
+/// reports healthy; past the deadline, records why not and sets `give_up`
+/// (the server is stopped and the machine reboots into the previous slot).
+fn watch_trial(
+    trial: Trial,
+    started: Instant,
+    data_mounted: bool,
+    last: &std::sync::Mutex<Option<String>>,
+    give_up: &std::sync::atomic::AtomicBool,
+) {
+    use crate::update::trial::{judge, Seen, Verdict, DEADLINE};
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let health = std::fs::read_to_string(crate::update::HEALTH_FILE).ok();
+        let last = last.lock().map(|l| l.clone()).unwrap_or_default();
+        let verdict = judge(
+            &Seen {
+                elapsed: started.elapsed(),
+                data_mounted,
+                health: health.as_deref(),
+                last_exit: last.as_deref(),
+            },
+            DEADLINE,
+        );
+        match verdict {
+            Verdict::Wait => continue,
+            Verdict::Good => {
+                let blessed = Esp::mount().and_then(|esp| match esp.slots()?.bless(trial.slot) {
+                    Some((from, to)) => esp.bless(&from, &to),
+                    None => Ok(()),
+                });
+                match blessed {
+                    Ok(()) => say(format_args!(
+                        "boot slot {}: edgebox image {} is healthy; marked good",
+                        trial.slot, trial.version
+                    )),
+                    Err(e) => error(format_args!(
+                        "boot slot {}: healthy, but marking it good failed: {e}",
+                        trial.slot
+                    )),
+                }
+                return;
+            }
+            Verdict::Failed(reason) => {
+                error(format_args!(
+                    "boot slot {} on trial: {reason}; rebooting into the previous slot",
+                    trial.slot
+                ));
+                let record = crate::update::TrialRecord {
+                    slot: trial.slot,
+                    generation: trial.generation,
+                    version: trial.version.clone(),
+                    reason,
+                    at_unix: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                };
+                let path = Path::new(DATA_DIR).join(crate::update::TRIAL_RECORD);
+                let written = path
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| {
+                        crate::fsutil::write_atomic(
+                            &path,
+                            &serde_json::to_vec(&record).unwrap_or_default(),
+                            0o644,
+                        )
+                    });
+                if let Err(e) = written {
+                    error(format_args!("{}: {e}", path.display()));
+                }
+                give_up.store(true, std::sync::atomic::Ordering::Release);
+                return;
+            }
+        }
+    }
 }
 
 fn mount_api_filesystems() {
@@ -99,7 +221,16 @@ fn ensure_console() {
 
 /// Modules loaded whether or not a device asks: the checksum driver ext4
 /// needs (a soft dependency modules.dep does not list), ext4, kernel TLS.
-const ALWAYS: &[&str] = &["crc32c_intel", "ext4", "tls"];
+const ALWAYS: &[&str] = &[
+    "crc32c_intel",
+    "ext4",
+    "tls",
+    // the EFI system partition (boot slots): vfat, its code page and
+    // character set
+    "vfat",
+    "nls_cp437",
+    "nls_utf8",
+];
 
 /// Loads what the devices' modaliases ask for (with dependencies), again
 /// while loading makes new devices appear (virtio_pci → virtio_net), plus
@@ -177,10 +308,11 @@ fn device_modaliases() -> Vec<String> {
 
 /// Mounts the data partition (found by its GPT name) on /data; without it,
 /// a tmpfs, so that the admin API still comes up to say what is wrong.
-fn mount_data() -> PathBuf {
+/// Whether the partition itself is mounted.
+fn mount_data() -> (PathBuf, bool) {
     let data = PathBuf::from(DATA_DIR);
     let _ = std::fs::create_dir_all(&data);
-    let found = wait_for(Duration::from_secs(10), find_partition);
+    let found = wait_for(Duration::from_secs(10), || super::partition(DATA_PARTITION));
     let result = match &found {
         Some(dev) => rustix::mount::mount(dev, &data, "ext4", MountFlags::NOATIME, None)
             .map_err(|e| format!("mount {} on {DATA_DIR}: {e}", dev.display())),
@@ -188,6 +320,7 @@ fn mount_data() -> PathBuf {
             "no partition named {DATA_PARTITION} appeared within 10 s"
         )),
     };
+    let mounted = result.is_ok();
     match result {
         Ok(()) => say(format_args!(
             "data partition {} mounted on {DATA_DIR}",
@@ -203,7 +336,7 @@ fn mount_data() -> PathBuf {
             }
         }
     }
-    data
+    (data, mounted)
 }
 
 /// The interfaces of the persisted config (`network`), used when the kernel
@@ -243,24 +376,6 @@ fn install_first_boot_token(data: &Path) {
         Ok(()) => say("admin token: the image's first-boot token"),
         Err(e) => error(format_args!("{}: {e}", to.display())),
     }
-}
-
-/// `/dev/<name>` of the block device whose GPT partition name is the data
-/// partition's (the kernel puts it in `PARTNAME` of the device's uevent).
-fn find_partition() -> Option<PathBuf> {
-    for entry in std::fs::read_dir("/sys/class/block").ok()?.flatten() {
-        let uevent = std::fs::read_to_string(entry.path().join("uevent")).unwrap_or_default();
-        let field = |key: &str| {
-            uevent
-                .lines()
-                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        if field("PARTNAME").as_deref() == Some(DATA_PARTITION) {
-            return field("DEVNAME").map(|d| Path::new("/dev").join(d));
-        }
-    }
-    None
 }
 
 fn wait_for<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
@@ -329,7 +444,7 @@ fn configure_network(nets: &[NetConfig]) {
 
 /// Runs `edgebox serve` and reaps every child; restarts the server when it
 /// ends unasked, powers off or reboots when it asks ([`super::guarded`]).
-fn supervise(data: &Path) -> ! {
+fn supervise(data: &Path, trial: Option<(Trial, Instant, bool)>) -> ! {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     // The kernel gives PID 1 1 024 open files; the server inherits what is
     // set here, and raises its soft limit to it.
@@ -341,12 +456,33 @@ fn supervise(data: &Path) -> ! {
             .arg("--data")
             .arg(data)
             .arg("--init-child")
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .env(crate::update::HEALTH_ENV, crate::update::HEALTH_FILE);
         c
     };
-    let never = std::sync::atomic::AtomicBool::new(false);
-    match super::guarded::run(&serve, data, &never, &|m| error(m)) {
+    let _ = std::fs::create_dir_all("/run/edgebox");
+    let give_up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let last = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    if let Some((trial, started, data_mounted)) = trial {
+        let (give_up, last) = (give_up.clone(), last.clone());
+        let spawned = std::thread::Builder::new()
+            .name("trial".into())
+            .spawn(move || watch_trial(trial, started, data_mounted, &last, &give_up));
+        if let Err(e) = spawned {
+            error(format_args!("cannot watch the trial boot: {e}"));
+        }
+    }
+    let said = |m: String| {
+        if let Ok(mut l) = last.lock() {
+            *l = Some(m.clone());
+        }
+        error(m);
+    };
+    match super::guarded::run(&serve, data, &give_up, &said) {
         Some(Next::Reboot) => shut_down(RebootCommand::Restart),
+        _ if give_up.load(std::sync::atomic::Ordering::Acquire) => {
+            shut_down(RebootCommand::Restart)
+        }
         _ => shut_down(RebootCommand::PowerOff),
     }
 }
