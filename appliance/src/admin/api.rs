@@ -90,6 +90,8 @@ pub async fn dispatch(
         (["v1", "certificates"], &Method::GET) => certificates(control),
         (["v1", "acme"], &Method::GET) => Ok(super::acme::get(control)),
         (["v1", "acme", name, "renew"], &Method::POST) => super::acme::renew(control, name),
+        (["v1", "update"], &Method::GET) => Ok(super::update::get(&control.borrow())),
+        (["v1", "update"], &Method::POST) => super::update::upload(control, req).await,
         (["v1", "certificates", name], _) => certificate(control, req, name).await,
         (["v1", "hostmap"], &Method::GET) => {
             let c = control.borrow();
@@ -229,6 +231,7 @@ fn not_here(segs: &[&str], m: &Method) -> ApiError {
         ["v1", "failover", "release" | "reclaim"] => "POST",
         ["v1", "acme", _, "renew"] => "POST",
         ["v1", "config" | "listeners" | "routes" | "hostmap"] => "GET, PUT",
+        ["v1", "update"] => "GET, POST",
         ["v1", "pools", _, "backends"] | ["v1", "token", "rotate"] => "POST",
         ["v1", "pools", _, "backends", _, "drain" | "enable"] => "POST",
         ["v1", "system", "shutdown" | "reboot" | "poweroff"] => "POST",
@@ -427,6 +430,7 @@ fn metrics(control: &Rc<RefCell<Control>>) -> Response<Body> {
     if let Some(f) = c.shared.failover.status() {
         crate::failover::io::render_prometheus(&f, &mut text);
     }
+    crate::update::render_prometheus(&super::update::view(&c), &mut text);
     crate::metrics::Process::read().render(&mut text);
     let not_after = {
         let mut cache = c.cert_expiry.borrow_mut();

@@ -14,6 +14,7 @@ mod content;
 mod pools;
 mod status_page;
 pub mod token;
+pub mod update;
 
 use std::cell::RefCell;
 use std::future::Future;

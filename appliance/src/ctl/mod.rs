@@ -140,6 +140,16 @@ enum CtlCommand {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// The boot slots and their versions; with FILE, install that update
+    /// (from `edgebox-image build`) into the inactive slot, to boot on trial
+    /// at the next reboot.
+    Update {
+        /// The update file (`edgebox.update` beside the image).
+        file: Option<PathBuf>,
+        /// Reboot into it once it is written.
+        #[arg(long, requires = "file")]
+        reboot: bool,
+    },
     /// Stop serving (requests in flight finish first).
     Shutdown,
     /// Reboot the appliance (refused with 409 where edgebox is not PID 1).
@@ -484,12 +494,83 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
                 v["token"].as_str().unwrap_or_default()
             )
         })?,
+        CtlCommand::Update { file: None, .. } => show(get("/v1/update")?, json_out, render_update)?,
+        CtlCommand::Update {
+            file: Some(file),
+            reboot,
+        } => {
+            let f = std::fs::File::open(&file)
+                .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
+            let reply = client.send(
+                Method::POST,
+                "/v1/update",
+                ReqBody::File(f),
+                &[("content-type", "application/octet-stream")],
+            )?;
+            let mut out = show(reply, json_out, |v| {
+                format!(
+                    "slot {} holds edgebox image {}{}; it boots on trial at the next reboot\n",
+                    s(&v["slot"]),
+                    s(&v["version"]),
+                    if v["signed"] == json!(true) {
+                        " (signature checked)"
+                    } else {
+                        " (unsigned)"
+                    },
+                )
+            })?;
+            if reboot {
+                out.push_str(&system(&empty, "reboot")?);
+            }
+            out
+        }
         CtlCommand::Shutdown => system(&empty, "shutdown")?,
         CtlCommand::Reboot => system(&empty, "reboot")?,
         CtlCommand::Poweroff => system(&empty, "poweroff")?,
     };
     print!("{out}");
     Ok(())
+}
+
+/// `GET /v1/update` for people.
+fn render_update(v: &Value) -> String {
+    let mut out = format!(
+        "edgebox image {} (binary {})\n",
+        s(&v["version"]),
+        s(&v["edgebox"])
+    );
+    if v["available"] != json!(true) {
+        out.push_str(&format!("no boot slots: {}\n", s(&v["reason"])));
+        return out;
+    }
+    let (running, next) = (s(&v["running"]), s(&v["next_boot"]));
+    for slot in v["slots"].as_array().into_iter().flatten() {
+        let name = s(&slot["slot"]);
+        let mut notes = Vec::new();
+        if name == running {
+            notes.push("running");
+        }
+        if name == next {
+            notes.push("boots next");
+        }
+        out.push_str(&format!(
+            "slot {name}: {:<8} {:<24} {}\n",
+            s(&slot["state"]),
+            slot["version"].as_str().unwrap_or("-"),
+            notes.join(", ")
+        ));
+    }
+    if let Some(f) = v["failed_update"].as_object() {
+        out.push_str(&format!(
+            "the update to {} (slot {}) did not become healthy: {}\n",
+            s(&f["version"]),
+            s(&f["slot"]),
+            f.get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("it left no report (it did not get as far as the data partition)")
+        ));
+    }
+    out
 }
 
 fn system(
