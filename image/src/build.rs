@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use aws_lc_rs::signature::Ed25519KeyPair;
 use edgebox::init::modules::Deps;
 
 use crate::cpio::Archive;
@@ -36,12 +37,23 @@ pub struct BuildOptions {
     pub kernel_args: Vec<String>,
     /// Kernel cache and scratch space.
     pub work: PathBuf,
+    /// The image's version (`IMAGE_VERSION`); default: edgebox's.
+    pub image_version: Option<String>,
+    /// An Ed25519 private key (PKCS#8 PEM, as `openssl genpkey -algorithm
+    /// ed25519` writes): the update file is signed with it, and the image
+    /// trusts its public key for updates.
+    pub signing_key: Option<PathBuf>,
+    /// Let the appliance install unsigned updates.
+    pub allow_unsigned_updates: bool,
 }
 
 /// What was built, with the figures worth printing.
 #[derive(Debug, Clone)]
 pub struct Built {
     pub image: PathBuf,
+    /// The update file for appliances running an earlier image.
+    pub update: PathBuf,
+    pub image_version: String,
     pub qcow2: Option<PathBuf>,
     /// For direct `-kernel/-initrd/-append` boots (tests, debugging).
     pub vmlinuz: PathBuf,
@@ -62,16 +74,23 @@ pub struct Built {
 pub fn check_tools() -> Result<()> {
     tools::require(
         &[DPKG_DEB, DEPMOD, OBJCOPY, MKFS_FAT, MMD, MCOPY, MKFS_EXT4],
-        &[tools::EFI_STUB],
+        &[tools::EFI_STUB, tools::BOOT_LOADER],
     )
 }
 
 /// The kernel command line for these options (validated as the appliance
 /// will read it).
 pub fn cmdline(opts: &BuildOptions) -> Result<String> {
-    let mut words: Vec<String> = ["console=tty0", "console=ttyS0,115200", "loglevel=4"]
-        .map(str::to_owned)
-        .to_vec();
+    // panic=10: a system that dies early reboots, and the boot loader's
+    // counting falls back from a slot on trial.
+    let mut words: Vec<String> = [
+        "console=tty0",
+        "console=ttyS0,115200",
+        "loglevel=4",
+        "panic=10",
+    ]
+    .map(str::to_owned)
+    .to_vec();
     words.extend(opts.net.iter().map(|n| format!("edgebox.net={n}")));
     words.extend(opts.kernel_args.iter().cloned());
     let line = words.join(" ");
@@ -85,6 +104,12 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
         tools::require(&[QEMU_IMG], &[])?;
     }
     let cmdline = cmdline(opts)?;
+    let key = opts
+        .signing_key
+        .as_deref()
+        .map(read_signing_key)
+        .transpose()?;
+    let version = image_version(opts)?;
     let binary = match &opts.binary {
         Some(b) => b.clone(),
         None => build_binary()?,
@@ -108,7 +133,14 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     // One build at a time per output; an output built from the same inputs
     // is kept (builds are reproducible, so it is what a new build would be).
     let lock = lock_output(&opts.output)?;
-    let inputs = inputs_digest(opts, &cmdline, &binary_bytes, &kernel)?;
+    let inputs = inputs_digest(
+        opts,
+        &cmdline,
+        &binary_bytes,
+        &kernel,
+        &version,
+        key.as_ref(),
+    )?;
     let stamp_path = stamp_path(&opts.output);
     let stamp = std::fs::read_to_string(&stamp_path)
         .ok()
@@ -127,7 +159,18 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
         None => {
             let _ = std::fs::remove_file(&stamp_path);
             let scratch = scratch_dir(&opts.output)?;
-            let result = assemble(opts, &scratch, &cmdline, &binary_bytes, &kernel, &modules);
+            let result = assemble(
+                opts,
+                &scratch,
+                &Parts {
+                    cmdline: &cmdline,
+                    binary: &binary_bytes,
+                    kernel: &kernel,
+                    modules: &modules,
+                    version: &version,
+                    key: key.as_ref(),
+                },
+            );
             let _ = std::fs::remove_dir_all(&scratch);
             let built = result?;
             let stamp = Stamp {
@@ -161,6 +204,8 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     };
     Ok(Built {
         image: opts.output.clone(),
+        update: stem.with_extension("update"),
+        image_version: version,
         qcow2,
         vmlinuz,
         initrd,
@@ -179,16 +224,86 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
     })
 }
 
-/// Writes the image and its direct-boot files; returns the initramfs and
-/// unified kernel image sizes and the direct-boot paths.
+/// What goes into an image besides the options.
+struct Parts<'a> {
+    cmdline: &'a str,
+    binary: &'a [u8],
+    kernel: &'a kernel::Kernel,
+    modules: &'a [String],
+    version: &'a str,
+    key: Option<&'a Ed25519KeyPair>,
+}
+
+/// The image version: `--image-version`, or edgebox's; checked as the
+/// update file will be.
+fn image_version(opts: &BuildOptions) -> Result<String> {
+    let v = opts
+        .image_version
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
+    let probe = edgebox::update::file::header(&v, b"x", None);
+    edgebox::update::file::parse_header(
+        std::str::from_utf8(&probe[..probe.len() - 1]).unwrap_or(""),
+        &edgebox::update::file::Trust {
+            key: None,
+            allow_unsigned: true,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("--image-version {v}: {e}"))?;
+    Ok(v)
+}
+
+/// Reads an Ed25519 private key: PKCS#8, PEM or DER.
+pub fn read_signing_key(path: &Path) -> Result<Ed25519KeyPair> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let der = match std::str::from_utf8(&bytes) {
+        Ok(text) if text.contains("-----BEGIN PRIVATE KEY-----") => {
+            use base64::Engine;
+            let b64: String = text
+                .lines()
+                .skip_while(|l| !l.starts_with("-----BEGIN PRIVATE KEY-----"))
+                .skip(1)
+                .take_while(|l| !l.starts_with("-----END"))
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .with_context(|| format!("{}: bad base64", path.display()))?
+        }
+        _ => bytes,
+    };
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not an Ed25519 private key in PKCS#8 ({e}); make one with `openssl genpkey -algorithm ed25519 -out {}`",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+/// A PKCS#8 PEM of `key` (for tests and tools that make keys).
+pub fn signing_key_pem(key: &Ed25519KeyPair) -> Result<String> {
+    use base64::Engine;
+    let der = key
+        .to_pkcs8v1()
+        .map_err(|_| anyhow::anyhow!("cannot encode the key"))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap_or(""));
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    Ok(pem)
+}
+
+/// Writes the image, its update file and its direct-boot files; returns
+/// the initramfs and unified kernel image sizes and the direct-boot paths.
 fn assemble(
     opts: &BuildOptions,
     scratch: &Path,
-    cmdline: &str,
-    binary: &[u8],
-    kernel: &kernel::Kernel,
-    modules: &[String],
+    p: &Parts<'_>,
 ) -> Result<(u64, u64, PathBuf, PathBuf)> {
+    let (cmdline, binary, kernel, modules) = (p.cmdline, p.binary, p.kernel, p.modules);
     // Modules, with depmod data for just these.
     let mod_root = scratch.join("modules");
     let mod_dir = mod_root.join("lib/modules").join(&kernel.version);
@@ -218,6 +333,35 @@ fn assemble(
     for dir in ["proc", "sys", "run", "data"] {
         archive.dir(dir)?;
     }
+    let os_release_text = format!(
+        "ID=edgebox\nNAME=edgebox\nVERSION_ID={v}\nIMAGE_ID=edgebox\nIMAGE_VERSION={iv}\nPRETTY_NAME=\"edgebox {iv}\"\n",
+        v = env!("CARGO_PKG_VERSION"),
+        iv = p.version,
+    );
+    archive.dir("etc")?;
+    archive.file(
+        "etc/os-release",
+        0o644,
+        os_release_text.clone().into_bytes(),
+    )?;
+    if let Some(key) = p.key {
+        archive.file(
+            edgebox::update::TRUST_KEY.trim_start_matches('/'),
+            0o644,
+            format!(
+                "{}\n",
+                edgebox::update::file::hex(&edgebox::update::file::public_key(key))
+            )
+            .into_bytes(),
+        )?;
+    }
+    if opts.allow_unsigned_updates {
+        archive.file(
+            edgebox::update::ALLOW_UNSIGNED.trim_start_matches('/'),
+            0o644,
+            Vec::new(),
+        )?;
+    }
     if let Some(token) = &opts.admin_token {
         archive.file(
             edgebox::init::FIRST_BOOT_TOKEN.trim_start_matches('/'),
@@ -245,13 +389,7 @@ fn assemble(
 
     // The unified kernel image on a FAT32 EFI system partition.
     let os_release = scratch.join("os-release");
-    std::fs::write(
-        &os_release,
-        format!(
-            "ID=edgebox\nNAME=edgebox\nVERSION_ID={v}\nPRETTY_NAME=\"edgebox {v}\"\n",
-            v = env!("CARGO_PKG_VERSION")
-        ),
-    )?;
+    std::fs::write(&os_release, &os_release_text)?;
     let cmdline_file = scratch.join("cmdline");
     std::fs::write(&cmdline_file, cmdline)?;
     let efi = scratch.join("BOOTX64.EFI");
@@ -263,14 +401,37 @@ fn assemble(
         &initrd,
         &efi,
     )?;
-    let uki_bytes = std::fs::metadata(&efi)?.len();
-    let esp_bytes = (uki_bytes * 2 + (8 << 20)).div_ceil(1 << 20).max(64) << 20;
+    let uki = std::fs::read(&efi)?;
+    let uki_bytes = uki.len() as u64;
+
+    // The update file: header (signed if a key is given), then the UKI.
+    let mut update = edgebox::update::file::header(p.version, &uki, p.key);
+    update.extend_from_slice(&uki);
+    std::fs::write(stem.with_extension("update"), &update)?;
+
+    // The ESP: systemd-boot, and the image in slot a (generation 1,
+    // blessed). Room for three images: both slots and one being written.
+    use edgebox::update::slots::{self, Slot};
+    let loader_conf = scratch.join("loader.conf");
+    std::fs::write(
+        &loader_conf,
+        "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n",
+    )?;
+    let entry = scratch.join("entry.conf");
+    std::fs::write(&entry, slots::entry_text(Slot::A, 1, p.version, cmdline))?;
+    let esp_bytes = (uki_bytes * 4 + (16 << 20)).div_ceil(1 << 20).max(128) << 20;
     let esp = scratch.join("esp.img");
+    let entry_path = format!("{}/{}", slots::ENTRIES_DIR, slots::good_file_name(Slot::A));
     fs::fat32(
         &esp,
         esp_bytes,
         "EDGEBOX",
-        &[("EFI/BOOT/BOOTX64.EFI", &efi)],
+        &[
+            ("EFI/BOOT/BOOTX64.EFI", Path::new(tools::BOOT_LOADER.0)),
+            (&Slot::A.image_path(), &efi),
+            ("loader/loader.conf", &loader_conf),
+            (&entry_path, &entry),
+        ],
     )?;
 
     // The data partition, empty: PID 1 and edgebox fill it at first boot.
@@ -344,6 +505,8 @@ fn inputs_digest(
     cmdline: &str,
     binary: &[u8],
     kernel: &kernel::Kernel,
+    version: &str,
+    key: Option<&Ed25519KeyPair>,
 ) -> Result<String> {
     let mut h = blake3::Hasher::new();
     let mut part = |bytes: &[u8]| {
@@ -357,6 +520,13 @@ fn inputs_digest(
     part(binary);
     part(&std::fs::read(&kernel.deb)?);
     part(&std::fs::read(tools::EFI_STUB.0)?);
+    part(&std::fs::read(tools::BOOT_LOADER.0)?);
+    part(version.as_bytes());
+    part(
+        &key.map(edgebox::update::file::public_key)
+            .unwrap_or_default(),
+    );
+    part(&[u8::from(opts.allow_unsigned_updates)]);
     part(cmdline.as_bytes());
     part(&opts.data_bytes.to_le_bytes());
     part(opts.admin_token.as_deref().unwrap_or("").as_bytes());
@@ -500,6 +670,9 @@ mod tests {
             admin_token: None,
             kernel_args: vec![],
             work: "w".into(),
+            image_version: None,
+            signing_key: None,
+            allow_unsigned_updates: false,
         }
     }
 

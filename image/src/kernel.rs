@@ -45,6 +45,10 @@ pub const OPTIONAL: &[&str] = &[
     // module (with its checksum driver) in the generic one
     "ext4",
     "crc32c_intel",
+    // the EFI system partition, written by updates (boot slots)
+    "vfat",
+    "nls_cp437",
+    "nls_utf8",
     "virtio_rng",
     // disks
     "nvme",

@@ -55,6 +55,18 @@ enum Command {
         /// Kernel package cache and scratch space; default: target/edgebox-image.
         #[arg(long)]
         work: Option<PathBuf>,
+        /// The image's version, shown by the appliance and in its update
+        /// file; default: edgebox's version.
+        #[arg(long)]
+        image_version: Option<String>,
+        /// Ed25519 private key (PKCS#8 PEM: `openssl genpkey -algorithm
+        /// ed25519 -out update.key`): signs the update file, and the image
+        /// trusts it for later updates.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Let the appliance install unsigned updates.
+        #[arg(long)]
+        allow_unsigned_updates: bool,
     },
     /// Boot an image in QEMU under UEFI firmware; print the time to the first
     /// HTTPS response when a host port forwards to guest port 443.
@@ -129,6 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_token,
             kernel_args,
             work,
+            image_version,
+            signing_key,
+            allow_unsigned_updates,
         } => {
             let built = build::build(&BuildOptions {
                 kernel,
@@ -140,6 +155,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 admin_token,
                 kernel_args,
                 work: work.unwrap_or_else(default_work),
+                image_version,
+                signing_key,
+                allow_unsigned_updates,
             })?;
             let mib = |b: u64| b as f64 / f64::from(1 << 20);
             println!(
@@ -170,6 +188,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mib(built.uki_bytes)
             );
             println!("command line: {}", built.cmdline);
+            println!(
+                "update: {} (image version {})",
+                built.update.display(),
+                built.image_version
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot {

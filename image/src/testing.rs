@@ -33,7 +33,31 @@ pub fn options(output: PathBuf) -> BuildOptions {
         admin_token: Some(TOKEN.to_owned()),
         kernel_args: Vec::new(),
         work: build::target_dir().join("edgebox-image"),
+        image_version: Some(VERSION.to_owned()),
+        signing_key: Some(signing_key().expect("the test signing key")),
+        allow_unsigned_updates: false,
     }
+}
+
+/// The shared test image's version.
+pub const VERSION: &str = "test-1";
+
+/// The test images' update key, made from a fixed seed (a test key,
+/// nothing else trusts it), written under the target directory.
+pub fn signing_key() -> Result<PathBuf> {
+    let path = build::target_dir().join("edgebox-image/test/update.key");
+    let key = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(
+        blake3::hash(b"edgebox test update key").as_bytes(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pem = build::signing_key_pem(&key)?;
+    if std::fs::read_to_string(&path).ok().as_deref() != Some(pem.as_str()) {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        edgebox::fsutil::write_atomic(&path, pem.as_bytes(), 0o600)?;
+    }
+    Ok(path)
 }
 
 /// Builds (or finds up to date) the shared test image. Tests asking at

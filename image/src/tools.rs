@@ -64,6 +64,11 @@ pub const EFI_STUB: (&str, &str) = (
     "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
     "systemd-boot-efi",
 );
+/// The boot loader: systemd-boot, with boot counting (A/B slots).
+pub const BOOT_LOADER: (&str, &str) = (
+    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+    "systemd-boot-efi",
+);
 /// UEFI firmware for QEMU: code (read-only) and the variable store template.
 pub const OVMF_CODE: (&str, &str) = ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf");
 pub const OVMF_VARS: (&str, &str) = ("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf");
