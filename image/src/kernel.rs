@@ -48,7 +48,7 @@ pub const OPTIONAL: &[&str] = &[
     // the EFI system partition, written by updates (boot slots)
     "vfat",
     "nls_cp437",
-    "nls_utf8",
+    "nls_ascii",
     "virtio_rng",
     // disks
     "nvme",

@@ -41,7 +41,9 @@ impl Esp {
             &root,
             "vfat",
             MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-            None,
+            // Named, not left to the kernel's defaults: these two are the
+            // modules the image carries.
+            Some(c"codepage=437,iocharset=ascii"),
         )
         .map_err(|e| io::Error::other(format!("mount {} (vfat): {e}", dev.display())))?;
         Ok(Esp {
