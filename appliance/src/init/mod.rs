@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cmdline;
+pub mod dhcp;
 pub mod guarded;
 pub mod modules;
 pub mod net;

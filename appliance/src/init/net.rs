@@ -80,6 +80,33 @@ pub fn requests(net: &NetConfig, index: u32) -> Vec<Request> {
     out
 }
 
+/// Removes an address (a DHCP lease that ended).
+pub fn del_address(iface: &str, index: u32, address: IpAddr, prefix: u8) -> Request {
+    let mut addr = AddressMessage::default();
+    addr.header.family = family(address);
+    addr.header.prefix_len = prefix;
+    addr.header.index = index;
+    addr.attributes.push(AddressAttribute::Local(address));
+    addr.attributes.push(AddressAttribute::Address(address));
+    Request {
+        what: format!("{iface}: remove address {address}/{prefix}"),
+        message: RouteNetlinkMessage::DelAddress(addr),
+        flags: 0,
+    }
+}
+
+/// [`requests`] for an address that may be there already (a renewed or
+/// changed DHCP lease): the default route replaces any other.
+pub fn replace_requests(net: &NetConfig, index: u32) -> Vec<Request> {
+    let mut out = requests(net, index);
+    for r in &mut out {
+        if matches!(r.message, RouteNetlinkMessage::NewRoute(_)) {
+            r.flags = NLM_F_CREATE | NLM_F_REPLACE;
+        }
+    }
+    out
+}
+
 fn family(a: IpAddr) -> AddressFamily {
     if a.is_ipv4() {
         AddressFamily::Inet

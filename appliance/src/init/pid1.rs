@@ -229,7 +229,7 @@ const ALWAYS: &[&str] = &[
     // character set
     "vfat",
     "nls_cp437",
-    "nls_utf8",
+    "nls_ascii",
 ];
 
 /// Loads what the devices' modaliases ask for (with dependencies), again
@@ -409,7 +409,8 @@ fn configure_network(nets: &[NetConfig]) {
         None => error("network: there is no loopback interface"),
     }
     if nets.is_empty() {
-        say("network: no interface configured (edgebox.net=IFACE,ADDR/PREFIX[,gw=GW] on the kernel command line, or `network` in the config)");
+        say("network: no static address (edgebox.net= on the kernel command line, or `network` in the config); asking DHCP, and IPv6 router advertisements, on every Ethernet interface");
+        start_dhcp();
     }
     for n in nets {
         let Some(index) = wait_for(Duration::from_secs(5), || ifindex(&n.iface)) else {
@@ -439,6 +440,183 @@ fn configure_network(nets: &[NetConfig]) {
             )),
             Err(e) => error(format_args!("network: {e}")),
         }
+    }
+}
+
+/// Ethernet interfaces (type 1), by name; waits up to 5 s for the first.
+fn ethernet_interfaces() -> Vec<String> {
+    wait_for(Duration::from_secs(5), || {
+        let mut found: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .ok()?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                std::fs::read_to_string(format!("/sys/class/net/{n}/type"))
+                    .is_ok_and(|t| t.trim() == "1")
+            })
+            .collect();
+        found.sort();
+        (!found.is_empty()).then_some(found)
+    })
+    .unwrap_or_default()
+}
+
+/// A DHCP client thread for each Ethernet interface, brought up first (the
+/// kernel then configures IPv6 from router advertisements by itself).
+fn start_dhcp() {
+    let ifaces = ethernet_interfaces();
+    if ifaces.is_empty() {
+        error("network: no Ethernet interface appeared within 5 s");
+    }
+    for iface in ifaces {
+        let (Some(index), Some(mac)) = (ifindex(&iface), mac_address(&iface)) else {
+            error(format_args!("network: {iface}: no index or MAC address"));
+            continue;
+        };
+        if let Err(e) = net::apply(&[net::link_up(&iface, index)]) {
+            error(format_args!("network: {e}"));
+            continue;
+        }
+        let name = iface.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("dhcp-{iface}"))
+            .spawn(move || dhcp(&name, index, mac));
+        if let Err(e) = spawned {
+            error(format_args!("network: {iface}: DHCP thread: {e}"));
+        }
+    }
+}
+
+fn mac_address(iface: &str) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address")).ok()?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    bytes.try_into().ok()
+}
+
+/// The interface's global IPv6 addresses (from /proc/net/if_inet6).
+fn global_ipv6(iface: &str) -> Vec<std::net::Ipv6Addr> {
+    std::fs::read_to_string("/proc/net/if_inet6")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // address, index, prefix length, scope (00: global), flags, name
+            if f.len() < 6 || f[5] != iface || f[3] != "00" {
+                return None;
+            }
+            u128::from_str_radix(f[0], 16)
+                .ok()
+                .map(std::net::Ipv6Addr::from)
+        })
+        .collect()
+}
+
+/// One interface's DHCP client, for as long as the machine runs: leases are
+/// configured and renewed, and IPv6 addresses from router advertisements
+/// are reported as they appear.
+fn dhcp(iface: &str, index: u32, mac: [u8; 6]) {
+    use super::dhcp::{Action, Client, To, PORT, SERVER_PORT};
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = (|| -> std::io::Result<Socket> {
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_address(true)?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(iface.as_bytes()))?;
+        s.bind(&std::net::SocketAddr::from(([0, 0, 0, 0], PORT)).into())?;
+        Ok(s)
+    })();
+    let socket = match socket {
+        Ok(s) => s,
+        Err(e) => {
+            error(format_args!("network: {iface}: DHCP socket: {e}"));
+            return;
+        }
+    };
+    let start = Instant::now();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut client = Client::new(mac, seed);
+    let mut v6_seen: Vec<std::net::Ipv6Addr> = Vec::new();
+    let mut buf = [0u8; 1500];
+    let act = |actions: Vec<Action>| {
+        for a in actions {
+            match a {
+                Action::Send(to, bytes) => {
+                    let dest = match to {
+                        To::Broadcast => std::net::Ipv4Addr::BROADCAST,
+                        To::Server(ip) => ip,
+                    };
+                    let addr = std::net::SocketAddr::from((dest, SERVER_PORT));
+                    if let Err(e) = socket.send_to(&bytes, &addr.into()) {
+                        error(format_args!("network: {iface}: DHCP send to {dest}: {e}"));
+                    }
+                }
+                Action::Configure(l) => {
+                    let n = NetConfig {
+                        iface: iface.to_owned(),
+                        address: l.address.into(),
+                        prefix: l.prefix,
+                        gateway: l.router.map(Into::into),
+                    };
+                    match net::apply(&net::replace_requests(&n, index)) {
+                        Ok(()) => say(format_args!(
+                            "network: {iface} is {}/{} by DHCP from {} (lease {} s){}",
+                            l.address,
+                            l.prefix,
+                            l.server,
+                            l.lease.as_secs(),
+                            l.router
+                                .map(|g| format!(", default route via {g}"))
+                                .unwrap_or_default()
+                        )),
+                        Err(e) => error(format_args!("network: {e}")),
+                    }
+                }
+                Action::Deconfigure(l) => {
+                    say(format_args!(
+                        "network: {iface}: the DHCP lease of {} ended",
+                        l.address
+                    ));
+                    let del = net::del_address(iface, index, l.address.into(), l.prefix);
+                    if let Err(e) = net::apply(&[del]) {
+                        error(format_args!("network: {e}"));
+                    }
+                }
+            }
+        }
+    };
+    loop {
+        act(client.poll(start.elapsed()));
+        let wait = client
+            .next_wakeup()
+            .saturating_sub(start.elapsed())
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let _ = socket.set_read_timeout(Some(wait));
+        match std::io::Read::read(&mut &socket, &mut buf) {
+            Ok(n) => act(client.on_packet(start.elapsed(), &buf[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                error(format_args!("network: {iface}: DHCP receive: {e}"));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+        let v6 = global_ipv6(iface);
+        for a in v6.iter().filter(|a| !v6_seen.contains(a)) {
+            say(format_args!(
+                "network: {iface} is {a} by IPv6 router advertisement"
+            ));
+        }
+        v6_seen = v6;
     }
 }
 
