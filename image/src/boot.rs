@@ -85,6 +85,19 @@ pub struct BootOptions {
     /// ends, however it ends (`edgebox-image boot`: even on SIGKILL). Only
     /// for a thread that lives as long as the VM should.
     pub die_with_parent: bool,
+    /// The emulated devices.
+    pub devices: Devices,
+}
+
+/// What the VM's disk and NIC are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Devices {
+    /// virtio disk, NIC and entropy source (the cloud kernel's).
+    #[default]
+    Virtio,
+    /// What a dedicated load balancer has: an NVMe disk and an Intel
+    /// e1000e NIC, nothing paravirtual (needs `--kernel generic`).
+    Hardware,
 }
 
 /// A running VM; killed (by its PID) when dropped.
@@ -201,11 +214,18 @@ impl Vm {
         } else {
             "raw"
         };
+        let (disk_if, nic, rng) = match opts.devices {
+            Devices::Virtio => ("virtio", "virtio-net-pci", true),
+            Devices::Hardware => ("none,id=disk0", "e1000e", false),
+        };
         cmd.arg("-drive").arg(format!(
-            "if=virtio,format={format},file={}{}",
+            "if={disk_if},format={format},file={}{}",
             opts.image.display(),
             if opts.snapshot { ",snapshot=on" } else { "" }
         ));
+        if opts.devices == Devices::Hardware {
+            cmd.args(["-device", "nvme,drive=disk0,serial=edgebox0"]);
+        }
         let device = match &opts.net {
             Net::User { forwards } => {
                 let mut netdev = String::from("user,id=net0,restrict=on");
@@ -213,16 +233,19 @@ impl Vm {
                     netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
                 }
                 cmd.args(["-netdev", &netdev]);
-                "virtio-net-pci,netdev=net0".to_owned()
+                format!("{nic},netdev=net0")
             }
             Net::Tap { ifname, mac } => {
                 cmd.arg("-netdev").arg(format!(
                     "tap,id=net0,ifname={ifname},script=no,downscript=no"
                 ));
-                format!("virtio-net-pci,netdev=net0,mac={mac}")
+                format!("{nic},netdev=net0,mac={mac}")
             }
         };
-        cmd.args(["-device", &device, "-device", "virtio-rng-pci"]);
+        cmd.args(["-device", &device]);
+        if rng {
+            cmd.args(["-device", "virtio-rng-pci"]);
+        }
         match &opts.serial {
             Serial::Stdout => {
                 cmd.args(["-serial", "stdio"]).stdin(Stdio::null());

@@ -60,6 +60,8 @@ pub struct Built {
     pub initrd: PathBuf,
     pub cmdline: String,
     pub kernel_version: String,
+    /// The static edgebox binary it carries.
+    pub binary: PathBuf,
     pub binary_bytes: u64,
     pub initrd_bytes: u64,
     pub uki_bytes: u64,
@@ -211,6 +213,7 @@ pub fn build(opts: &BuildOptions) -> Result<Built> {
         initrd,
         cmdline,
         kernel_version: kernel.version,
+        binary,
         binary_bytes: binary_bytes.len() as u64,
         initrd_bytes,
         uki_bytes,

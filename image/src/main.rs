@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use edgebox_image::boot::{Accel, BootOptions, Forward, Net, Serial, Vm};
+use edgebox_image::boot::{Accel, BootOptions, Devices, Forward, Net, Serial, Vm};
 use edgebox_image::build::{self, BuildOptions};
 use edgebox_image::kernel::KernelSource;
 
@@ -93,6 +93,10 @@ enum Command {
         timeout: u64,
         #[arg(long)]
         work: Option<PathBuf>,
+        /// `virtio`, or `hardware`: an NVMe disk and an e1000e NIC (for an
+        /// image built with `--kernel generic`).
+        #[arg(long, value_enum, default_value = "virtio")]
+        devices: Devices,
     },
 }
 
@@ -205,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             snapshot,
             timeout,
             work,
+            devices,
         } => {
             let https = forward.iter().find(|f| f.guest == 443).map(|f| f.host);
             let mut vm = Vm::start(&BootOptions {
@@ -220,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // Even if this process is killed, QEMU (and its forwarded
                 // ports) go with it.
                 die_with_parent: true,
+                devices,
             })?;
             let signalled = stop_on_signals(&vm)?;
             eprintln!("edgebox-image: QEMU pid {} ({:?})", vm.pid(), vm.accel);

@@ -66,6 +66,7 @@ fn boot(disk: &Path, serial: &Path, direct: Option<String>) -> (Vm, u16, SocketA
         direct: direct.map(|cmdline| (built.vmlinuz.clone(), built.initrd.clone(), cmdline)),
         work: work(),
         die_with_parent: false,
+        devices: edgebox_image::boot::Devices::Virtio,
     })
     .unwrap();
     (vm, https, ([127, 0, 0, 1], admin).into())
