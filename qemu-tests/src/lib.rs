@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use edgebox_image::boot::{self, Accel, BootOptions, Net, Serial, Vm};
+use edgebox_image::boot::{self, Accel, BootOptions, Devices, Net, Serial, Vm};
 use edgebox_image::testing;
 
 pub use net::TestNet;
@@ -108,6 +108,11 @@ impl Harness {
     /// lifetime (it survives the appliance's reboots and power cuts).
     pub fn disk(&self, name: &str) -> PathBuf {
         let image = &testing::shared_image().expect("the test image").image;
+        self.disk_of(image, name)
+    }
+
+    /// A copy-on-write disk over another image.
+    pub fn disk_of(&self, image: &Path, name: &str) -> PathBuf {
         let disk = self.dir.join(format!("{name}.qcow2"));
         boot::overlay(image, &disk).expect("the VM's disk");
         disk
@@ -142,6 +147,19 @@ impl Appliance {
         addr: Ipv4Addr,
         memory_mib: u32,
     ) -> Appliance {
+        Self::boot_with(h, name, disk, how, addr, memory_mib, Devices::Virtio)
+    }
+
+    /// The most general start: `devices` says what the disk and NIC are.
+    pub fn boot_with(
+        h: &mut Harness,
+        name: &str,
+        disk: &Path,
+        how: Boot,
+        addr: Ipv4Addr,
+        memory_mib: u32,
+        devices: Devices,
+    ) -> Appliance {
         let built = testing::shared_image().expect("the test image");
         let (ifname, mac) = h.net.tap().expect("a tap device");
         let serial = h.dir.join(format!("{name}.serial.log"));
@@ -161,6 +179,7 @@ impl Appliance {
             },
             work: h.dir.clone(),
             die_with_parent: false,
+            devices,
         })
         .expect("starting QEMU");
         Appliance {
@@ -379,4 +398,79 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// dnsmasq on the test's bridge: DHCP for `range` (`FIRST,LAST`; leases of
+/// 2 minutes, the shortest it gives), with fixed addresses for some MACs
+/// (`MAC,ADDRESS`), the bridge as router, and IPv6 router advertisements
+/// for fd00:2::/64. Stopped by its PID when dropped.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    pub fn start(h: &Harness, range: &str, hosts: &[&str]) -> Dnsmasq {
+        net::ip(&["addr", "add", "fd00:2::2/64", "dev", "br0", "nodad"])
+            .expect("an IPv6 address on the bridge");
+        let log = h.dir.join("dnsmasq.log");
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--port=0",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--user=root",
+            "--log-dhcp",
+            "--dhcp-option=option:router,10.0.2.2",
+            "--dhcp-range=::,constructor:br0,ra-only,64",
+            "--enable-ra",
+            "--ra-param=br0,5",
+        ])
+        .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
+        .arg(format!(
+            "--dhcp-leasefile={}",
+            h.dir.join("leases").display()
+        ))
+        .arg(format!("--log-facility={}", log.display()));
+        for host in hosts {
+            cmd.arg(format!("--dhcp-host={host}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (apt-get install dnsmasq-base)");
+        Dnsmasq { child, log }
+    }
+
+    /// What it logged (every DHCP exchange).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The shared test image built again without `--net` (so the appliance
+/// asks DHCP), with `kernel` and the same binary; `name` keeps its output
+/// apart.
+pub fn image_without_address(kernel: edgebox_image::kernel::KernelSource, name: &str) -> PathBuf {
+    let shared = testing::shared_image().expect("the test image");
+    let mut opts = testing::options(
+        edgebox_image::build::target_dir().join(format!("edgebox-image/test-{name}/edgebox.img")),
+    );
+    opts.net.clear();
+    opts.kernel = kernel;
+    opts.binary = Some(shared.binary.clone());
+    edgebox_image::build::build(&opts)
+        .expect("the image without an address")
+        .image
 }

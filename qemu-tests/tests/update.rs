@@ -23,9 +23,10 @@ use serde_json::Value;
 fn update(version: &str, binary: Option<PathBuf>, key: Option<PathBuf>) -> PathBuf {
     let output = build::target_dir().join(format!("edgebox-image/test-{version}/edgebox.img"));
     let base = testing::options(output);
+    let shared = testing::shared_image().unwrap();
     let built = build::build(&BuildOptions {
         image_version: Some(version.to_owned()),
-        binary,
+        binary: binary.or_else(|| Some(shared.binary.clone())),
         signing_key: key,
         ..base
     })
@@ -230,5 +231,179 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
         );
         assert_eq!(slot_state(&v, "a"), "empty", "{v}");
         assert_eq!(v["next_boot"], "b", "{v}");
+    });
+}
+
+/// What a client asking the virtual address over and over saw.
+#[derive(Debug, Default)]
+struct Seen {
+    ok: u64,
+    failed: Vec<String>,
+    longest_gap: Duration,
+}
+
+/// One `GET /` over a new TLS connection, with timeouts long enough for a
+/// SYN dropped during a handover to be sent again (1 s later).
+fn ask(addr: std::net::SocketAddr) -> Result<(), String> {
+    use std::io::Read;
+    let config = edgebox::ctl::client::tls_config(edgebox::ctl::client::Trust::Insecure)
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("edgebox.invalid").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let sock = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: pair\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("request: {e}"))?;
+    let mut reply = Vec::new();
+    if let Err(e) = tls.read_to_end(&mut reply) {
+        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+            return Err(format!("response: {e}"));
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    if text.starts_with("HTTP/1.1 200") && text.ends_with("served\n") {
+        Ok(())
+    } else {
+        Err(format!("response: {:?}", text.lines().next()))
+    }
+}
+
+#[test]
+fn a_pair_updates_one_side_at_a_time_behind_its_virtual_address_without_a_failed_request() {
+    let image =
+        qemu_tests::image_without_address(edgebox_image::kernel::KernelSource::Cloud, "pair");
+    let update_file = update("test-2", None, Some(testing::signing_key().unwrap()));
+    run("rolling-update", move |h| {
+        let _dhcp = qemu_tests::Dnsmasq::start(
+            h,
+            "10.0.2.15,10.0.2.16",
+            &["52:54:00:12:34:56,10.0.2.15", "52:54:00:12:34:57,10.0.2.16"],
+        );
+        let (disk_a, disk_b) = (h.disk_of(&image, "a"), h.disk_of(&image, "b"));
+        let mut a = Appliance::boot_at(h, "a", &disk_a, Boot::Uefi, [10, 0, 2, 15].into());
+        let mut b = Appliance::boot_at(h, "b", &disk_b, Boot::Uefi, [10, 0, 2, 16].into());
+        a.wait_ready();
+        b.wait_ready();
+        let vip: std::net::Ipv4Addr = [10, 0, 2, 100].into();
+        let fingerprint = |vm: &Appliance| {
+            let (_, r) = vm.api("GET", "/v1/replication", None);
+            r["fingerprint"].as_str().unwrap().to_owned()
+        };
+        let (fa, fb) = (fingerprint(&a), fingerprint(&b));
+        // Neither preempts: an updated appliance comes back as backup, and
+        // the operator hands back with a graceful release.
+        let pair = |me: &Appliance, peer: &Appliance, pin: String, priority: u8| {
+            let (me, peer) = (me.addr, peer.addr);
+            move |c: &mut Value| {
+                c["replication"] = serde_json::json!({
+                    "listen": format!("{me}:7443"),
+                    "peers": [{ "address": format!("{peer}:7443"), "fingerprint": pin, "name": "peer" }],
+                    "sync_interval_ms": 1000,
+                });
+                c["failover"] = serde_json::json!({
+                    "interface": "eth0", "vrid": 52, "priority": priority, "advert_ms": 100,
+                    "preempt": false,
+                    "virtual_addresses": [format!("{vip}/24")], "peers": [peer.to_string()],
+                });
+                c["routes"] = serde_json::json!([{ "action": { "respond": { "status": 200, "body": "served\n" } } }]);
+            }
+        };
+        a.change_config(pair(&a, &b, fb, 150));
+        let state = |vm: &Appliance| {
+            vm.api("GET", "/v1/failover", None).1["state"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        while state(&a) != "master" {
+            assert!(Instant::now() < until, "A never became master");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        b.change_config(pair(&b, &a, fa, 100));
+        let until = Instant::now() + Duration::from_secs(60);
+        while state(&b) != "backup" || ask((vip, 443).into()).is_err() {
+            assert!(Instant::now() < until, "B never became backup");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+
+        // A client asks the virtual address back to back, for as long as the
+        // update takes (bounded: 15 minutes, 200 000 requests).
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let client = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut seen = Seen::default();
+                let mut last_ok = Instant::now();
+                let until = Instant::now() + Duration::from_secs(900);
+                for _ in 0..200_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > until {
+                        break;
+                    }
+                    match ask((vip, 443).into()) {
+                        Ok(()) => {
+                            seen.ok += 1;
+                            seen.longest_gap = seen.longest_gap.max(last_ok.elapsed());
+                            last_ok = Instant::now();
+                        }
+                        Err(e) => seen.failed.push(e),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                seen
+            })
+        };
+        let file = update_file.to_str().unwrap();
+        // 1. The backup first; it must come back healthy (failover and
+        //    replication talking to A) and blessed.
+        let (ok, out) = ctl(&b, &["update", file, "--reboot"]);
+        assert!(ok, "{out}");
+        wait_boot(&mut b, 2);
+        b.wait_console(
+            "edgebox image test-2 is healthy; marked good",
+            Duration::from_secs(200),
+        )
+        .unwrap();
+        assert_eq!(state(&b), "backup");
+        // 2. The master: it hands the address to B before it reboots.
+        let (ok, out) = ctl(&a, &["update", file, "--reboot"]);
+        assert!(ok, "{out}");
+        wait_boot(&mut a, 2);
+        a.wait_console(
+            "edgebox image test-2 is healthy; marked good",
+            Duration::from_secs(200),
+        )
+        .unwrap();
+        assert_eq!(
+            (state(&a).as_str(), state(&b).as_str()),
+            ("backup", "master")
+        );
+        // 3. Hand back to A.
+        let (ok, out) = ctl(&b, &["failover", "release"]);
+        assert!(ok, "{out}");
+        assert_eq!(state(&a), "master");
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = client.join().unwrap();
+        for vm in [&a, &b] {
+            let v = slots(vm);
+            assert_eq!(
+                (v["version"].as_str(), v["running"].as_str()),
+                (Some("test-2"), Some("b")),
+                "{v}"
+            );
+        }
+        eprintln!(
+            "rolling update of the pair: {} requests answered, {} failed, longest gap {} ms",
+            seen.ok,
+            seen.failed.len(),
+            seen.longest_gap.as_millis()
+        );
+        assert!(seen.failed.is_empty(), "failed requests: {:?}", seen.failed);
+        assert!(seen.ok > 100, "{seen:?}");
     });
 }
