@@ -131,8 +131,16 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
         let key = testing::signing_key().unwrap();
         let good = update("test-2", None, Some(key.clone()));
         let unsigned = update("test-unsigned", None, None);
-        let bad = update("test-bad", Some(dies_at_start(&h.dir)), Some(key));
-        let disk = h.disk("vm");
+        let bad = update("test-bad", Some(dies_at_start(&h.dir)), Some(key.clone()));
+        let unhealthy = update("test-unhealthy", None, Some(key));
+        // The shared image with a shorter trial (45 s instead of 180 s).
+        let shared = testing::shared_image().unwrap();
+        let mut opts =
+            testing::options(build::target_dir().join("edgebox-image/test-trial/edgebox.img"));
+        opts.kernel_args.push("edgebox.trial_deadline=45".into());
+        opts.binary = Some(shared.binary.clone());
+        let image = build::build(&opts).unwrap().image;
+        let disk = h.disk_of(&image, "vm");
         let mut vm = Appliance::boot(h, "vm", &disk, Boot::Uefi);
         vm.wait_ready();
         let v = slots(&vm);
@@ -185,11 +193,46 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
             "{metrics}"
         );
 
+        // An update that starts but is not healthy in time (replication
+        // set up with a peer that is not there): PID 1 records why and
+        // reboots, and the loader goes back to b.
+        vm.change_config(|c| {
+            c["replication"] = serde_json::json!({
+                "listen": "10.0.2.15:7443",
+                "peers": [{ "address": "10.0.2.99:7443", "fingerprint": "ab".repeat(32), "name": "absent" }],
+            });
+        });
+        let (ok, out) = ctl(&vm, &["update", unhealthy.to_str().unwrap(), "--reboot"]);
+        assert!(ok, "{out}");
+        wait_boot(&mut vm, 4);
+        let console = vm.console();
+        assert!(
+            console.contains("boot slot a on trial: not healthy 45 s after boot: edgebox serve reports waiting: replication: no peer connected; rebooting into the previous slot"),
+            "{console}"
+        );
+        let v = slots(&vm);
+        assert_eq!(
+            (v["version"].as_str(), v["running"].as_str()),
+            (Some("test-2"), Some("b")),
+            "{v}"
+        );
+        assert_eq!(v["failed_update"]["version"], "test-unhealthy", "{v}");
+        assert!(
+            v["failed_update"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("replication: no peer connected"),
+            "{v}"
+        );
+        vm.change_config(|c| {
+            c.as_object_mut().unwrap().remove("replication");
+        });
+
         // An update whose edgebox dies at start: the kernel panics, reboots,
         // and the loader, the trial's one try used, goes back to b.
         let (ok, out) = ctl(&vm, &["update", bad.to_str().unwrap(), "--reboot"]);
         assert!(ok, "{out}");
-        wait_boot(&mut vm, 3);
+        wait_boot(&mut vm, 5);
         let console = vm.console();
         assert!(
             console

@@ -29,6 +29,9 @@ pub struct BootParams {
     /// The boot slot (`edgebox.slot=a|b`, written into each slot's boot
     /// entry; see [`crate::update::slots`]).
     pub slot: Option<crate::update::Slot>,
+    /// How long a slot on trial has to become healthy
+    /// (`edgebox.trial_deadline=SECONDS`, 10 to 3600).
+    pub trial_deadline: Option<std::time::Duration>,
 }
 
 /// A parameter that cannot be used, and why.
@@ -92,9 +95,17 @@ pub fn parse(cmdline: &str) -> Result<BootParams, CmdlineError> {
                 params.slot =
                     Some(crate::update::Slot::parse(value).ok_or_else(|| fail("expected a or b"))?);
             }
+            "trial_deadline" => {
+                let secs: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (10..=3600).contains(s))
+                    .ok_or_else(|| fail("expected seconds, 10 to 3600"))?;
+                params.trial_deadline = Some(std::time::Duration::from_secs(secs));
+            }
             _ => {
                 return Err(fail(
-                    "unknown edgebox parameter (known: edgebox.net, edgebox.slot)",
+                    "unknown edgebox parameter (known: edgebox.net, edgebox.slot, edgebox.trial_deadline)",
                 ))
             }
         }
@@ -197,6 +208,8 @@ mod tests {
             ),
             ("edgebox.nett=eth0,10.0.0.1/8", "unknown edgebox parameter"),
             ("edgebox.slot=c", "expected a or b"),
+            ("edgebox.trial_deadline=5", "10 to 3600"),
+            ("edgebox.trial_deadline=x", "10 to 3600"),
         ] {
             let e = parse(line).unwrap_err();
             assert!(e.to_string().contains(needle), "{line}: {e}");

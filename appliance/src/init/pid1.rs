@@ -58,7 +58,10 @@ pub fn run() -> ! {
         params.net
     };
     configure_network(&nets);
-    let trial = params.slot.and_then(check_slot);
+    let deadline = params
+        .trial_deadline
+        .unwrap_or(crate::update::trial::DEADLINE);
+    let trial = params.slot.and_then(|s| check_slot(s, deadline));
     say(format_args!(
         "set up in {} ms; starting edgebox serve",
         started.elapsed().as_millis()
@@ -72,11 +75,12 @@ struct Trial {
     slot: Slot,
     generation: u64,
     version: String,
+    deadline: Duration,
 }
 
 /// Says which slot booted and how it stands; a slot on trial is returned,
 /// to be watched.
-fn check_slot(slot: Slot) -> Option<Trial> {
+fn check_slot(slot: Slot, deadline: Duration) -> Option<Trial> {
     let slots = match Esp::mount().and_then(|esp| esp.slots()) {
         Ok(s) => s,
         Err(e) => {
@@ -104,6 +108,7 @@ fn check_slot(slot: Slot) -> Option<Trial> {
         slot,
         generation: entry.generation,
         version,
+        deadline,
     })
 }
 
@@ -117,7 +122,7 @@ fn watch_trial(
     last: &std::sync::Mutex<Option<String>>,
     give_up: &std::sync::atomic::AtomicBool,
 ) {
-    use crate::update::trial::{judge, Seen, Verdict, DEADLINE};
+    use crate::update::trial::{judge, Seen, Verdict};
     loop {
         std::thread::sleep(Duration::from_secs(1));
         let health = std::fs::read_to_string(crate::update::HEALTH_FILE).ok();
@@ -129,7 +134,7 @@ fn watch_trial(
                 health: health.as_deref(),
                 last_exit: last.as_deref(),
             },
-            DEADLINE,
+            trial.deadline,
         );
         match verdict {
             Verdict::Wait => continue,
