@@ -166,12 +166,16 @@ fn the_same_inputs_build_the_same_bytes() {
     let second = dir.join("edgebox.img");
     let status = Command::new(env!("CARGO_BIN_EXE_edgebox-image"))
         .args(["build", "--data-size", "256M", "--admin-token", TOKEN])
-        .args(["--net", "eth0,10.0.2.15/24,gw=10.0.2.2", "--output"])
+        .args(["--net", "eth0,10.0.2.15/24,gw=10.0.2.2"])
+        .args(["--image-version", edgebox_image::testing::VERSION, "--signing-key"])
+        .arg(edgebox_image::testing::signing_key().unwrap())
+        .arg("--output")
         .arg(&second)
         .status()
         .unwrap();
     assert!(status.success(), "edgebox-image build: {status}");
-    for ext in ["img", "initrd", "vmlinuz", "cmdline"] {
+    // The signed update file too (Ed25519 signatures are deterministic).
+    for ext in ["img", "initrd", "vmlinuz", "cmdline", "update"] {
         let a = std::fs::read(first.with_extension(ext)).unwrap();
         let b = std::fs::read(second.with_extension(ext)).unwrap();
         assert!(a.len() > 10, "{ext} is empty");

@@ -485,8 +485,11 @@ fn status(control: &Rc<RefCell<Control>>) -> Response<Body> {
             })
         })
         .collect();
+    let update = super::update::view(&c);
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "image_version": update.version,
+        "slot": update.running,
         "uptime_s": c.started.elapsed().as_secs_f64(),
         "generations": c.gens,
         "hostmap_entries": c.hostmap.len(),

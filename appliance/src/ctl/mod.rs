@@ -780,8 +780,12 @@ fn s(v: &Value) -> String {
 fn render_status(v: &Value) -> String {
     let mut out =
         format!(
-        "edgebox {}  up {:.0} s  config generation {}  host map generation {} ({} entries){}\n\n",
+        "edgebox {}{}  up {:.0} s  config generation {}  host map generation {} ({} entries){}\n\n",
         s(&v["version"]),
+        match (v["image_version"].as_str(), v["slot"].as_str()) {
+            (Some(image), Some(slot)) => format!("  image {image} (slot {slot})"),
+            _ => String::new(),
+        },
         v["uptime_s"].as_f64().unwrap_or_default(),
         v["generations"]["config"],
         v["generations"]["hostmap"],
