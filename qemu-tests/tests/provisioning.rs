@@ -67,13 +67,15 @@ fn without_an_address_it_takes_one_by_dhcp_and_slaac_and_renews_the_lease() {
         // The default listeners are IPv4 (0.0.0.0); the address answers
         // all the same: the kernel refuses the connection at once.
         let v6_addr: std::net::Ipv6Addr = v6.parse().unwrap();
-        let refused = std::net::TcpStream::connect_timeout(
-            &(v6_addr, 443).into(),
-            Duration::from_secs(5),
-        )
-        .map(|_| ())
-        .unwrap_err();
-        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{v6}: {refused}");
+        let refused =
+            std::net::TcpStream::connect_timeout(&(v6_addr, 443).into(), Duration::from_secs(5))
+                .map(|_| ())
+                .unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{v6}: {refused}"
+        );
         // The lease is renewed at T1 (60 s): a second DHCPACK for the same
         // address, and the appliance still answers on it.
         let until = Instant::now() + Duration::from_secs(150);

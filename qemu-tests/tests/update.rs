@@ -400,27 +400,23 @@ fn a_pair_updates_one_side_at_a_time_behind_its_virtual_address_without_a_failed
                 seen
             })
         };
-        let file = update_file.to_str().unwrap();
-        // 1. The backup first; it must come back healthy (failover and
-        //    replication talking to A) and blessed.
-        let (ok, out) = ctl(&b, &["update", file, "--reboot"]);
-        assert!(ok, "{out}");
-        wait_boot(&mut b, 2);
-        b.wait_console(
-            "edgebox image test-2 is healthy; marked good",
-            Duration::from_secs(200),
-        )
-        .unwrap();
+        // Updates one appliance, and waits until it runs the update, healthy
+        // (failover and replication talking to the other) and kept.
+        let update_one = |vm: &mut Appliance| {
+            let (ok, out) = ctl(vm, &["update", update_file.to_str().unwrap(), "--reboot"]);
+            assert!(ok, "{out}");
+            wait_boot(vm, 2);
+            vm.wait_console(
+                "edgebox image test-2 is healthy; marked good",
+                Duration::from_secs(200),
+            )
+            .unwrap();
+        };
+        // 1. The backup first.
+        update_one(&mut b);
         assert_eq!(state(&b), "backup");
         // 2. The master: it hands the address to B before it reboots.
-        let (ok, out) = ctl(&a, &["update", file, "--reboot"]);
-        assert!(ok, "{out}");
-        wait_boot(&mut a, 2);
-        a.wait_console(
-            "edgebox image test-2 is healthy; marked good",
-            Duration::from_secs(200),
-        )
-        .unwrap();
+        update_one(&mut a);
         assert_eq!(
             (state(&a).as_str(), state(&b).as_str()),
             ("backup", "master")
