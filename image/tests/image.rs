@@ -167,7 +167,11 @@ fn the_same_inputs_build_the_same_bytes() {
     let status = Command::new(env!("CARGO_BIN_EXE_edgebox-image"))
         .args(["build", "--data-size", "256M", "--admin-token", TOKEN])
         .args(["--net", "eth0,10.0.2.15/24,gw=10.0.2.2"])
-        .args(["--image-version", edgebox_image::testing::VERSION, "--signing-key"])
+        .args([
+            "--image-version",
+            edgebox_image::testing::VERSION,
+            "--signing-key",
+        ])
         .arg(edgebox_image::testing::signing_key().unwrap())
         .arg("--output")
         .arg(&second)

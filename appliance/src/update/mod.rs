@@ -197,6 +197,17 @@ pub fn view(slots: Result<&Slots, &str>, running: Option<Slot>, data: &Path) -> 
 /// The `edgebox_update_slot_info` series.
 pub fn render_prometheus(v: &View, out: &mut String) {
     use std::fmt::Write;
+    crate::metrics::family(
+        out,
+        "edgebox_update_failed_trial",
+        "gauge",
+        "1 while the newest installed update was tried and did not become healthy (the appliance runs the previous slot).",
+    );
+    let _ = writeln!(
+        out,
+        "edgebox_update_failed_trial {}",
+        u8::from(v.failed_update.is_some())
+    );
     if !v.available {
         return;
     }
@@ -219,17 +230,6 @@ pub fn render_prometheus(v: &View, out: &mut String) {
             v.running == Some(s.slot),
         );
     }
-    crate::metrics::family(
-        out,
-        "edgebox_update_failed_trial",
-        "gauge",
-        "1 while the newest installed update was tried and did not become healthy (the appliance runs the previous slot).",
-    );
-    let _ = writeln!(
-        out,
-        "edgebox_update_failed_trial {}",
-        u8::from(v.failed_update.is_some())
-    );
 }
 
 #[cfg(test)]
