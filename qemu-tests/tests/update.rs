@@ -415,7 +415,11 @@ fn a_pair_updates_one_side_at_a_time_behind_its_virtual_address_without_a_failed
         // 1. The backup first.
         update_one(&mut b);
         assert_eq!(state(&b), "backup");
-        // 2. The master: it hands the address to B before it reboots.
+        // 2. The master hands the address to the updated backup (make before
+        //    break; it answers only once B holds it), then updates.
+        let (ok, out) = ctl(&a, &["failover", "release"]);
+        assert!(ok, "{out}");
+        assert_eq!(state(&b), "master");
         update_one(&mut a);
         assert_eq!(
             (state(&a).as_str(), state(&b).as_str()),

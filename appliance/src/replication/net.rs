@@ -45,6 +45,7 @@ const CHUNK: usize = 256 * 1024;
 /// Application error codes a connection is closed with.
 const CLOSE_BAD_MESSAGE: u32 = 1;
 const CLOSE_REMOVED: u32 = 2;
+const CLOSE_TIMED_OUT: u32 = 3;
 
 /// Why talking to a peer failed.
 #[derive(Debug, thiserror::Error)]
@@ -446,9 +447,16 @@ async fn connect(net: &Rc<Net>, link: &Link) -> Result<Option<quinn::Connection>
 }
 
 async fn sync_while_up(net: &Rc<Net>, link: &Rc<Link>, conn: &quinn::Connection) {
+    // A peer that restarted never answers on the old connection (its
+    // stateless resets are not recognised), and QUIC gives up on it only
+    // after its probe timeouts have backed off several times (seen: more
+    // than 20 s): two syncs in a row that time out end the connection, and
+    // the link dials anew (at once when the peer dials in).
+    let mut timeouts = 0;
     loop {
         match pull(net, link, conn).await {
             Ok(()) => {
+                timeouts = 0;
                 with_status(net, link.id, |s| s.last_sync_ms = Some(now_ms()));
                 kick(net);
             }
@@ -457,6 +465,18 @@ async fn sync_while_up(net: &Rc<Net>, link: &Rc<Link>, conn: &quinn::Connection)
                 count_error(net, link.id, &e);
                 if matches!(e, NetError::Protocol(_)) {
                     conn.close(CLOSE_BAD_MESSAGE.into(), b"protocol");
+                }
+                if matches!(e, NetError::Timeout) {
+                    timeouts += 1;
+                    if timeouts >= 2 {
+                        tracing::warn!(
+                            peer = link.settings.label(),
+                            "replication: the peer did not answer twice in a row; dialling it again"
+                        );
+                        conn.close(CLOSE_TIMED_OUT.into(), b"timed out");
+                    }
+                } else {
+                    timeouts = 0;
                 }
                 if conn.close_reason().is_some() {
                     return;
