@@ -552,6 +552,10 @@ pub struct Shared {
     /// Set by the control plane on SIGTERM/SIGINT or a shutdown request; cores
     /// poll it.
     pub shutting_down: AtomicBool,
+    /// Set by the control plane during a planned failover handover
+    /// (`failover.handover_hold_ms`): cores drop new connections' SYNs on
+    /// their listeners until it is cleared.
+    pub hold_accepts: AtomicBool,
     /// What the process does once stopped: an [`Exit`] as u8, set with the
     /// shutdown request.
     pub exit: std::sync::atomic::AtomicU8,

@@ -313,6 +313,17 @@ fn replicating(lan: &Lan, priority: [u8; 2], preempt: [bool; 2]) -> Vec<Edgebox>
 
 /// [`replicating`], the replication link on the `/24` network `net`.
 fn replicating_over(lan: &Lan, net: &str, priority: [u8; 2], preempt: [bool; 2]) -> Vec<Edgebox> {
+    replicating_with(lan, net, priority, preempt, |_| {})
+}
+
+/// [`replicating_over`], each config changed by `more` before the start.
+fn replicating_with(
+    lan: &Lan,
+    net: &str,
+    priority: [u8; 2],
+    preempt: [bool; 2],
+    more: impl Fn(&mut serde_json::Value),
+) -> Vec<Edgebox> {
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let pins: Vec<String> = dirs.iter().map(|d| identity(d.path())).collect();
     dirs.into_iter()
@@ -326,6 +337,7 @@ fn replicating_over(lan: &Lan, net: &str, priority: [u8; 2], preempt: [bool; 2])
                 "peers": [{"address": format!("{net}.{other}:7443"), "fingerprint": pins[1 - k], "name": format!("node{other}")}],
                 "timeout_ms": 2000,
             });
+            more(&mut c);
             let ns = lan.hosts[k].clone();
             std::thread::spawn(move || {
                 enter(&ns);
@@ -343,6 +355,100 @@ fn connected(eb: &Edgebox) -> bool {
         .expect(200)
         .json();
     r["peers"][0]["state"] == "connected"
+}
+
+/// With `handover_hold_ms` a release first stops taking new connections
+/// (their SYNs dropped), so that none is in its handshake when the address
+/// moves: a client that waits for its SYN to be sent again, as every TCP
+/// stack does, sees no failure, only a gap of about a second.
+#[test]
+fn a_handover_with_a_hold_loses_no_connection() {
+    let lan = Lan::new(2);
+    let nodes = replicating_with(&lan, "10.9.0", [150, 100], [true, false], |c| {
+        c["failover"]["handover_hold_ms"] = json!(300);
+    });
+    let (a, b) = (&nodes[0], &nodes[1]);
+    wait_for("node1 to serve the virtual address", || {
+        (ask().as_deref() == Some("node1")).then_some(())
+    });
+    wait_for("replication to connect both ways", || {
+        (connected(a) && connected(b)).then_some(())
+    });
+    // A client opening a connection every 10 ms, each on a thread of its own
+    // and waiting up to 5 s for it (a dropped SYN is sent again after 1 s).
+    let patient = || -> Option<String> {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = format!("{VIP}:8080").parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: pair\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        reply.starts_with("HTTP/1.1 200").then(|| {
+            reply
+                .rsplit("\r\n\r\n")
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+    };
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    let mut released = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        if released.is_none() && started.elapsed() >= Duration::from_millis(500) {
+            released = Some(
+                a.ctl_command(&["failover", "release"])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let at = Instant::now();
+        clients.push(std::thread::spawn(move || (patient(), at, Instant::now())));
+        std::thread::sleep(Duration::from_millis(10).saturating_sub(at.elapsed()));
+    }
+    let out = ok(released.unwrap().wait_with_output().unwrap());
+    assert!(out.contains("handed over: 10.9.0.2 is master now"), "{out}");
+    let mut answers: Vec<(Option<String>, Instant, Instant)> =
+        clients.into_iter().map(|c| c.join().unwrap()).collect();
+    answers.sort_by_key(|(_, _, done)| *done);
+    let failed = answers.iter().filter(|(w, _, _)| w.is_none()).count();
+    let done: Vec<Instant> = answers
+        .iter()
+        .filter(|(w, _, _)| w.is_some())
+        .map(|(_, _, at)| *at)
+        .collect();
+    let gap = done
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    // Connections whose SYN the hold dropped: answered after the client sent
+    // it again, a second later (without a hold, none takes that long here).
+    let held = answers
+        .iter()
+        .filter(|(_, start, done)| *done - *start >= Duration::from_millis(900))
+        .count();
+    eprintln!(
+        "release with a 300 ms hold: {} connections, {failed} failed, {held} held and sent again, longest gap between answers {} ms",
+        answers.len(),
+        gap.as_millis()
+    );
+    let slowest = answers
+        .iter()
+        .map(|(_, start, done)| *done - *start)
+        .max()
+        .unwrap_or_default();
+    eprintln!("slowest connection: {} ms", slowest.as_millis());
+    assert_eq!(failed, 0);
+    assert!(held > 0, "no connection was held");
+    assert_eq!(answers.last().unwrap().0.as_deref(), Some("node2"));
+    let s = a.api("GET", "/v1/failover", None, &[]).expect(200).json();
+    assert_eq!(s["state"], "backup", "{s}");
 }
 
 /// `edgebox ctl failover release`: the master asks its peer over the

@@ -244,7 +244,7 @@ fn image_version(opts: &BuildOptions) -> Result<String> {
         .image_version
         .clone()
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
-    let probe = edgebox::update::file::header(&v, b"x", None);
+    let probe = edgebox::update::file::header(&v, edgebox::update::DATA_FORMAT, b"x", None);
     edgebox::update::file::parse_header(
         std::str::from_utf8(&probe[..probe.len() - 1]).unwrap_or(""),
         &edgebox::update::file::Trust {
@@ -408,7 +408,8 @@ fn assemble(
     let uki_bytes = uki.len() as u64;
 
     // The update file: header (signed if a key is given), then the UKI.
-    let mut update = edgebox::update::file::header(p.version, &uki, p.key);
+    let mut update =
+        edgebox::update::file::header(p.version, edgebox::update::DATA_FORMAT, &uki, p.key);
     update.extend_from_slice(&uki);
     std::fs::write(stem.with_extension("update"), &update)?;
 

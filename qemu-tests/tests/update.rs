@@ -350,6 +350,9 @@ fn a_pair_updates_one_side_at_a_time_behind_its_virtual_address_without_a_failed
                 c["failover"] = serde_json::json!({
                     "interface": "eth0", "vrid": 52, "priority": priority, "advert_ms": 100,
                     "preempt": false,
+                    // New connections are held (SYNs dropped, sent again by
+                    // the client a second later) while the address moves.
+                    "handover_hold_ms": 300,
                     "virtual_addresses": [format!("{vip}/24")], "peers": [peer.to_string()],
                 });
                 c["routes"] = serde_json::json!([{ "action": { "respond": { "status": 200, "body": "served\n" } } }]);

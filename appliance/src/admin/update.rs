@@ -176,6 +176,10 @@ pub async fn upload(
             "this system was not started from a boot slot (no edgebox.slot= on its command line)",
         )
     })?;
+    let accepted = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "accept_no_rollback=true"));
     let mut verifier = Verifier::new(update::trust());
     let mut writer: Option<Writer> = None;
     let mut body = req.into_body();
@@ -205,6 +209,11 @@ pub async fn upload(
             continue;
         }
         if writer.is_none() {
+            let format = verifier.header().map_or(0, |h| h.data_format);
+            if let Err(e) = update::rollback_check(format, accepted) {
+                refusal = Some(ApiError::new(StatusCode::CONFLICT, e));
+                break;
+            }
             let version = verifier.header().map_or("", |h| h.version.as_str());
             match Writer::start(running, version).await {
                 Ok(w) => writer = Some(w),

@@ -38,6 +38,13 @@ pub struct Failover {
     /// After start, how long before this appliance preempts.
     #[serde(default)]
     pub preempt_delay_ms: u64,
+    /// Before a planned handover (a release, or a stop), how long the master
+    /// takes no new connection (their SYNs are dropped; clients send them
+    /// again a second later, to the new master) so that none is in its
+    /// handshake when the address moves; 0: accept to the last moment
+    /// (about 100 ms of gap, and now and then a connection reset).
+    #[serde(default)]
+    pub handover_hold_ms: u64,
     /// Pools this appliance cannot serve without: while one of them has no
     /// healthy backend here, the advertised priority drops to 1, so that a
     /// backup that can serve takes over (with `preempt`).
@@ -90,6 +97,7 @@ impl Failover {
             0,
             3_600_000,
         )?;
+        within("failover.handover_hold_ms", self.handover_hold_ms, 0, 5_000)?;
         let Some(first) = self.virtual_addresses.first() else {
             return Err(ConfigError::new(
                 "failover.virtual_addresses",

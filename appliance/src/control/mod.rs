@@ -429,6 +429,28 @@ pub async fn hand_over(control: &Rc<RefCell<Control>>, limit: Duration) -> Resul
                 .unwrap_or_default()
         ));
     }
+    // Held new connections (if configured) are let in again however this
+    // ends: handed over, timed out or failed.
+    struct Release<'a>(&'a Shared);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.hold_accepts.store(false, Ordering::Release);
+        }
+    }
+    let _release = Release(&shared);
+    let hold = shared
+        .snapshot
+        .load()
+        .config
+        .failover
+        .as_ref()
+        .map_or(0, |f| f.handover_hold_ms);
+    if hold > 0 {
+        // No new connection from now on, and those in their handshake or
+        // first request finish with this appliance before the address moves.
+        shared.hold_accepts.store(true, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(hold)).await;
+    }
     shared.failover.release()?;
     let until = tokio::time::Instant::now() + limit;
     let mut asked = false;

@@ -149,6 +149,10 @@ enum CtlCommand {
         /// Reboot into it once it is written.
         #[arg(long, requires = "file")]
         reboot: bool,
+        /// Install an update that writes a data format this version cannot
+        /// read (so it cannot be rolled back).
+        #[arg(long, requires = "file")]
+        accept_no_rollback: bool,
     },
     /// Stop serving (requests in flight finish first).
     Shutdown,
@@ -498,12 +502,17 @@ pub fn run(args: CtlArgs, data: PathBuf) -> Result<(), CtlError> {
         CtlCommand::Update {
             file: Some(file),
             reboot,
+            accept_no_rollback,
         } => {
             let f = std::fs::File::open(&file)
                 .map_err(|e| CtlError::Usage(format!("{}: {e}", file.display())))?;
             let reply = client.send(
                 Method::POST,
-                "/v1/update",
+                if accept_no_rollback {
+                    "/v1/update?accept_no_rollback=true"
+                } else {
+                    "/v1/update"
+                },
                 ReqBody::File(f),
                 &[("content-type", "application/octet-stream")],
             )?;

@@ -94,11 +94,12 @@ pub async fn run(id: usize, sockets: Vec<(ListenerKey, OwnedFd)>, shared: Arc<Sh
         alive: alive_tx,
     };
     // Each listener's accept loop stops when its sender here is dropped.
-    let mut listening: HashMap<ListenerKey, async_channel::Sender<()>> = HashMap::new();
+    let mut listening: HashMap<ListenerKey, Listening> = HashMap::new();
     for (key, fd) in sockets {
         listening.insert(key.clone(), start_listener(&core, key, fd, &signals));
     }
     let mut seen = core.current().snap.generations;
+    let mut held = false;
     while !core.shared.shutting_down.load(Ordering::Acquire) {
         // The failover's health tracking tells a stalled core by this.
         core.shared.stats[id].alive(crate::clock::now_ms());
@@ -107,6 +108,15 @@ pub async fn run(id: usize, sockets: Vec<(ListenerKey, OwnedFd)>, shared: Arc<Sh
         if current.snap.generations != seen {
             seen = current.snap.generations;
             follow_listeners(&core, &current.snap, &mut listening, &signals);
+            // New listeners start as the others are.
+            held = !core.shared.hold_accepts.load(Ordering::Acquire);
+        }
+        let hold = core.shared.hold_accepts.load(Ordering::Acquire);
+        if hold != held {
+            held = hold;
+            for l in listening.values() {
+                l.hold(hold);
+            }
         }
     }
     stop_tx.close();
@@ -122,12 +132,49 @@ pub async fn run(id: usize, sockets: Vec<(ListenerKey, OwnedFd)>, shared: Arc<Sh
     }
 }
 
+/// A listener being accepted on: its accept loop stops when `stop` is
+/// dropped; `socket` is a second descriptor of the same socket, for its
+/// options.
+struct Listening {
+    _stop: async_channel::Sender<()>,
+    socket: Option<socket2::Socket>,
+}
+
+impl Listening {
+    /// Drops (`true`) or again takes (`false`) new connections' SYNs: a
+    /// socket filter that accepts nothing, checked by the kernel before a
+    /// SYN makes a connection. The client hears nothing and sends its SYN
+    /// again about a second later, by then to the failover's new master.
+    fn hold(&self, hold: bool) {
+        let Some(socket) = &self.socket else {
+            return;
+        };
+        const DROP_ALL: [libc::sock_filter; 1] = [libc::sock_filter {
+            code: 0x06, // BPF_RET | BPF_K
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        let done = if hold {
+            socket.attach_filter(&DROP_ALL)
+        } else {
+            socket.detach_filter()
+        };
+        if let Err(e) = done {
+            // ENOENT: no filter to detach (a listener added while holding).
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!("holding new connections: {e}");
+            }
+        }
+    }
+}
+
 /// Stops accepting on listeners the snapshot no longer has and starts
 /// accepting on new ones, with the sockets the control plane bound for them.
 fn follow_listeners(
     core: &Rc<Core>,
     snap: &Snapshot,
-    listening: &mut HashMap<ListenerKey, async_channel::Sender<()>>,
+    listening: &mut HashMap<ListenerKey, Listening>,
     signals: &Signals,
 ) {
     let wanted: Vec<ListenerKey> = snap.config.listeners.iter().map(ListenerKey::of).collect();
@@ -156,13 +203,13 @@ fn follow_listeners(
     }
 }
 
-fn start_listener(
-    core: &Rc<Core>,
-    key: ListenerKey,
-    fd: OwnedFd,
-    signals: &Signals,
-) -> async_channel::Sender<()> {
+fn start_listener(core: &Rc<Core>, key: ListenerKey, fd: OwnedFd, signals: &Signals) -> Listening {
     let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+    let options = fd
+        .try_clone()
+        .map(socket2::Socket::from)
+        .map_err(|e| tracing::error!(core = core.id, "a listener's second descriptor: {e}"))
+        .ok();
     let socket = rt::adopt_listener(fd);
     rt::spawn(accept_loop(
         Rc::clone(core),
@@ -172,7 +219,10 @@ fn start_listener(
         signals.stop.clone(),
         signals.alive.clone(),
     ));
-    stop_tx
+    Listening {
+        _stop: stop_tx,
+        socket: options,
+    }
 }
 
 async fn accept_loop(

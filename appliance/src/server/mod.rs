@@ -320,6 +320,7 @@ pub fn run(opts: ServeOptions) -> Result<Exit, ServeError> {
         tickets: tls.tickets,
         managed: tls.managed,
         shutting_down: AtomicBool::new(false),
+        hold_accepts: AtomicBool::new(false),
         exit: std::sync::atomic::AtomicU8::new(0),
         appliance: opts.appliance,
         stats: (0..opts.cores).map(|_| Arc::default()).collect(),

@@ -3,6 +3,7 @@
 //! ```text
 //! EDGEBOX-UPDATE 1
 //! version 0.1.0
+//! data-format 1
 //! size 20873216
 //! sha256 5d41402abc4b2a76b9719d911017c592…
 //! signature 9f2c…                     (absent in an unsigned update)
@@ -11,7 +12,8 @@
 //! ```
 //!
 //! The Ed25519 signature covers the header up to and including the
-//! `sha256` line, so it binds the version, the size and the payload's
+//! `sha256` line, so it binds the version, the data format the update
+//! writes ([`super::DATA_FORMAT`] of its build), the size and the payload's
 //! digest. [`Verifier`] is sans-IO: it is fed the upload as it arrives,
 //! refuses an untrusted header before a byte of payload is passed on, and
 //! its [`Verifier::finish`] says whether what was passed on may be
@@ -40,6 +42,8 @@ pub struct Trust {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub version: String,
+    /// The data partition's format the update writes.
+    pub data_format: u32,
     pub size: u64,
     pub sha256: [u8; 32],
     pub signed: bool,
@@ -55,9 +59,9 @@ fn refuse<T>(msg: impl Into<String>) -> Result<T, Refused> {
 }
 
 /// The header text a signature covers.
-fn signed_text(version: &str, size: u64, sha256: &[u8; 32]) -> String {
+fn signed_text(version: &str, data_format: u32, size: u64, sha256: &[u8; 32]) -> String {
     format!(
-        "{MAGIC}version {version}\nsize {size}\nsha256 {}\n",
+        "{MAGIC}version {version}\ndata-format {data_format}\nsize {size}\nsha256 {}\n",
         hex(sha256)
     )
 }
@@ -65,12 +69,17 @@ fn signed_text(version: &str, size: u64, sha256: &[u8; 32]) -> String {
 /// Writes an update file's header for `payload`, signed with `key` if one
 /// is given. Ed25519 signatures are deterministic, so the same inputs give
 /// the same bytes.
-pub fn header(version: &str, payload: &[u8], key: Option<&Ed25519KeyPair>) -> Vec<u8> {
+pub fn header(
+    version: &str,
+    data_format: u32,
+    payload: &[u8],
+    key: Option<&Ed25519KeyPair>,
+) -> Vec<u8> {
     let sha: [u8; 32] = digest::digest(&digest::SHA256, payload)
         .as_ref()
         .try_into()
         .expect("SHA-256 is 32 bytes");
-    let mut text = signed_text(version, payload.len() as u64, &sha);
+    let mut text = signed_text(version, data_format, payload.len() as u64, &sha);
     if let Some(key) = key {
         let sig = key.sign(text.as_bytes());
         text.push_str(&format!("signature {}\n", hex(sig.as_ref())));
@@ -111,6 +120,9 @@ pub fn parse_header(text: &str, trust: &Trust) -> Result<Header, Refused> {
     {
         return refuse("update header: the version must be 1 to 64 printable characters");
     }
+    let data_format: u32 = field("data-format")?
+        .parse()
+        .map_err(|_| Refused("update header: data-format is not a number".into()))?;
     let size: u64 = field("size")?
         .parse()
         .map_err(|_| Refused("update header: size is not a number".into()))?;
@@ -136,7 +148,10 @@ pub fn parse_header(text: &str, trust: &Trust) -> Result<Header, Refused> {
     let signed = match (signature, trust.key) {
         (Some(sig), Some(key)) => {
             UnparsedPublicKey::new(&signature::ED25519, key)
-                .verify(signed_text(&version, size, &sha256).as_bytes(), &sig)
+                .verify(
+                    signed_text(&version, data_format, size, &sha256).as_bytes(),
+                    &sig,
+                )
                 .map_err(|_| {
                     Refused(format!(
                         "the update's signature is not by this appliance's update key ({}); refused",
@@ -152,6 +167,7 @@ pub fn parse_header(text: &str, trust: &Trust) -> Result<Header, Refused> {
     };
     Ok(Header {
         version,
+        data_format,
         size,
         sha256,
         signed,
@@ -274,7 +290,7 @@ mod tests {
     }
 
     fn file(version: &str, payload: &[u8], key: Option<&Ed25519KeyPair>) -> Vec<u8> {
-        let mut f = header(version, payload, key);
+        let mut f = header(version, 1, payload, key);
         f.extend_from_slice(payload);
         f
     }
@@ -323,7 +339,7 @@ mod tests {
         let k = key(1);
         let payload = b"kernel and initramfs".repeat(50);
         let f = file("2.0", &payload, Some(&k));
-        let header_len = header("2.0", &payload, Some(&k)).len();
+        let header_len = header("2.0", 1, &payload, Some(&k)).len();
         // A flipped payload byte: passed on, then refused at the end.
         let mut bad = f.clone();
         bad[header_len + 10] ^= 1;
@@ -332,7 +348,11 @@ mod tests {
         // A changed version or digest: the signature no longer holds, and
         // no payload is passed on.
         let text = String::from_utf8_lossy(&f[..header_len]).into_owned();
-        for (from, to) in [("version 2.0", "version 2.1"), ("sha256 ", "sha256 0")] {
+        for (from, to) in [
+            ("version 2.0", "version 2.1"),
+            ("data-format 1", "data-format 2"),
+            ("sha256 ", "sha256 0"),
+        ] {
             let mut t = text.replacen(from, to, 1);
             if from.starts_with("sha256") {
                 // Keep the length: replace the first digit instead.
@@ -390,10 +410,24 @@ mod tests {
         for (bytes, needle) in [
             (&b"MZ\x90\x00 a PE file"[..], "not an edgebox update file"),
             (b"EDGEBOX-UPDATE 1\nversion \n\n", "version must be"),
-            (b"EDGEBOX-UPDATE 1\nversion 1\nsize x\n\n", "size is not"),
-            (b"EDGEBOX-UPDATE 1\nversion 1\nsize 0\n\n", "out of range"),
             (
-                b"EDGEBOX-UPDATE 1\nversion 1\nsize 10\nsha256 ab\n\n",
+                b"EDGEBOX-UPDATE 1\nversion 1\nsize 1\n\n",
+                "data-format line",
+            ),
+            (
+                b"EDGEBOX-UPDATE 1\nversion 1\ndata-format x\n\n",
+                "data-format is not",
+            ),
+            (
+                b"EDGEBOX-UPDATE 1\nversion 1\ndata-format 1\nsize x\n\n",
+                "size is not",
+            ),
+            (
+                b"EDGEBOX-UPDATE 1\nversion 1\ndata-format 1\nsize 0\n\n",
+                "out of range",
+            ),
+            (
+                b"EDGEBOX-UPDATE 1\nversion 1\ndata-format 1\nsize 10\nsha256 ab\n\n",
                 "64 hex",
             ),
             (b"EDGEBOX-UPDATE 1\nversion 1\n", "inside its header"),

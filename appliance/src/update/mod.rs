@@ -35,6 +35,24 @@ pub const HEALTH_FILE: &str = "/run/edgebox/health";
 /// The last failed trial, in the data directory.
 pub const TRIAL_RECORD: &str = "update/failed-trial.json";
 
+/// The data partition's format this build writes (config, store, state).
+/// A build reads its own format and every older one. An update that writes
+/// a newer format than the running build reads cannot be rolled back: the
+/// previous slot would not read the data the trial left.
+pub const DATA_FORMAT: u32 = 1;
+
+/// Whether an update that writes `format` may be installed: a rollback to
+/// this build must be able to read what it writes, unless the operator
+/// accepts that it cannot.
+pub fn rollback_check(format: u32, accepted: bool) -> Result<(), String> {
+    if format <= DATA_FORMAT || accepted {
+        return Ok(());
+    }
+    Err(format!(
+        "the update writes data format {format}, which this version (format {DATA_FORMAT}) cannot read: if its trial failed, the fall back to this version would not read the data it left. Install it anyway with --accept-no-rollback (POST /v1/update?accept_no_rollback=true)"
+    ))
+}
+
 /// What the running image trusts.
 pub fn trust() -> file::Trust {
     trust_from(Path::new(TRUST_KEY), Path::new(ALLOW_UNSIGNED))
@@ -235,6 +253,15 @@ pub fn render_prometheus(v: &View, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_that_cannot_be_rolled_back_needs_consent() {
+        assert_eq!(rollback_check(DATA_FORMAT, false), Ok(()));
+        assert_eq!(rollback_check(DATA_FORMAT - 1, false), Ok(()));
+        let e = rollback_check(DATA_FORMAT + 1, false).unwrap_err();
+        assert!(e.contains("--accept-no-rollback"), "{e}");
+        assert_eq!(rollback_check(DATA_FORMAT + 1, true), Ok(()));
+    }
 
     #[test]
     fn trust_comes_from_the_image_files() {

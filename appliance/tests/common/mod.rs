@@ -378,14 +378,18 @@ impl Edgebox {
 
     /// `edgebox ctl ARGS` against this edgebox.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_edgebox"))
-            .arg("ctl")
+        self.ctl_command(args).output().unwrap()
+    }
+
+    /// `edgebox ctl ARGS` for this edgebox, to start and wait for later.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_edgebox"));
+        c.arg("ctl")
             .args(args)
             .env("EDGEBOX_ADMIN", format!("https://{}", self.admin.unwrap()))
             .env("EDGEBOX_TOKEN", &self.token)
-            .env("EDGEBOX_DATA", self.dir().join("data"))
-            .output()
-            .unwrap()
+            .env("EDGEBOX_DATA", self.dir().join("data"));
+        c
     }
 
     /// Starts `edgebox serve` again on a directory from [`Edgebox::stop`],
