@@ -500,6 +500,9 @@ const BUILDER_SOURCES: &[&str] = &[
     include_str!("gpt.rs"),
     include_str!("kernel.rs"),
     include_str!("uki.rs"),
+    // The update file's header and the slots' boot entries.
+    include_str!("../../appliance/src/update/file.rs"),
+    include_str!("../../appliance/src/update/slots.rs"),
 ];
 
 /// Everything the image is made of: this builder, the binary, the kernel
