@@ -376,23 +376,12 @@ fn a_handover_with_a_hold_loses_no_connection() {
     });
     // A client opening a connection every 10 ms, each on a thread of its own
     // and waiting up to 5 s for it (a dropped SYN is sent again after 1 s).
-    let patient = || -> Option<String> {
-        use std::io::{Read, Write};
-        let addr: std::net::SocketAddr = format!("{VIP}:8080").parse().unwrap();
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET / HTTP/1.1\r\nHost: pair\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut reply = String::new();
-        s.read_to_string(&mut reply).ok()?;
-        reply.starts_with("HTTP/1.1 200").then(|| {
-            reply
-                .rsplit("\r\n\r\n")
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned()
-        })
+    let patient = || {
+        ask_waiting(
+            format!("{VIP}:8080").parse().unwrap(),
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
     };
     let started = Instant::now();
     let mut clients = Vec::new();

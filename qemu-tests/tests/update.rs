@@ -77,6 +77,18 @@ fn slots(vm: &Appliance) -> Value {
     v
 }
 
+/// `GET /v1/update`, checked to say that the appliance runs `version` from
+/// `slot`.
+fn running(vm: &Appliance, version: &str, slot: &str) -> Value {
+    let v = slots(vm);
+    assert_eq!(
+        (v["version"].as_str(), v["running"].as_str()),
+        (Some(version), Some(slot)),
+        "{v}"
+    );
+    v
+}
+
 fn slot_state(v: &Value, slot: &str) -> String {
     v["slots"]
         .as_array()
@@ -143,12 +155,7 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
         let disk = h.disk_of(&image, "vm");
         let mut vm = Appliance::boot(h, "vm", &disk, Boot::Uefi);
         vm.wait_ready();
-        let v = slots(&vm);
-        assert_eq!(
-            (v["version"].as_str(), v["running"].as_str()),
-            (Some(testing::VERSION), Some("a")),
-            "{v}"
-        );
+        let v = running(&vm, testing::VERSION, "a");
         assert_eq!(slot_state(&v, "a"), "good");
         assert_eq!(slot_state(&v, "b"), "empty");
 
@@ -179,12 +186,7 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
             Duration::from_secs(200),
         )
         .unwrap();
-        let v = slots(&vm);
-        assert_eq!(
-            (v["version"].as_str(), v["running"].as_str()),
-            (Some("test-2"), Some("b")),
-            "{v}"
-        );
+        let v = running(&vm, "test-2", "b");
         assert_eq!(slot_state(&v, "b"), "good", "{v}");
         assert_eq!(slot_state(&v, "a"), "good", "{v}");
         let metrics = vm.metrics();
@@ -210,12 +212,7 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
             console.contains("boot slot a on trial: not healthy 45 s after boot: edgebox serve reports waiting: replication: no peer connected; rebooting into the previous slot"),
             "{console}"
         );
-        let v = slots(&vm);
-        assert_eq!(
-            (v["version"].as_str(), v["running"].as_str()),
-            (Some("test-2"), Some("b")),
-            "{v}"
-        );
+        let v = running(&vm, "test-2", "b");
         assert_eq!(v["failed_update"]["version"], "test-unhealthy", "{v}");
         assert!(
             v["failed_update"]["reason"]
@@ -239,12 +236,7 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
                 .contains("the update to test-bad (slot a) was tried and did not become healthy"),
             "{console}"
         );
-        let v = slots(&vm);
-        assert_eq!(
-            (v["version"].as_str(), v["running"].as_str()),
-            (Some("test-2"), Some("b")),
-            "{v}"
-        );
+        let v = running(&vm, "test-2", "b");
         assert_eq!(slot_state(&v, "a"), "failed", "{v}");
         assert_eq!(v["failed_update"]["version"], "test-bad", "{v}");
         let (_, out) = ctl(&vm, &["update"]);
@@ -266,12 +258,7 @@ fn updates_boot_on_trial_bad_ones_fall_back_and_a_power_cut_changes_nothing() {
         drop(vm);
         let mut vm = Appliance::boot(h, "vm-after-cut", &disk, Boot::Uefi);
         vm.wait_ready();
-        let v = slots(&vm);
-        assert_eq!(
-            (v["version"].as_str(), v["running"].as_str()),
-            (Some("test-2"), Some("b")),
-            "{v}"
-        );
+        let v = running(&vm, "test-2", "b");
         assert_eq!(slot_state(&v, "a"), "empty", "{v}");
         assert_eq!(v["next_boot"], "b", "{v}");
     });
@@ -436,12 +423,7 @@ fn a_pair_updates_one_side_at_a_time_behind_its_virtual_address_without_a_failed
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let seen = client.join().unwrap();
         for vm in [&a, &b] {
-            let v = slots(vm);
-            assert_eq!(
-                (v["version"].as_str(), v["running"].as_str()),
-                (Some("test-2"), Some("b")),
-                "{v}"
-            );
+            running(vm, "test-2", "b");
         }
         eprintln!(
             "rolling update of the pair: {} requests answered, {} failed, longest gap {} ms",

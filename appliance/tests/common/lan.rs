@@ -199,8 +199,14 @@ pub fn ask() -> Option<String> {
 
 /// One request to `addr`.
 pub fn ask_at(addr: SocketAddr) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()?;
-    s.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    ask_waiting(addr, Duration::from_millis(100), Duration::from_millis(300))
+}
+
+/// [`ask_at`], waiting up to `connect` for the connection (a client whose
+/// SYN is dropped sends it again after a second) and `read` for the answer.
+pub fn ask_waiting(addr: SocketAddr, connect: Duration, read: Duration) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, connect).ok()?;
+    s.set_read_timeout(Some(read)).ok()?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: pair\r\nConnection: close\r\n\r\n")
         .ok()?;
     let mut reply = String::new();
