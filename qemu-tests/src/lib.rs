@@ -135,22 +135,11 @@ impl Appliance {
         how: Boot,
         addr: Ipv4Addr,
     ) -> Appliance {
-        Self::boot_sized(h, name, disk, how, addr, 512)
+        Self::boot_with(h, name, disk, how, addr, 512, Devices::Virtio)
     }
 
-    /// [`Appliance::boot_at`] with `memory_mib` of memory (512 otherwise).
-    pub fn boot_sized(
-        h: &mut Harness,
-        name: &str,
-        disk: &Path,
-        how: Boot,
-        addr: Ipv4Addr,
-        memory_mib: u32,
-    ) -> Appliance {
-        Self::boot_with(h, name, disk, how, addr, memory_mib, Devices::Virtio)
-    }
-
-    /// The most general start: `devices` says what the disk and NIC are.
+    /// The most general start: `memory_mib` of memory (512 for the
+    /// others), and `devices` says what the disk and NIC are.
     pub fn boot_with(
         h: &mut Harness,
         name: &str,

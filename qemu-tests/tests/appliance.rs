@@ -46,7 +46,15 @@ fn twenty_thousand_idle_tls_connections_on_one_appliance() {
         const CLIENTS: usize = 2;
         let disk = h.disk("vm");
         let addr = edgebox_image::testing::ADDRESS.into();
-        let mut vm = Appliance::boot_sized(h, "vm", &disk, Boot::Direct(cmdline("")), addr, 1024);
+        let mut vm = Appliance::boot_with(
+            h,
+            "vm",
+            &disk,
+            Boot::Direct(cmdline("")),
+            addr,
+            1024,
+            edgebox_image::boot::Devices::Virtio,
+        );
         vm.wait_ready();
         // Held idle for as long as the test takes.
         vm.change_config(|c| c["client"]["idle_timeout_ms"] = json!(900_000));
