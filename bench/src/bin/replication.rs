@@ -16,7 +16,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -43,35 +43,29 @@ const DEFAULT_CAP: u64 = 50_000_000;
 const NO_CAP: u64 = 100_000_000_000;
 
 struct Node {
-    child: Child,
+    /// Killed when the node is dropped.
+    _server: bench::Server,
     admin: String,
     http: SocketAddr,
 }
 
 impl Node {
     fn start(bin: &Path, dir: &Path, config: &Path) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .arg("serve")
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
             .arg("--data")
             .arg(dir)
             .arg("--config")
             .arg(config)
-            .args(["--cores", "1"])
-            .env("EDGEBOX_ADMIN_TOKEN", TOKEN)
-            .env("EDGEBOX_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting edgebox")?;
-        let banner = bench::read_banner(&mut child)?;
+            .args(["--cores", "1"]);
+        let (server, banner) = bench::Server::spawn(cmd, TOKEN)?;
         let http = banner
             .listeners
             .iter()
             .find(|(scheme, _)| scheme == "http")
             .map(|(_, a)| *a);
         Ok(Self {
-            child,
+            _server: server,
             admin: banner.admin.context("edgebox printed no admin address")?,
             http: http.context("edgebox printed no HTTP listener")?,
         })
@@ -104,13 +98,6 @@ impl Node {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(start.elapsed())
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,30 +72,21 @@ fn main() -> Result<()> {
         })
         .to_string(),
     )?;
-    let mut child = Command::new("taskset")
-        .args(["-c", &SERVER_CORE.to_string()])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &SERVER_CORE.to_string()])
         .arg(&bin)
         .arg("serve")
         .arg("--data")
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config)
-        .args(["--cores", "1"])
-        .env("EDGEBOX_ADMIN_TOKEN", TOKEN)
-        .env("EDGEBOX_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting edgebox under taskset")?;
-    let result = measure(&cli, &mut child);
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+        .args(["--cores", "1"]);
+    // Killed when dropped, whatever the measurement's outcome.
+    let (server, banner) = bench::Server::spawn(cmd, TOKEN).context("under taskset")?;
+    measure(&cli, &server, banner)
 }
 
-fn measure(cli: &Cli, child: &mut std::process::Child) -> Result<()> {
-    let banner = bench::read_banner(child)?;
+fn measure(cli: &Cli, server: &bench::Server, banner: bench::Banner) -> Result<()> {
     let admin = banner.admin.context("no admin address")?;
     let admin: SocketAddr = admin
         .trim_start_matches("https://")
@@ -104,7 +95,7 @@ fn measure(cli: &Cli, child: &mut std::process::Child) -> Result<()> {
         .with_context(|| format!("admin address {admin}"))?;
     let web = banner.listeners.first().context("no listener")?.1;
     let url = format!("http://{web}/");
-    let pid = child.id();
+    let pid = server.id();
     println!(
         "edgebox (pid {pid}) on CPU {SERVER_CORE} with its control thread; wrk and the scraper on CPU {LOAD_CORE}; \
          {} s runs, a scrape every {} ms",
