@@ -238,21 +238,14 @@ struct Parts<'a> {
 }
 
 /// The image version: `--image-version`, or edgebox's; checked as the
-/// update file will be.
+/// appliance checks an update file's.
 fn image_version(opts: &BuildOptions) -> Result<String> {
     let v = opts
         .image_version
         .clone()
         .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
-    let probe = edgebox::update::file::header(&v, edgebox::update::DATA_FORMAT, b"x", None);
-    edgebox::update::file::parse_header(
-        std::str::from_utf8(&probe[..probe.len() - 1]).unwrap_or(""),
-        &edgebox::update::file::Trust {
-            key: None,
-            allow_unsigned: true,
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("--image-version {v}: {e}"))?;
+    edgebox::update::file::check_version(&v)
+        .map_err(|e| anyhow::anyhow!("--image-version {v}: {e}"))?;
     Ok(v)
 }
 

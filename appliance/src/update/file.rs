@@ -96,6 +96,19 @@ pub fn public_key(key: &Ed25519KeyPair) -> [u8; 32] {
         .expect("an Ed25519 public key is 32 bytes")
 }
 
+/// An image version as an update file carries it: 1 to 64 printable
+/// characters, without quotes or backslashes (it also goes into
+/// os-release).
+pub fn check_version(version: &str) -> Result<(), Refused> {
+    let printable = version
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    if version.is_empty() || version.len() > 64 || !printable {
+        return refuse("the version must be 1 to 64 printable characters");
+    }
+    Ok(())
+}
+
 /// Checks a header's text against `trust`.
 pub fn parse_header(text: &str, trust: &Trust) -> Result<Header, Refused> {
     let Some(body) = text.strip_prefix(MAGIC) else {
@@ -112,14 +125,7 @@ pub fn parse_header(text: &str, trust: &Trust) -> Result<Header, Refused> {
         }
     };
     let version = field("version")?;
-    if version.is_empty()
-        || version.len() > 64
-        || !version
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        return refuse("update header: the version must be 1 to 64 printable characters");
-    }
+    check_version(&version).map_err(|e| Refused(format!("update header: {}", e.0)))?;
     let data_format: u32 = field("data-format")?
         .parse()
         .map_err(|_| Refused("update header: data-format is not a number".into()))?;
